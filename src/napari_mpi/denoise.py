@@ -1,0 +1,256 @@
+"""The public API: denoise any N-D array plane by plane with MPI's iterative fill.
+
+``denoise`` is the one-call function. ``prepare`` validates everything up front (so a GUI or a
+command line can report bad input before starting a thread), and ``denoise_steps`` is the
+generator the widget and the command line consume: it yields a :class:`DenoiseProgress` after
+every iteration — the cancellation point — and writes each finished plane into the output.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generator
+
+import numpy as np
+import torch
+
+from .fill import FillConfig, FillStep, config_for, iterative_fill, resolve_device
+from .planes import Normalization, PlaneLayout, check_dtype, normalize, plane_layout
+from .weights import Checkpoint, WeightsSpec, resolve_weights
+
+__all__ = ["DenoisePlan", "DenoiseProgress", "prepare", "denoise_steps", "denoise"]
+
+
+@dataclass(frozen=True)
+class DenoisePlan:
+    """Everything a run needs, validated: how to split the array, the fill settings, the weights, the device."""
+
+    layout: PlaneLayout
+    config: FillConfig
+    checkpoint: Checkpoint | None
+    device: torch.device
+    preset: str
+
+    def describe(self) -> dict[str, Any]:
+        """Parameters as plain values, for metadata and logs."""
+        from . import __version__
+
+        return {
+            "napari_mpi_version": __version__,
+            "preset": self.preset,
+            "mask_ratio": self.config.mask_ratio,
+            "beta": self.config.beta,
+            "iterations": self.config.iterations,
+            "lr": self.config.lr,
+            "mask_mode": self.config.mask_mode,
+            "seed": self.config.seed,
+            "precision": self.config.precision,
+            "device": str(self.device),
+            "weights": self.checkpoint.name if self.checkpoint is not None else "random initialisation",
+            "rgb": self.layout.rgb,
+            "planes": self.layout.n_planes,
+        }
+
+
+@dataclass
+class DenoiseProgress:
+    """Progress after one fill iteration of one plane."""
+
+    plane: int
+    n_planes: int
+    index: tuple
+    iteration: int
+    iterations: int
+    elapsed: float
+    _step: FillStep | None = field(repr=False, default=None)
+    _norm: Normalization | None = field(repr=False, default=None)
+    _plane_data: np.ndarray | None = field(repr=False, default=None)
+
+    @property
+    def fraction(self) -> float:
+        """Overall completion in [0, 1]."""
+        return (self.plane + self.iteration / self.iterations) / self.n_planes
+
+    @property
+    def loss(self) -> float:
+        """Masked MSE of this iteration (nan for planes that needed no fill)."""
+        return self._step.loss if self._step is not None else float("nan")
+
+    def estimate(self) -> np.ndarray:
+        """The current estimate of this plane, in the input's intensity units (a copy; costs a device sync)."""
+        if self._step is None:
+            return np.asarray(self._plane_data, dtype=np.float32)
+        return _to_plane(self._step.estimate, self._norm, self._plane_data)
+
+
+def prepare(
+    image_shape: tuple[int, ...],
+    image_dtype: np.dtype | type,
+    *,
+    mask_ratio: float | None = None,
+    beta: float | None = None,
+    iterations: int | None = None,
+    preset: str = "fast",
+    rgb: bool = False,
+    channel_axis: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    weights: WeightsSpec = "default",
+    lr: float | None = None,
+    precision: str = "auto",
+) -> DenoisePlan:
+    """Validate the parameters against an image's shape and dtype; ValueError with a clear message otherwise."""
+    check_dtype(np.dtype(image_dtype))
+    layout = plane_layout(tuple(image_shape), rgb=rgb, channel_axis=channel_axis)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
+    mask_mode = "channel" if rgb else "pixel"
+    config = config_for(
+        preset, mask_ratio=mask_ratio, beta=beta, iterations=iterations, lr=lr,
+        mask_mode=mask_mode, seed=int(seed), precision=precision,
+    )
+    from .network import MIN_SIDE
+
+    height, width = layout.plane_shape[:2]
+    if min(height, width) < MIN_SIDE:
+        raise ValueError(
+            f"image planes of {height}x{width} pixels are too small: napari-mpi needs at least {MIN_SIDE} pixels per side"
+        )
+    channels = 3 if rgb else 1
+    checkpoint = resolve_weights(weights, channels, mask_mode, config.mask_ratio)
+    return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower())
+
+
+def denoise_steps(image, plan: DenoisePlan, out: np.ndarray | None = None) -> Generator[DenoiseProgress, None, np.ndarray]:
+    """Denoise ``image`` plane by plane, yielding progress after every iteration; returns ``out``.
+
+    ``image`` may be numpy, dask or zarr: planes are read one at a time. ``out`` (float32, the
+    input's shape) is allocated when not given; each plane is written when its fill finishes, so
+    a consumer that stops early keeps every finished plane.
+    """
+    layout = plan.layout
+    if tuple(image.shape) != layout.shape:
+        raise ValueError(f"image shape {tuple(image.shape)} does not match the plan's {layout.shape}")
+    if out is None:
+        out = np.zeros(layout.shape, dtype=np.float32)
+    state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
+    start = time.monotonic()
+    for number, index in enumerate(layout.indices()):
+        plane = layout.take(image, index)
+        data, norm = normalize(plane)
+        progress = dict(plane=number, n_planes=layout.n_planes, index=index, iterations=plan.config.iterations)
+        if np.ptp(data) == 0:  # a constant plane is its own denoised result
+            out[index] = plane
+            yield DenoiseProgress(iteration=plan.config.iterations, elapsed=time.monotonic() - start,
+                                  _plane_data=plane, **progress)
+            continue
+        tensor = _to_tensor(data, layout.rgb)
+        step: FillStep | None = None
+        try:
+            for step in iterative_fill(tensor, plan.config, state, plan.device):
+                yield DenoiseProgress(iteration=step.iteration, elapsed=time.monotonic() - start,
+                                      _step=step, _norm=norm, _plane_data=plane, **progress)
+        except torch.OutOfMemoryError as exc:
+            _free_device_memory(plan.device)
+            height, width = layout.plane_shape[:2]
+            raise MemoryError(
+                f"{plan.device.type.upper()} ran out of memory on a {height}x{width} plane; "
+                "close other GPU programs, or use device='cpu'"
+            ) from exc
+        assert step is not None
+        out[index] = _to_plane(step.estimate, norm, plane)
+    _free_device_memory(plan.device)
+    return out
+
+
+def denoise(
+    image,
+    *,
+    mask_ratio: float | None = None,
+    beta: float | None = None,
+    iterations: int | None = None,
+    preset: str = "fast",
+    rgb: bool = False,
+    channel_axis: int | None = None,
+    seed: int = 0,
+    device: str | torch.device = "auto",
+    weights: WeightsSpec = "default",
+    progress: Callable[[DenoiseProgress], object] | None = None,
+    lr: float | None = None,
+    precision: str = "auto",
+) -> np.ndarray:
+    """Denoise an image or N-D stack with MPI (Masked Pre-train then Iterative fill).
+
+    Parameters
+    ----------
+    image : array-like
+        2-D (H, W) gray, (..., H, W, 3) RGB with ``rgb=True``, or any N-D stack; every axis but Y, X
+        (and the RGB axis) is processed plane by plane. Integer or float pixels; numpy, dask or zarr.
+    mask_ratio : float, optional
+        Fraction of pixels hidden per step, 0 < p < 1. Default 0.3; raise to 0.8-0.95 for spatially
+        correlated noise.
+    beta : float, optional
+        EMA weight in [0, 1); default from the preset (fast 0.9, quality 0.99).
+    iterations : int, optional
+        Fill steps per plane; default from the preset (fast 200, quality 1000).
+    preset : {"fast", "quality"}
+        Named defaults for ``beta`` and ``iterations``.
+    rgb : bool
+        The last axis holds RGB(A) colour: denoise colour planes with per-channel masks (alpha is kept).
+    channel_axis : int, optional
+        An axis of separate fluorescence channels; each channel is denoised as its own gray plane.
+    seed : int
+        Seeds masks and, without weights, the network initialisation: same seed, same result.
+    device : str
+        "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
+    weights : "default", "random", path or Checkpoint
+        The pre-trained network to start from; "default" picks the shipped checkpoint that fits.
+    progress : callable, optional
+        Called with a :class:`DenoiseProgress` after every iteration.
+    lr : float, optional
+        Adam learning rate (default 2e-3).
+    precision : {"auto", "fp32", "bf16"}
+        Arithmetic of the forward pass.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, the input's shape, in the input's intensity units.
+    """
+    plan = prepare(
+        tuple(image.shape), image.dtype, mask_ratio=mask_ratio, beta=beta, iterations=iterations, preset=preset,
+        rgb=rgb, channel_axis=channel_axis, seed=seed, device=device, weights=weights, lr=lr, precision=precision,
+    )
+    steps = denoise_steps(image, plan)
+    while True:
+        try:
+            event = next(steps)
+        except StopIteration as finished:
+            return finished.value
+        if progress is not None:
+            progress(event)
+
+
+def _to_tensor(data: np.ndarray, rgb: bool) -> torch.Tensor:
+    """(H, W) -> (1, H, W); (H, W, 3|4) -> (3, H, W) (alpha is not denoised)."""
+    if rgb:
+        return torch.from_numpy(np.ascontiguousarray(data[..., :3].transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(data))[None]
+
+
+def _to_plane(estimate: torch.Tensor, norm: Normalization, original: np.ndarray) -> np.ndarray:
+    """Estimate tensor back to the plane's layout and intensity units; alpha copied from the input."""
+    values = estimate.detach().float().cpu().numpy()
+    if original.ndim == 3:  # RGB(A)
+        result = np.array(original, dtype=np.float32)
+        result[..., :3] = norm.invert(values.transpose(1, 2, 0))
+        return result
+    return norm.invert(values[0])
+
+
+def _free_device_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()

@@ -1,0 +1,124 @@
+"""The DIP "skip" hourglass network used by MPI (Ulyanov et al., Deep Image Prior).
+
+Five levels; each level has a 1x1 skip branch and a deeper branch of a stride-2 3x3
+convolution, a 3x3 convolution, the next level and a nearest-neighbour x2 upsampling.
+Every convolution is reflection-padded and followed by BatchNorm and LeakyReLU(0.2).
+The output is a 1x1 convolution and a sigmoid, so predictions live in [0, 1].
+
+The module knows nothing about masks or training; it only maps a tensor of shape
+(N, in_channels, H, W) to (N, out_channels, H, W) for any H, W at or above
+``MIN_SIDE``, padding internally to a multiple of 2**depth and cropping back.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ["SkipNet", "MIN_SIDE", "reflect_pad"]
+
+#: Smallest image side the network accepts. Smaller planes carry too little context
+#: for a 5-level hourglass to be meaningful, so we refuse them with a clear error.
+MIN_SIDE = 8
+
+
+def _conv_block(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    pad = (kernel - 1) // 2
+    if pad:
+        layers.append(nn.ReflectionPad2d(pad))
+    layers += [
+        nn.Conv2d(in_ch, out_ch, kernel, stride=stride, bias=True),
+        nn.BatchNorm2d(out_ch),
+        nn.LeakyReLU(0.2, inplace=True),
+    ]
+    return layers
+
+
+class _Level(nn.Module):
+    """One hourglass level: concat(skip(x), up(deeper(x))) -> BN -> 3x3 -> 1x1."""
+
+    def __init__(self, in_ch: int, width: int, skip_ch: int, inner: nn.Module | None, inner_out: int):
+        super().__init__()
+        self.skip = nn.Sequential(*_conv_block(in_ch, skip_ch, 1))
+        down = _conv_block(in_ch, width, 3, stride=2) + _conv_block(width, width, 3)
+        self.down = nn.Sequential(*down)
+        self.inner = inner if inner is not None else nn.Identity()
+        self.up = nn.Upsample(scale_factor=2, mode="nearest")
+        self.merge_bn = nn.BatchNorm2d(skip_ch + inner_out)
+        self.merge = nn.Sequential(*_conv_block(skip_ch + inner_out, width, 3), *_conv_block(width, width, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        deeper = self.up(self.inner(self.down(x)))
+        return self.merge(self.merge_bn(torch.cat([self.skip(x), deeper], dim=1)))
+
+
+class SkipNet(nn.Module):
+    """DIP skip hourglass; ``in_channels`` counts the image channels plus the mask channels.
+
+    Parameters
+    ----------
+    in_channels : int
+        Channels of the network input (for MPI: image channels + mask channels).
+    out_channels : int
+        Channels of the prediction (image channels).
+    width : int
+        Channels of every down/up convolution (the paper: 64).
+    skip_width : int
+        Channels of each level's 1x1 skip branch (the paper: 64).
+    depth : int
+        Number of stride-2 levels (the paper: 5).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, width: int = 64, skip_width: int = 64, depth: int = 5):
+        super().__init__()
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.depth = depth
+        inner: nn.Module | None = None
+        # Build from the deepest level outwards; every level below the top takes width channels in.
+        for level in reversed(range(depth)):
+            level_in = in_channels if level == 0 else width
+            inner = _Level(level_in, width, skip_width, inner, width)
+        self.body = inner
+        self.head = nn.Sequential(nn.Conv2d(width, out_channels, 1, bias=True), nn.Sigmoid())
+
+    @property
+    def multiple(self) -> int:
+        """Side lengths are padded to a multiple of this (2**depth)."""
+        return 2**self.depth
+
+    def padded_size(self, side: int) -> int:
+        """Side after internal padding: a multiple of 2**depth, and at least 2 * 2**depth so the
+        deepest feature map is 2x2 or larger (reflection padding and BatchNorm need that)."""
+        m = self.multiple
+        return max(2 * m, -(-side // m) * m)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SkipNet expects a (N, {self.in_channels}, H, W) tensor, got shape {tuple(x.shape)}"
+            )
+        h, w = x.shape[-2:]
+        if min(h, w) < MIN_SIDE:
+            raise ValueError(
+                f"image plane of {h}x{w} pixels is too small: napari-mpi needs at least {MIN_SIDE} pixels per side"
+            )
+        ph, pw = self.padded_size(h), self.padded_size(w)
+        x = reflect_pad(x, ph - h, pw - w)
+        return self.head(self.body(x))[..., :h, :w]
+
+
+def reflect_pad(x: torch.Tensor, extra_h: int, extra_w: int) -> torch.Tensor:
+    """Pad bottom/right by mirror reflection, in steps where the pad exceeds the image
+    (torch's reflect mode needs pad < size)."""
+    while extra_h > 0 or extra_w > 0:
+        step_h = min(extra_h, x.shape[-2] - 1)
+        step_w = min(extra_w, x.shape[-1] - 1)
+        x = F.pad(x, (0, step_w, 0, step_h), mode="reflect")
+        extra_h -= step_h
+        extra_w -= step_w
+    return x

@@ -1,0 +1,270 @@
+"""Masked pre-training (paper Sec. 3.2): teach the skip network to restore clean natural images
+from which a random Bernoulli mask hid pixels, with the loss on the hidden pixels only.
+
+Resumable and time-budgeted: every batch and mask is a pure function of (seed, step), so a run
+resumed from a checkpoint (model, optimiser, scheduler, step) continues bit-exactly, and the
+background loader can run ahead without owning any random state.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+
+from .masking import MaskMode, draw_mask, make_generator
+from .network import SkipNet
+from .weights import read_payload, save_checkpoint
+
+__all__ = ["PretrainConfig", "PretrainStep", "ImageCorpus", "pretrain", "masked_loss"]
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp"}
+LossKind = Literal["mse", "psnr"]
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Recipe of one pre-training run (defaults follow the paper, scaled to a CPU)."""
+
+    channels: int = 1
+    mask_mode: MaskMode = "pixel"
+    mask_ratios: tuple[float, float] = (0.3, 0.3)
+    crop: int = 128
+    batch: int = 16
+    steps: int = 10000
+    lr: float = 2e-3
+    min_lr: float = 1e-5
+    weight_decay: float = 1e-2
+    loss: LossKind = "mse"
+    seed: int = 0
+    precision: Literal["fp32", "bf16"] = "fp32"
+    checkpoint_minutes: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
+        low, high = self.mask_ratios
+        if not 0.0 < low <= high < 1.0:
+            raise ValueError(f"mask ratios must satisfy 0 < low <= high < 1, got {self.mask_ratios}")
+        if self.crop < 32 or self.batch < 1 or self.steps < 1:
+            raise ValueError("crop must be >= 32, batch >= 1 and steps >= 1")
+        if self.loss not in ("mse", "psnr"):
+            raise ValueError(f"loss must be 'mse' or 'psnr', got {self.loss!r}")
+
+
+@dataclass
+class PretrainStep:
+    step: int
+    steps: int
+    loss: float
+    lr: float
+    checkpointed: bool
+
+
+class ImageCorpus:
+    """Clean training images held in memory as uint8 (gray conversions for 1-channel models).
+
+    Images smaller than the crop are skipped. Batches are drawn by :meth:`batch` from a seed and a
+    step number only, so they are reproducible in any thread and after a resume.
+    """
+
+    def __init__(self, folder: str | Path, channels: int, crop: int):
+        from PIL import Image  # pillow comes with scikit-image
+
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise ValueError(f"training image folder not found: {folder}")
+        files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.images: list[np.ndarray] = []
+        mode = "L" if channels == 1 else "RGB"
+        for path in files:
+            try:
+                with Image.open(path) as img:
+                    array = np.asarray(img.convert(mode))
+            except OSError:
+                continue
+            if array.ndim == 2:
+                array = array[..., None]
+            if min(array.shape[:2]) >= crop:
+                self.images.append(np.ascontiguousarray(array.transpose(2, 0, 1)))
+        if not self.images:
+            raise ValueError(f"no readable images of at least {crop}x{crop} pixels in {folder}")
+        self.channels = channels
+        self.crop = crop
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def batch(self, seed: int, step: int, size: int, ratios: tuple[float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random crops with random flips / 90-degree turns, and one mask ratio per sample."""
+        rng = np.random.default_rng([seed, step])
+        crop = self.crop
+        out = np.empty((size, self.channels, crop, crop), dtype=np.float32)
+        for i in range(size):
+            img = self.images[rng.integers(len(self.images))]
+            top = rng.integers(img.shape[1] - crop + 1)
+            left = rng.integers(img.shape[2] - crop + 1)
+            patch = img[:, top : top + crop, left : left + crop]
+            if rng.random() < 0.5:
+                patch = patch[:, :, ::-1]
+            patch = np.rot90(patch, k=int(rng.integers(4)), axes=(1, 2))
+            out[i] = patch / 255.0
+        ratio = rng.uniform(ratios[0], ratios[1], size=size).astype(np.float32)
+        return torch.from_numpy(out), torch.from_numpy(ratio)
+
+
+def masked_loss(prediction: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor, kind: LossKind) -> torch.Tensor:
+    """MSE over hidden pixels (paper Eq. 5), or its log ("psnr", as the reference code trains)."""
+    mse = ((prediction - target) ** 2 * hidden).sum() / hidden.sum().clamp_min(1.0)
+    if kind == "psnr":
+        return 10.0 * torch.log10(mse + 1e-10)
+    return mse
+
+
+def _prefetch(corpus: ImageCorpus, config: PretrainConfig, start: int, depth: int = 4) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Build batches in a background thread so the compute never waits on cropping."""
+    buffer: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def work() -> None:
+        for step in range(start, config.steps):
+            item = corpus.batch(config.seed, step, config.batch, config.mask_ratios)
+            while not stop.is_set():
+                try:
+                    buffer.put(item, timeout=0.2)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+
+    thread = threading.Thread(target=work, name="napari-mpi-pretrain-loader", daemon=True)
+    thread.start()
+    try:
+        for _ in range(start, config.steps):
+            yield buffer.get()
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def pretrain(
+    images: str | Path,
+    out: str | Path,
+    config: PretrainConfig,
+    *,
+    resume: str | Path | None = None,
+    max_minutes: float | None = None,
+    device: torch.device | str = "cpu",
+) -> Iterator[PretrainStep]:
+    """Run masked pre-training, yielding after every step; checkpoints to ``out`` every
+    ``config.checkpoint_minutes``, at the end, and when ``max_minutes`` runs out."""
+    dev = torch.device(device)
+    out = Path(out)
+    torch.manual_seed(config.seed)
+    model = SkipNet(2 * config.channels, config.channels).to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.9), weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.min_lr)
+    start, elapsed_before = 0, 0.0
+    if resume is not None:
+        payload = read_payload(resume)
+        training = payload.get("training")
+        if not training:
+            raise ValueError(f"{resume} holds no training state (a shipped checkpoint?): cannot resume from it")
+        saved = PretrainConfig(**{**training["config"], "mask_ratios": tuple(training["config"]["mask_ratios"])})
+        if replace(saved, checkpoint_minutes=config.checkpoint_minutes) != config:
+            raise ValueError(f"{resume} was trained with a different recipe: {saved}; resume with the same options")
+        model.load_state_dict(payload["state_dict"])
+        optimizer.load_state_dict(training["optimizer"])
+        scheduler.load_state_dict(training["scheduler"])
+        start, elapsed_before = int(training["step"]), float(training.get("seconds", 0.0))
+    if dev.type == "cpu" or dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    corpus = ImageCorpus(images, config.channels, config.crop)
+    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    clip = 0.01 if config.loss == "psnr" else None  # the reference code's setting for its log loss
+
+    t0 = time.monotonic()
+    last_save = t0
+    step = start
+    hardware = _hardware(dev)
+
+    def checkpoint(loss: float) -> None:
+        save_checkpoint(
+            out,
+            model.state_dict(),
+            channels=config.channels,
+            mask_mode=config.mask_mode,
+            mask_ratios=config.mask_ratios,
+            metadata={
+                "data": str(images),
+                "images": len(corpus),
+                "steps": step,
+                "planned_steps": config.steps,
+                "batch": config.batch,
+                "crop": config.crop,
+                "loss": config.loss,
+                "last_loss": loss,
+                "precision": config.precision,
+                "seconds": round(elapsed_before + time.monotonic() - t0, 1),
+                "hardware": hardware,
+                "torch": str(torch.__version__),
+            },
+            training={
+                "config": {**asdict(config), "mask_ratios": list(config.mask_ratios)},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "seconds": elapsed_before + time.monotonic() - t0,
+            },
+        )
+
+    loss_value = math.nan
+    batches = _prefetch(corpus, config, start)
+    try:
+        for clean, ratios in batches:
+            clean = clean.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            gen = make_generator(config.seed * 1_000_003 + step, dev)
+            keep = draw_mask(clean.shape, ratios, config.mask_mode, gen, dev)
+            hidden = 1.0 - keep
+            with autocast:
+                prediction = model(torch.cat([clean * keep, keep], dim=1))
+            loss = masked_loss(prediction.float(), clean, hidden, config.loss)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise RuntimeError(f"pre-training diverged at step {step} (loss {loss_value}); lower the learning rate")
+            now = time.monotonic()
+            out_of_time = max_minutes is not None and now - t0 >= max_minutes * 60
+            due = now - last_save >= config.checkpoint_minutes * 60 or step == config.steps or out_of_time
+            if due:
+                checkpoint(loss_value)
+                last_save = now
+            yield PretrainStep(step, config.steps, loss_value, scheduler.get_last_lr()[0], due)
+            if out_of_time:
+                return
+    finally:
+        batches.close()
+
+
+def _hardware(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import os
+    import platform
+
+    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
