@@ -60,6 +60,9 @@ def _read_image(path: Path, axes: str | None) -> tuple[np.ndarray, str]:
     if path.is_dir():
         raise ValueError(f"input is a folder, not an image file: {path}")
     suffix = path.suffix.lower()
+    import logging
+
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # we report unreadable files ourselves, in one line
     try:
         if suffix in (".tif", ".tiff"):
             import tifffile

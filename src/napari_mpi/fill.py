@@ -32,6 +32,7 @@ __all__ = [
     "iterative_fill",
     "resolve_device",
     "build_model",
+    "ema_update_",
 ]
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -173,6 +174,13 @@ def build_model(channels: int, state_dict: dict[str, torch.Tensor] | None, seed:
     return model.to(device)
 
 
+@torch.no_grad()
+def ema_update_(estimate: torch.Tensor, prediction: torch.Tensor, hidden: torch.Tensor, beta: float) -> torch.Tensor:
+    """In place: ``estimate = hidden * (beta * estimate + (1 - beta) * prediction) + (1 - hidden) * estimate``,
+    computed as ``estimate + hidden * (1 - beta) * (prediction - estimate)`` (hidden is 0 or 1)."""
+    return estimate.add_(hidden * (1.0 - beta) * (prediction - estimate))
+
+
 def iterative_fill(
     image: torch.Tensor,
     config: FillConfig,
@@ -210,7 +218,6 @@ def iterative_fill(
 
     x = image.to(dev, torch.float32).unsqueeze(0)
     estimate = x[0].clone()
-    keep_weight = 1.0 - config.beta
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
     for iteration in range(1, config.iterations + 1):
@@ -223,8 +230,6 @@ def iterative_fill(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        with torch.no_grad():
-            # ybar + hidden*(1-beta)*(y - ybar) == hidden*(beta*ybar + (1-beta)*y) + keep*ybar
-            estimate.add_(hidden[0] * keep_weight * (prediction.detach()[0] - estimate))
+        ema_update_(estimate, prediction.detach()[0], hidden[0], config.beta)
         yield FillStep(iteration, config.iterations, estimate, loss.detach())
 

@@ -1,0 +1,26 @@
+"""Shared fixtures. Tests run on the CPU with tiny images; one torch thread keeps them predictable."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
+    yield
+
+
+@pytest.fixture
+def camera_crop() -> np.ndarray:
+    """A 96x96 crop of scikit-image's bundled camera picture, float in [0, 1]."""
+    from skimage import data
+
+    return data.camera()[160:256, 200:296].astype(np.float32) / 255.0
+
+
+def psnr(estimate: np.ndarray, reference: np.ndarray, data_range: float = 1.0) -> float:
+    mse = float(np.mean((np.asarray(estimate, np.float64) - np.asarray(reference, np.float64)) ** 2))
+    return 10.0 * np.log10(data_range**2 / mse)

@@ -1,0 +1,111 @@
+"""The command line, run as a real subprocess (as users run it): round trips and every error exit."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+FAST = ["--iterations", "2", "--weights", "random", "-q"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "napari_mpi.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def zstack(tmp_path):
+    path = tmp_path / "stack.tif"
+    data = np.random.default_rng(0).integers(0, 4000, size=(2, 40, 44), dtype=np.uint16)
+    tifffile.imwrite(path, data, imagej=True, metadata={"axes": "ZYX"})
+    return path, data
+
+
+def test_tiff_round_trip_keeps_shape_and_axes(zstack, tmp_path):
+    source, data = zstack
+    before = digest(source)
+    out = tmp_path / "out.tif"
+    result = run_cli("denoise", str(source), "-o", str(out), *FAST)
+    assert result.returncode == 0, result.stderr
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "ZYX"
+        written = tif.series[0].asarray()
+    assert written.shape == data.shape and written.dtype == np.float32
+    assert digest(source) == before
+
+
+def test_axes_option_channels_and_keep_dtype(tmp_path):
+    source = tmp_path / "tc.tif"
+    tifffile.imwrite(source, np.random.default_rng(1).integers(0, 255, (2, 2, 40, 40), dtype=np.uint8))
+    out = tmp_path / "tc-out.tif"
+    result = run_cli("denoise", str(source), "-o", str(out), "--axes", "TCYX", "--keep-dtype", *FAST)
+    assert result.returncode == 0, result.stderr
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "TCYX" and tif.series[0].dtype == np.uint8
+
+
+def test_png_rgb_round_trip(tmp_path):
+    from skimage.io import imread, imsave
+
+    source = tmp_path / "photo.png"
+    imsave(source, np.random.default_rng(2).integers(0, 255, (40, 48, 3), dtype=np.uint8), check_contrast=False)
+    out = tmp_path / "photo-out.png"
+    result = run_cli("denoise", str(source), "-o", str(out), *FAST)
+    assert result.returncode == 0, result.stderr
+    assert imread(out).shape == (40, 48, 3)
+
+
+def _assert_clean_failure(result, phrase):
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.strip().splitlines() if line]
+    assert len(lines) == 1 and phrase in lines[0], result.stderr
+
+
+def test_missing_input(tmp_path):
+    _assert_clean_failure(run_cli("denoise", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "o.tif"), *FAST), "not found")
+
+
+def test_corrupt_tiff(tmp_path):
+    bad = tmp_path / "bad.tif"
+    bad.write_bytes(b"II*\x00" + b"\x00garbage" * 20)
+    before = digest(bad)
+    _assert_clean_failure(run_cli("denoise", str(bad), "-o", str(tmp_path / "o.tif"), *FAST), "cannot read")
+    assert digest(bad) == before
+
+
+def test_axes_that_do_not_fit(zstack, tmp_path):
+    source, _ = zstack
+    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--axes", "TZYX", *FAST), "dimensions")
+
+
+def test_unwritable_output_folder(zstack, tmp_path):
+    source, _ = zstack
+    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "no" / "such" / "o.tif"), *FAST), "does not exist")
+    # /proc refuses new files even for root (CI runs as root, where chmod would not stop a write)
+    unwritable = Path("/proc") if Path("/proc/self").exists() else tmp_path / "locked"
+    if unwritable.name == "locked":
+        unwritable.mkdir()
+        unwritable.chmod(0o500)
+    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(unwritable / "o.tif"), *FAST), "cannot write")
+
+
+def test_output_equal_to_input(zstack):
+    source, _ = zstack
+    before = digest(source)
+    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(source), *FAST), "equals the input")
+    assert digest(source) == before
+
+
+def test_bad_parameter_is_one_line(zstack, tmp_path):
+    source, _ = zstack
+    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--mask-ratio", "1.2", *FAST), "mask ratio")

@@ -1,0 +1,148 @@
+"""The public API: shapes, dtypes, units, determinism, weights files."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import napari_mpi
+from napari_mpi.network import SkipNet
+from napari_mpi.weights import load_checkpoint, resolve_weights, save_checkpoint
+
+from .conftest import psnr
+
+FEW = {"iterations": 2, "weights": "random"}
+
+
+@pytest.mark.parametrize(
+    "shape,dtype,kwargs",
+    [
+        ((40, 36), np.uint8, {}),
+        ((40, 36), np.uint16, {}),
+        ((40, 36), np.int16, {}),
+        ((40, 36), np.float64, {}),
+        ((40, 36, 3), np.uint8, {"rgb": True}),
+        ((40, 36, 4), np.uint8, {"rgb": True}),
+        ((3, 40, 36), np.float32, {}),
+        ((2, 2, 40, 36), np.uint16, {}),
+        ((2, 40, 36), np.uint16, {"channel_axis": 0}),
+        ((40, 36, 2), np.float32, {"channel_axis": -1}),
+    ],
+)
+def test_shape_and_dtype_round_trips(shape, dtype, kwargs):
+    rng = np.random.default_rng(0)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    low, high = (max(info.min, -1000), min(info.max, 4000)) if info else (-3.0, 5.0)
+    image = rng.uniform(low, high, size=shape).astype(dtype)
+    result = napari_mpi.denoise(image, **FEW, **kwargs)
+    assert result.shape == image.shape and result.dtype == np.float32
+    # in the input's intensity units: same range, not [0, 1]
+    assert abs(float(result.mean()) - float(image.mean())) < 0.25 * (high - low)
+    if kwargs.get("rgb") and shape[-1] == 4:
+        np.testing.assert_array_equal(result[..., 3], image[..., 3])  # alpha kept
+
+
+def test_input_is_not_modified():
+    image = np.random.default_rng(1).random((40, 40)).astype(np.float32)
+    before = image.copy()
+    napari_mpi.denoise(image, **FEW)
+    np.testing.assert_array_equal(image, before)
+
+
+def test_same_seed_same_result():
+    image = np.random.default_rng(2).random((2, 40, 40)).astype(np.float32)
+    a = napari_mpi.denoise(image, seed=3, **FEW)
+    b = napari_mpi.denoise(image, seed=3, **FEW)
+    c = napari_mpi.denoise(image, seed=4, **FEW)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_progress_events_cover_every_plane_and_iteration():
+    events = []
+    napari_mpi.denoise(np.random.rand(3, 40, 40), progress=events.append, **FEW)
+    assert [(e.plane, e.iteration) for e in events] == [(p, i) for p in range(3) for i in (1, 2)]
+    assert events[-1].fraction == 1.0 and np.isfinite(events[-1].loss)
+    assert events[0].estimate().shape == (40, 40)
+
+
+def test_constant_plane_is_returned_unchanged():
+    image = np.stack([np.full((40, 40), 5.0), np.random.rand(40, 40)])
+    result = napari_mpi.denoise(image, **FEW)
+    np.testing.assert_array_equal(result[0], 5.0)
+
+
+@pytest.mark.parametrize(
+    "image,kwargs,match",
+    [
+        (np.zeros((40, 40), dtype=bool), {}, "boolean"),
+        (np.zeros((5, 40)), {}, "too small"),
+        (np.full((40, 40), np.nan), {}, "NaN"),
+        (np.zeros((40, 40)), {"mask_ratio": 1.5}, "mask ratio"),
+        (np.zeros((40, 40)), {"preset": "slow"}, "unknown preset"),
+        (np.zeros((40, 40)), {"seed": -1}, "seed"),
+        (np.zeros((40, 40)), {"device": "cuda:0" if not torch.cuda.is_available() else "nonsense"}, "device"),
+        (np.zeros((40, 40)), {"weights": 3}, "weights must be"),
+    ],
+)
+def test_user_errors_are_value_errors(image, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        napari_mpi.denoise(image, **{**FEW, **kwargs})
+
+
+def test_gaussian_noise_gain_through_the_api(camera_crop):
+    rng = np.random.default_rng(0)
+    noisy = (camera_crop * 255 + rng.normal(0, 25, camera_crop.shape)).astype(np.float32)  # 8-bit units
+    result = napari_mpi.denoise(noisy, iterations=100, weights="random")
+    assert psnr(result, camera_crop * 255, 255) >= psnr(noisy, camera_crop * 255, 255) + 4.0
+
+
+def _random_weights(tmp_path, channels=1, mode="pixel", seed=0):
+    torch.manual_seed(seed)
+    net = SkipNet(2 * channels, channels)
+    path = save_checkpoint(tmp_path / f"w{channels}.pt", net.state_dict(), channels=channels, mask_mode=mode,
+                           mask_ratios=(0.3, 0.3), metadata={"note": "test"}, half=True, sidecar=True)
+    return path, net
+
+
+def test_checkpoint_file_round_trip_and_use(tmp_path):
+    path, net = _random_weights(tmp_path)
+    ckpt = load_checkpoint(path)
+    assert ckpt.channels == 1 and ckpt.mask_mode == "pixel" and ckpt.metadata["note"] == "test"
+    for key, value in net.state_dict().items():
+        assert torch.allclose(ckpt.state_dict[key].float(), value.float(), atol=1e-3, rtol=1e-3)  # fp16 storage
+    image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
+    from_path = napari_mpi.denoise(image, iterations=2, weights=str(path))
+    from_ckpt = napari_mpi.denoise(image, iterations=2, weights=ckpt)
+    from_random = napari_mpi.denoise(image, iterations=2, weights="random")
+    np.testing.assert_array_equal(from_path, from_ckpt)
+    assert not np.array_equal(from_path, from_random)
+    assert json.loads(path.with_suffix(".json").read_text())["sha256"]
+
+
+def test_corrupt_or_foreign_weights_are_clear_errors(tmp_path):
+    path, _ = _random_weights(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt"):
+        napari_mpi.denoise(np.random.rand(40, 40), weights=str(path), iterations=1)
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(bytes(data[:1000]))
+    with pytest.raises(ValueError, match="corrupt"):
+        load_checkpoint(truncated)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"hello": 1}, foreign)
+    with pytest.raises(ValueError, match="not a napari-mpi checkpoint"):
+        load_checkpoint(foreign)
+    with pytest.raises(ValueError, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_weights_must_fit_the_image(tmp_path):
+    path, _ = _random_weights(tmp_path, channels=3, mode="channel")
+    with pytest.raises(ValueError, match="3-channel"):
+        resolve_weights(str(path), 1, "pixel", 0.3)
+    assert resolve_weights(str(path), 3, "channel", 0.3).channels == 3
+    assert resolve_weights("random", 1, "pixel", 0.3) is None

@@ -1,0 +1,136 @@
+"""Algorithm 1 invariants, checked against the masks the fill must have drawn."""
+
+import numpy as np
+import pytest
+import torch
+
+from napari_mpi.fill import FillConfig, build_model, config_for, ema_update_, iterative_fill
+from napari_mpi.masking import draw_mask, make_generator
+
+from .conftest import psnr
+
+
+def _noisy(seed: int = 0, size: int = 40) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size]
+    clean = 0.5 + 0.3 * np.sin(x / 5.0) * np.cos(y / 7.0)
+    return torch.from_numpy((clean + rng.normal(0, 0.1, clean.shape)).astype(np.float32))[None]
+
+
+def _run(image, config):
+    return [(s.iteration, s.estimate.clone(), s.loss) for s in iterative_fill(image, config, device="cpu")]
+
+
+def test_ema_update_by_hand():
+    estimate = torch.tensor([0.2, 0.2, 0.5])
+    prediction = torch.tensor([0.6, 0.6, 1.0])
+    hidden = torch.tensor([1.0, 0.0, 1.0])
+    ema_update_(estimate, prediction, hidden, beta=0.9)
+    # hidden: 0.9*0.2 + 0.1*0.6 = 0.24 and 0.9*0.5 + 0.1*1.0 = 0.55; visible keeps 0.2
+    assert torch.allclose(estimate, torch.tensor([0.24, 0.2, 0.55]))
+
+
+def test_estimate_starts_as_input_and_changes_only_at_hidden_pixels():
+    image = _noisy()
+    config = FillConfig(mask_ratio=0.3, beta=0.5, iterations=4, seed=3)
+    steps = _run(image, config)
+    generator = make_generator(config.seed, "cpu")
+    previous = image.clone()
+    for _, estimate, _ in steps:
+        keep = draw_mask((1, *image.shape), config.mask_ratio, "pixel", generator, "cpu")[0]
+        visible = keep.bool()
+        assert torch.equal(estimate[visible], previous[visible])  # visible pixels keep their estimate
+        assert not torch.equal(estimate[~visible], previous[~visible])
+        previous = estimate
+
+
+def test_matches_a_plain_reference_implementation_of_algorithm_1():
+    """Algorithm 1 written out naively: predict before the step, Adam on hidden-pixel MSE, EMA at hidden pixels."""
+    image = _noisy(1)
+    config = FillConfig(mask_ratio=0.4, beta=0.8, iterations=3, seed=5, lr=2e-3)
+    model = build_model(1, None, config.seed, torch.device("cpu"))
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = make_generator(config.seed, "cpu")
+    x = image[None]
+    ybar = x.clone()
+    expected = []
+    for _ in range(config.iterations):
+        m = draw_mask(x.shape, config.mask_ratio, "pixel", generator, "cpu")
+        y = model(torch.cat([m * x, m], 1))
+        loss = (((y - x) * (1 - m)) ** 2).sum() / (1 - m).sum()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        y = y.detach()
+        ybar = (1 - m) * (config.beta * ybar + (1 - config.beta) * y) + m * ybar
+        expected.append((ybar[0].clone(), float(loss)))
+    for (_, estimate, loss), (want, want_loss) in zip(_run(image, config), expected):
+        assert torch.allclose(estimate, want, atol=1e-6)
+        assert loss == pytest.approx(want_loss, rel=1e-5)
+
+
+def test_same_seed_is_deterministic_and_other_seed_differs():
+    image = _noisy(2)
+    a = _run(image, FillConfig(iterations=3, seed=1))[-1][1]
+    b = _run(image, FillConfig(iterations=3, seed=1))[-1][1]
+    c = _run(image, FillConfig(iterations=3, seed=2))[-1][1]
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_rgb_uses_channel_masks():
+    image = torch.rand(3, 36, 36)
+    steps = _run(image, FillConfig(iterations=1, mask_mode="channel", seed=0))
+    changed = (steps[0][1] != image)
+    assert not torch.equal(changed[0], changed[1])  # hidden pixels differ per channel
+
+
+def test_cancelling_stops_the_work():
+    fill = iterative_fill(_noisy(), FillConfig(iterations=1000), device="cpu")
+    next(fill)
+    fill.close()  # what a consumer does on Cancel
+    with pytest.raises(StopIteration):
+        next(fill)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"mask_ratio": 0.0}, "mask ratio"),
+        ({"mask_ratio": 1.0}, "mask ratio"),
+        ({"beta": 1.0}, "beta"),
+        ({"beta": -0.1}, "beta"),
+        ({"iterations": 0}, "iterations"),
+        ({"iterations": 2.5}, "iterations"),
+        ({"lr": 0.0}, "learning rate"),
+        ({"mask_ratio": float("nan")}, "mask ratio"),
+    ],
+)
+def test_invalid_parameters_are_clear_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        FillConfig(**kwargs)
+
+
+def test_presets():
+    assert (config_for("fast").iterations, config_for("fast").beta) == (200, 0.9)
+    assert (config_for("Quality").iterations, config_for("quality").beta) == (1000, 0.99)
+    assert config_for("fast", iterations=7).iterations == 7
+    with pytest.raises(ValueError, match="unknown preset"):
+        config_for("best")
+
+
+def test_nan_and_small_planes_are_refused():
+    with pytest.raises(ValueError, match="NaN"):
+        next(iterative_fill(torch.full((1, 32, 32), float("nan")), FillConfig(), device="cpu"))
+    with pytest.raises(ValueError, match="too small"):
+        next(iterative_fill(torch.rand(1, 4, 32), FillConfig(), device="cpu"))
+
+
+def test_fill_removes_gaussian_noise(camera_crop):
+    """A real denoising check: sigma=25 Gaussian noise on a 96x96 photo crop, 100 iterations."""
+    rng = np.random.default_rng(0)
+    noisy = camera_crop + rng.normal(0, 25 / 255, camera_crop.shape).astype(np.float32)
+    config = FillConfig(mask_ratio=0.3, beta=0.9, iterations=100, seed=0)
+    *_, last = iterative_fill(torch.from_numpy(noisy)[None], config, device="cpu")
+    result = last.estimate[0].numpy()
+    assert psnr(result, camera_crop) >= psnr(noisy, camera_crop) + 4.0

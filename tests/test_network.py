@@ -1,0 +1,28 @@
+import pytest
+import torch
+
+from napari_mpi.network import MIN_SIDE, SkipNet
+
+
+def test_parameter_count_matches_the_paper_network():
+    count = sum(p.numel() for p in SkipNet(2, 1).parameters())
+    assert 735_000 <= count <= 755_000  # the paper's DIP skip net: ~745k
+
+
+@pytest.mark.parametrize("height,width", [(MIN_SIDE, MIN_SIDE), (33, 47), (64, 64), (70, 129)])
+def test_any_size_comes_back_with_its_shape_and_in_unit_range(height, width):
+    net = SkipNet(6, 3)
+    with torch.no_grad():
+        out = net(torch.rand(2, 6, height, width))
+    assert out.shape == (2, 3, height, width)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_too_small_image_is_a_clear_error():
+    with pytest.raises(ValueError, match="too small"):
+        SkipNet(2, 1)(torch.rand(1, 2, MIN_SIDE - 1, 64))
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"\(N, 2, H, W\)"):
+        SkipNet(2, 1)(torch.rand(1, 3, 64, 64))

@@ -1,0 +1,94 @@
+"""A tiny pre-training run on scikit-image's bundled pictures: save, resume bit-exactly, use in the fill."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import napari_mpi
+from napari_mpi import weights as weights_module
+from napari_mpi.pretrain import PretrainConfig, pretrain
+from napari_mpi.weights import default_checkpoint, load_checkpoint, read_payload, save_checkpoint
+
+
+@pytest.fixture(scope="module")
+def picture_folder(tmp_path_factory):
+    from skimage import data
+    from skimage.io import imsave
+
+    folder = tmp_path_factory.mktemp("pictures")
+    for name in ("astronaut", "coffee", "chelsea", "camera"):
+        imsave(folder / f"{name}.png", getattr(data, name)(), check_contrast=False)
+    return folder
+
+
+CONFIG = PretrainConfig(channels=1, mask_ratios=(0.2, 0.9), crop=48, batch=2, steps=4, precision="fp32")
+
+
+def test_resume_is_bit_exact(picture_folder, tmp_path):
+    straight = tmp_path / "straight.pt"
+    assert [s.step for s in pretrain(picture_folder, straight, CONFIG)] == [1, 2, 3, 4]
+    halves = tmp_path / "halves.pt"
+    first = pretrain(picture_folder, halves, CONFIG, max_minutes=0.0)  # stops after one step, with a checkpoint
+    assert [s.checkpointed for s in first] == [True]
+    assert [s.step for s in pretrain(picture_folder, halves, CONFIG, resume=halves)] == [2, 3, 4]
+    a, b = read_payload(straight), read_payload(halves)
+    assert a["training"]["step"] == b["training"]["step"] == 4
+    for key in a["state_dict"]:
+        assert torch.equal(a["state_dict"][key], b["state_dict"][key]), key
+    assert a["training"]["scheduler"] == b["training"]["scheduler"]
+
+    result = napari_mpi.denoise(np.random.rand(40, 40).astype(np.float32), iterations=2, weights=str(straight))
+    assert result.shape == (40, 40)
+
+
+def test_resume_with_another_recipe_is_refused(picture_folder, tmp_path):
+    path = tmp_path / "run.pt"
+    list(pretrain(picture_folder, path, CONFIG, max_minutes=0.0))
+    other = PretrainConfig(**{**CONFIG.__dict__, "crop": 64})
+    with pytest.raises(ValueError, match="different recipe"):
+        next(pretrain(picture_folder, path, other, resume=path))
+
+
+def test_rgb_pretraining_with_channel_masks(picture_folder, tmp_path):
+    config = PretrainConfig(channels=3, mask_mode="channel", crop=48, batch=2, steps=1, precision="fp32")
+    path = tmp_path / "rgb.pt"
+    list(pretrain(picture_folder, path, config))
+    ckpt = load_checkpoint(path)
+    assert ckpt.channels == 3 and ckpt.mask_mode == "channel"
+    assert napari_mpi.denoise(np.random.rand(40, 40, 3), rgb=True, iterations=1, weights=ckpt).shape == (40, 40, 3)
+
+
+def test_default_weights_are_picked_by_channels_mode_and_ratio(tmp_path, monkeypatch):
+    from napari_mpi.network import SkipNet
+
+    made = {}
+    for name, channels, mode, ratios in [
+        ("gray-low", 1, "pixel", (0.2, 0.5)),
+        ("gray-high", 1, "pixel", (0.8, 0.95)),
+        ("rgb", 3, "channel", (0.3, 0.3)),
+    ]:
+        net = SkipNet(2 * channels, channels)
+        made[name] = save_checkpoint(tmp_path / f"{name}.pt", net.state_dict(), channels=channels, mask_mode=mode,
+                                     mask_ratios=ratios, half=True, sidecar=True)
+    monkeypatch.setattr(weights_module, "shipped_checkpoints", lambda: sorted(made.values()))
+    assert default_checkpoint(1, "pixel", 0.3).path == made["gray-low"]
+    assert default_checkpoint(1, "pixel", 0.9).path == made["gray-high"]
+    assert default_checkpoint(1, "pixel", 0.7).path == made["gray-high"]
+    assert default_checkpoint(3, "channel", 0.5).path == made["rgb"]
+    assert default_checkpoint(3, "pixel", 0.3) is None
+    assert json.loads(made["rgb"].with_suffix(".json").read_text())["mask_ratios"] == [0.3, 0.3]
+
+
+def test_shipped_weights_load_and_fit():
+    """Every checkpoint in the package loads, passes its checksum and says what it is for."""
+    for path in weights_module.shipped_checkpoints():
+        ckpt = load_checkpoint(path)
+        assert ckpt.channels in (1, 3) and ckpt.mask_mode in ("pixel", "channel")
+        assert path.stat().st_size <= 4 * 1024 * 1024
+        info = json.loads(path.with_suffix(".json").read_text())
+        for key in ("data", "steps", "batch", "crop", "hardware", "sha256"):
+            assert key in info, (path.name, key)
