@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["clean_fluorescence", "noisy_fluorescence", "make_sample_2d", "make_sample_3d"]
+__all__ = ["clean_fluorescence", "noisy_fluorescence", "expected_counts", "make_sample_2d", "make_sample_3d"]
 
 
 def clean_fluorescence(shape: tuple[int, int] = (256, 256), seed: int = 0, z: float = 0.0) -> np.ndarray:
@@ -42,11 +42,21 @@ def clean_fluorescence(shape: tuple[int, int] = (256, 256), seed: int = 0, z: fl
     return image.astype(np.float32)
 
 
-def noisy_fluorescence(clean: np.ndarray, photons: float = 60.0, read_noise: float = 2.0, seed: int = 1) -> np.ndarray:
+#: Camera model of the sample: photons at the brightest pixel and the camera's dark offset in counts.
+PHOTONS = 60.0
+OFFSET = 100.0
+
+
+def expected_counts(clean: np.ndarray, photons: float = PHOTONS) -> np.ndarray:
+    """The noise-free image in camera counts: the ground truth of :func:`noisy_fluorescence`."""
+    return (clean * photons + OFFSET).astype(np.float32)
+
+
+def noisy_fluorescence(clean: np.ndarray, photons: float = PHOTONS, read_noise: float = 2.0, seed: int = 1) -> np.ndarray:
     """Poisson-Gaussian camera model: ``photons`` at the brightest pixel, Gaussian read noise in
-    counts, offset 100 counts; returns uint16 counts like a real camera."""
+    counts, plus the dark offset; returns uint16 counts like a real camera."""
     rng = np.random.default_rng(seed)
-    counts = rng.poisson(clean * photons) + rng.normal(100.0, read_noise, size=clean.shape)
+    counts = rng.poisson(clean * photons) + rng.normal(OFFSET, read_noise, size=clean.shape)
     return np.clip(np.round(counts), 0, 65535).astype(np.uint16)
 
 
