@@ -47,8 +47,9 @@ def test_estimate_starts_as_input_and_changes_only_at_hidden_pixels():
 def test_matches_a_plain_reference_implementation_of_algorithm_1():
     """Algorithm 1 written out naively: predict before the step, Adam on hidden-pixel MSE, EMA at hidden pixels."""
     image = _noisy(1)
-    config = FillConfig(mask_ratio=0.4, beta=0.8, iterations=3, seed=5, lr=2e-3)
-    model = build_model(1, None, config.seed, torch.device("cpu"))
+    config = FillConfig(mask_ratio=0.4, beta=0.8, iterations=3, seed=5, lr=2e-3, precision="fp32")
+    # same memory layout as the fill, so that the arithmetic is identical
+    model = build_model(1, None, config.seed, torch.device("cpu")).to(memory_format=torch.channels_last)
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = make_generator(config.seed, "cpu")
@@ -57,7 +58,7 @@ def test_matches_a_plain_reference_implementation_of_algorithm_1():
     expected = []
     for _ in range(config.iterations):
         m = draw_mask(x.shape, config.mask_ratio, "pixel", generator, "cpu")
-        y = model(torch.cat([m * x, m], 1))
+        y = model(torch.cat([m * x, m], 1).contiguous(memory_format=torch.channels_last))
         loss = (((y - x) * (1 - m)) ** 2).sum() / (1 - m).sum()
         optimizer.zero_grad()
         loss.backward()

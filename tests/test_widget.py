@@ -1,0 +1,334 @@
+"""The napari dock widget, headless (pytest-qt + napari's viewer fixture, under Xvfb).
+
+Tiny images (48x48) and a handful of iterations keep every run to about a second on a CPU.
+Every test waits for its worker to finish: a thread worker still running at teardown hangs pytest.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from napari.layers import Image
+from napari.utils.notifications import NotificationSeverity, notification_manager
+from qtpy.QtCore import QElapsedTimer, Qt, QTimer
+
+import napari_mpi._widget as widget_module
+from napari_mpi._sample_data import clean_fluorescence, noisy_fluorescence
+from napari_mpi._widget import MPIDenoiseWidget, _denoise_job, format_duration, progress_text
+from napari_mpi.denoise import DenoiseProgress
+
+RUN_TIMEOUT_MS = 120_000  # generous: the CPU is shared with other jobs
+
+
+def noisy(shape=(48, 48), seed=0) -> np.ndarray:
+    return noisy_fluorescence(clean_fluorescence(shape, seed=seed), seed=seed + 1)
+
+
+@pytest.fixture
+def notes():
+    """Notifications dispatched during the test (napari's notification manager records them all)."""
+    start = len(notification_manager.records)
+    return lambda: notification_manager.records[start:]
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, qtbot):
+    """A viewer and the widget opened the way napari opens it: through the plugin manifest."""
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
+    yield viewer, widget
+    if widget._run is not None:  # never leave a worker running
+        run = widget._run
+        run.cancel()
+        qtbot.waitUntil(lambda: run.finished, timeout=RUN_TIMEOUT_MS)
+
+
+def wait_finished(qtbot, run) -> None:
+    qtbot.waitUntil(lambda: run.finished, timeout=RUN_TIMEOUT_MS)
+
+
+def errors(records, severity=NotificationSeverity.ERROR) -> list[str]:
+    return [str(n.message) for n in records if n.severity == severity]
+
+
+# -- pure helpers ---------------------------------------------------------------------------
+
+
+def _fake_steps(count: int, delay: float):
+    plane = np.zeros((8, 8), dtype=np.float32)
+    start = time.monotonic()
+    for iteration in range(1, count + 1):
+        time.sleep(delay)
+        yield DenoiseProgress(plane=0, n_planes=1, index=(slice(None), slice(None)), iteration=iteration,
+                              iterations=count, elapsed=time.monotonic() - start, _plane_data=plane + iteration)
+    return "result"
+
+
+def test_redraws_are_throttled_but_regular():
+    out = np.zeros((8, 8), dtype=np.float32)
+    fast = list(_denoise_job(None, _fake_steps(300, 0.001), out, 0.1))  # ~1000 iterations per second
+    fresh = sum(flag for _, flag in fast)
+    assert len(fast) == 300  # a yield (a cancellation point) after every iteration
+    assert 1 <= fresh <= 8  # ~0.35 s of work: at most ~10 redraws per second
+    assert fast[0][1]  # the live layer appears at the first step
+    slow = list(_denoise_job(None, _fake_steps(4, 0.12), out, 0.1))
+    assert all(flag for _, flag in slow)  # slower iterations: a redraw after every one
+    assert out[0, 0] == 4  # the estimate of the last fresh event went into the output
+
+
+def test_progress_text():
+    event = DenoiseProgress(plane=1, n_planes=4, index=(1,), iteration=50, iterations=200, elapsed=30.0)
+    assert progress_text(event) == "plane 2/4, iteration 50/200, elapsed 0:30, ETA 1:06"
+    assert format_duration(3725) == "1:02:05"
+    assert format_duration(float("inf")) == "?"
+
+
+# -- the widget -----------------------------------------------------------------------------
+
+
+def test_opens_through_manifest_and_in_layers_filter_menu(viewer_widget):
+    from npe2 import PluginManifest
+
+    viewer, widget = viewer_widget
+    assert isinstance(widget, MPIDenoiseWidget)
+    manifest = PluginManifest.from_distribution("napari-mpi")
+    filter_menu = manifest.contributions.menus["napari/layers/filter"]
+    assert [item.command for item in filter_menu] == ["napari-mpi.denoise_widget"]
+    # presets fill in beta and iterations; editing them switches to Custom
+    assert widget.preset_combo.currentText() == "Fast"
+    assert (widget.beta.value(), widget.iterations.value()) == (0.9, 200)
+    widget.preset_combo.setCurrentText("Quality")
+    assert (widget.beta.value(), widget.iterations.value()) == (0.99, 1000)
+    widget.iterations.setValue(300)
+    assert widget.preset_combo.currentText() == "Custom"
+    assert not widget.advanced.isVisibleTo(widget)  # the advanced section starts collapsed
+    assert widget.device.itemText(0) == "auto" and "cpu" in [widget.device.itemText(i) for i in range(widget.device.count())]
+    for control in (widget.layer_combo, widget.preset_combo, widget.mask_ratio, widget.beta, widget.iterations,
+                    widget.lr, widget.seed, widget.device, widget.channel_axis, widget.run_button):
+        assert control.toolTip()
+
+
+def test_run_updates_the_output_live_and_keeps_the_layer_geometry(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    data = noisy()
+    original = data.copy()
+    source = viewer.add_image(data, name="cells", scale=(0.5, 0.25), translate=(3.0, 4.0),
+                              axis_labels=("y", "x"), units=("um", "um"), contrast_limits=(95, 140))
+    assert widget.chosen_layer() is source
+    widget.iterations.setValue(6)
+
+    updates: list[np.ndarray] = []
+    stalls = []
+    clock = QElapsedTimer()
+    probe = QTimer()
+    probe.setInterval(10)
+
+    def tick():
+        stalls.append(clock.restart())
+
+    probe.timeout.connect(tick)
+
+    def on_inserted(event):
+        layer = event.value
+        layer.events.set_data.connect(lambda *_: updates.append(np.array(layer.data)))
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    clock.start()
+    probe.start()
+    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
+    run = widget._run
+    assert run is not None and widget.run_button.text() == "Cancel"
+    assert not widget.iterations.isEnabled()  # parameters are locked while running
+    wait_finished(qtbot, run)
+    probe.stop()
+
+    assert run.state == "done"
+    assert run.redraws >= 2  # at least two intermediate updates of the output layer
+    assert len(updates) >= 3  # the first step, later steps, the final refresh
+    assert not np.array_equal(updates[0], updates[-1])  # the live estimate changed
+    out = viewer.layers["cells denoised"]
+    assert out.data.shape == data.shape and out.data.dtype == np.float32
+    np.testing.assert_allclose(out.scale, (0.5, 0.25))
+    np.testing.assert_allclose(out.translate, (3.0, 4.0))
+    assert tuple(out.axis_labels) == ("y", "x")
+    assert [str(u) for u in out.units] == [str(u) for u in source.units]
+    assert tuple(out.contrast_limits) == (95, 140)
+    meta = out.metadata
+    assert meta["status"] == "complete" and meta["iterations"] == 6 and meta["preset"] == "custom"
+    assert meta["napari_mpi_version"] and meta["input_layer"] == "cells" and meta["mask_ratio"] == 0.3
+    np.testing.assert_array_equal(source.data, original)  # the input is never modified
+    assert widget.run_button.text() == "Denoise" and widget.run_button.isEnabled()
+    assert widget.status.text().startswith("Done")
+    assert not errors(notes())
+    # napari stayed responsive: the GUI thread never stalled long (generous bound: shared CPU)
+    assert max(stalls) < 2000, f"longest event-loop stall {max(stalls)} ms"
+
+
+def test_cancel_stops_within_an_iteration_and_keeps_the_partial_result(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    viewer.add_image(noisy(), name="cells")
+    widget.iterations.setValue(5000)
+    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
+    run = widget._run
+    qtbot.waitUntil(lambda: run.redraws >= 2, timeout=RUN_TIMEOUT_MS)
+    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)  # the button now says Cancel
+    assert widget.run_button.text() == "Cancelling..."
+    t0 = time.monotonic()
+    wait_finished(qtbot, run)
+    assert time.monotonic() - t0 < 10  # one iteration of a 48x48 plane is ~0.1 s
+    assert run.state == "cancelled"
+    partial = viewer.layers["cells denoised (partial)"]
+    assert partial.metadata["status"] == "partial"
+    assert 0 < partial.metadata["stopped_at"]["iteration"] < 5000
+    assert np.abs(partial.data).sum() > 0  # what was computed is kept
+    assert run.job.gi_frame is None  # the engine's generator (network, optimiser) was released
+    assert widget.run_button.text() == "Denoise" and widget.run_button.isEnabled()
+    assert widget.status.text().startswith("Cancelled")
+    assert not errors(notes())
+
+
+def test_stack_is_denoised_plane_by_plane_and_keeps_shape_and_scale(viewer_widget, qtbot, monkeypatch):
+    monkeypatch.setattr(widget_module, "REDRAW_INTERVAL", 0.0)  # a redraw after every iteration
+    viewer, widget = viewer_widget
+    stack = np.stack([noisy(seed=s) for s in range(3)])
+    viewer.add_image(stack, name="zstack", scale=(2.0, 0.5, 0.5), axis_labels=("z", "y", "x"))
+    viewer.dims.set_point(0, 0)
+    widget.iterations.setValue(2)
+    run = widget.start()
+    wait_finished(qtbot, run)
+    out = viewer.layers["zstack denoised"]
+    assert out.data.shape == stack.shape
+    np.testing.assert_allclose(out.scale, (2.0, 0.5, 0.5))
+    assert out.metadata["planes"] == 3 and out.metadata["status"] == "complete"
+    assert all(np.ptp(plane) > 0 for plane in out.data)  # every plane was written
+    assert viewer.dims.current_step[0] == 2  # the viewer followed the plane being denoised
+
+
+def test_rgb_layer_is_denoised_as_colour(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(0)
+    photo = rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8)
+    viewer.add_image(photo, name="photo", rgb=True)
+    assert widget.layer_combo.currentText() == "photo (RGB)"
+    assert widget.parameters()["rgb"] is True
+    assert widget.channel_axis.count() == 1  # only "none": the colour axis is not a channel axis
+    widget.iterations.setValue(2)
+    run = widget.start()
+    wait_finished(qtbot, run)
+    out = viewer.layers["photo denoised"]
+    assert out.rgb and out.data.shape == photo.shape
+    assert out.metadata["rgb"] is True and out.metadata["mask_mode"] == "channel"
+
+
+def test_channel_axis_is_offered_and_used(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    cells = np.stack([noisy(seed=1), noisy(seed=2)], axis=0)  # (C, Y, X)
+    viewer.add_image(cells, name="two channels")
+    assert widget.channel_axis.itemText(0) == "none"
+    widget.channel_axis.setCurrentIndex(widget.channel_axis.findData(0))
+    assert widget.parameters()["channel_axis"] == 0
+    widget.iterations.setValue(1)
+    run = widget.start()
+    wait_finished(qtbot, run)
+    out = viewer.layers["two channels denoised"]
+    assert out.data.shape == cells.shape and out.metadata["channel_axis"] == 0
+
+
+def test_user_errors_become_notifications(viewer_widget, qtbot, notes, monkeypatch):
+    viewer, widget = viewer_widget
+    # no layer at all
+    assert widget.start() is None
+    assert any("image layer" in m for m in errors(notes(), NotificationSeverity.WARNING))
+    # too small: reported before any thread starts
+    viewer.add_image(np.ones((4, 4), dtype=np.float32), name="tiny")
+    assert widget.start() is None
+    assert any("too small" in m and "'tiny'" in m for m in errors(notes()))
+    # NaN: reported from the worker, as a notification, not an exception
+    bad = noisy().astype(np.float32)
+    bad[3, 3] = np.nan
+    viewer.add_image(bad, name="holes")
+    widget.iterations.setValue(2)
+    run = widget.start()
+    wait_finished(qtbot, run)
+    assert run.state == "failed"
+    assert any("NaN" in m and "'holes'" in m for m in errors(notes()))
+    # out of GPU memory inside the engine
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(sys.modules["napari_mpi.denoise"], "iterative_fill", oom)
+    viewer.add_image(noisy(), name="big")
+    run = widget.start()
+    wait_finished(qtbot, run)
+    assert any("ran out of memory" in m and "'big'" in m for m in errors(notes()))
+    monkeypatch.undo()
+    # and the widget works again afterwards
+    assert widget.run_button.text() == "Denoise" and widget.run_button.isEnabled()
+    widget.iterations.setValue(1)
+    run = widget.start()
+    wait_finished(qtbot, run)
+    assert run.state == "done" and "big denoised" in viewer.layers
+
+
+@pytest.mark.parametrize("which", ["input", "output"])
+def test_layer_removed_mid_run_stops_with_a_warning(viewer_widget, qtbot, notes, which):
+    viewer, widget = viewer_widget
+    viewer.add_image(noisy(), name="cells")
+    widget.iterations.setValue(5000)
+    run = widget.start()
+    qtbot.waitUntil(lambda: run.redraws >= 1, timeout=RUN_TIMEOUT_MS)
+    viewer.layers.remove("cells" if which == "input" else "cells denoised")
+    wait_finished(qtbot, run)
+    assert run.state == "stopped"
+    warnings = errors(notes(), NotificationSeverity.WARNING)
+    assert any("was removed" in m and "stopped" in m for m in warnings)
+    assert not errors(notes())
+    if which == "input":
+        assert viewer.layers["cells denoised (partial)"].metadata["status"] == "partial"
+    assert widget.run_button.text() == "Denoise"
+
+
+def test_closing_the_viewer_mid_run_stops_the_worker(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
+    viewer.add_image(noisy(), name="cells")
+    widget.iterations.setValue(5000)
+    run = widget.start()
+    qtbot.waitUntil(lambda: run.redraws >= 1, timeout=RUN_TIMEOUT_MS)
+    viewer.close()
+    wait_finished(qtbot, run)
+    assert run.state in ("stopped", "cancelled")
+    assert run.job.gi_frame is None
+
+
+def test_chooser_follows_layers(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    viewer.add_image(noisy(), name="a")
+    viewer.add_image(noisy(seed=3), name="b")
+    viewer.add_labels(np.zeros((48, 48), dtype=np.uint8), name="labels")
+    viewer.add_points([[1, 1]], name="points")
+    viewer.layers.selection.active = viewer.layers["a"]
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
+
+    def names():
+        return [widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())]
+
+    assert sorted(names()) == ["a", "b"]  # other layer types are not offered
+    assert widget.layer_combo.currentText() == "a"  # defaults to the selected layer
+    viewer.add_image(noisy(seed=5), name="c")  # napari selects a new layer: the chooser follows
+    assert "c" in names() and widget.layer_combo.currentText() == "c"
+    viewer.layers["c"].name = "renamed"
+    assert "renamed" in names() and "c" not in names()
+    assert widget.layer_combo.currentText() == "renamed"
+    viewer.layers.remove("renamed")
+    assert sorted(names()) == ["a", "b"]
+    assert widget.chosen_layer() is not None
+    viewer.layers.selection.active = viewer.layers["b"]
+    assert widget.layer_combo.currentText() == "b"
+    viewer.layers.clear()
+    assert names() == [] and not widget.run_button.isEnabled()
