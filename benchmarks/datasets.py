@@ -1,0 +1,292 @@
+"""Noisy / clean image pairs for the benchmarks, read from the shared data folder.
+
+Nothing here is part of the package and no image is stored in the repository: the data is read from
+``$NAPARI_MPI_DATA`` when set, else from ``../shared/data`` next to the repository root (see
+``../shared/data/README.md``). Every loader yields :class:`Sample` tuples
+``(name, noisy, clean, kind)`` — unpack the first four fields — with
+
+* ``noisy``, ``clean``: float32 in the 8-bit range scaled to [0, 1] (value / 255). Synthetic noise is
+  not clipped, so noisy kodak images go slightly outside [0, 1];
+* ``kind``: ``"gray"`` (H, W), ``"rgb"`` (H, W, 3) or ``"stack"`` (Z, H, W: denoised plane by plane);
+* ``dataset``: the dataset key below; ``compare``: ``"direct"`` or ``"affine"`` (see ``metrics``).
+
+Datasets (``DATASETS``):
+
+========================  ================================================================================
+``fmd-confocal``          FMD Confocal_BPAE_B: raw frame 0 (``raw/<fov>/HV110_P0500510000.png``) of each of
+                          the 19 FOVs against ``gt/<fov>/avg50.png`` (512x512 uint8 gray). Real noise.
+``fmd-nd``                Other FMD pairs: Confocal_FISH 3, Confocal_BPAE_R FOV 1 (gray), WideField_BPAE
+                          (R/G/B channels merged as an RGB picture), and the 3-slice Confocal_BPAE R/G/B
+                          z-stack of FOV 1 (float32 TIFF, values 0-255) as one ``stack`` sample.
+``gigadb``                GigaDB 100888 low-SNR / high-SNR pairs (nucleus, mito-confocal, membrane,
+                          actin-60x, mito-60x). Stored as pseudo-colour RGB PNGs whose signal sits in one
+                          or two channels; the gray image is the maximum over channels. Each image was
+                          contrast-stretched separately, so ``compare="affine"``.
+``kodak-gauss25``         Kodak24 RGB with additive white Gaussian noise, sigma 25/255 (not clipped).
+``kodak-poisson30``       Kodak24 as gray (``skimage.color.rgb2gray``) with Poisson noise at peak 30:
+                          ``noisy = Poisson(30 * clean) / 30``.
+========================  ================================================================================
+
+Crops are centred (``crop=None`` or 0 keeps the whole image) and taken before synthetic noise is
+drawn; synthetic noise uses a fixed seed per image (``numpy.random.default_rng([seed, index])``), so
+every method and every run sees the same noisy input.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple
+
+import numpy as np
+
+__all__ = [
+    "Sample",
+    "DATASETS",
+    "DEFAULT_DATASETS",
+    "data_root",
+    "require_data_root",
+    "load",
+    "center_crop",
+    "machine_info",
+]
+
+ENV_VAR = "NAPARI_MPI_DATA"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Sample(NamedTuple):
+    """One benchmark image: ``name, noisy, clean, kind`` plus the dataset key and comparison mode."""
+
+    name: str
+    noisy: np.ndarray
+    clean: np.ndarray
+    kind: str  # "gray" | "rgb" | "stack"
+    dataset: str = ""
+    compare: str = "direct"  # "direct" | "affine"
+
+
+def data_root(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The shared data folder: ``explicit``, else ``$NAPARI_MPI_DATA``, else ``<repo>/../shared/data``;
+    None when it does not exist."""
+    chosen = explicit or os.environ.get(ENV_VAR)  # a folder named explicitly is never silently replaced
+    path = Path(chosen).expanduser().resolve() if chosen else REPO_ROOT.parent / "shared" / "data"
+    return path if path.is_dir() else None
+
+
+def require_data_root(explicit: str | os.PathLike | None = None) -> Path:
+    """``data_root`` or exit(0) with a message saying where the data was looked for."""
+    root = data_root(explicit)
+    if root is None:
+        where = explicit or os.environ.get(ENV_VAR) or REPO_ROOT.parent / "shared" / "data"
+        print(
+            f"benchmark data not found at {where}; set {ENV_VAR} or pass --data to the folder described in "
+            "../shared/data/README.md. Nothing to do.",
+            file=sys.stderr,
+        )
+        raise SystemExit(0)
+    return root
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def machine_info() -> dict:
+    """Versions, thread count, CPU (and GPU) model: recorded with every benchmark result."""
+    import platform
+    from importlib import metadata
+
+    info: dict = {"python": platform.python_version(), "platform": platform.platform()}
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            names = [line.split(":", 1)[1].strip() for line in handle if line.startswith("model name")]
+        if names:
+            cpu = names[0]
+    except OSError:
+        pass
+    info["cpu"] = cpu
+    info["cpu_count"] = os.cpu_count()
+    try:
+        info["affinity_cpus"] = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        pass
+    for package in ("napari-mpi", "torch", "numpy", "scikit-image", "scipy", "bm3d"):
+        try:
+            info[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            info[package] = None
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+    except ImportError:
+        pass
+    return info
+
+
+def center_crop(image: np.ndarray, crop: int | None, kind: str) -> np.ndarray:
+    """Centre crop of the spatial axes (H, W) to at most ``crop`` x ``crop``; None/0 = no crop."""
+    if not crop:
+        return image
+    if kind == "rgb":
+        height, width = image.shape[:2]
+    else:  # gray (H, W) or stack (Z, H, W)
+        height, width = image.shape[-2:]
+    ch, cw = min(crop, height), min(crop, width)
+    top, left = (height - ch) // 2, (width - cw) // 2
+    if kind == "rgb":
+        return image[top : top + ch, left : left + cw]
+    return image[..., top : top + ch, left : left + cw]
+
+
+def _imread(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise FileNotFoundError(f"benchmark data file missing: {path}")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return tifffile.imread(path)
+    from skimage import io
+
+    return io.imread(path)
+
+
+def _unit(array: np.ndarray) -> np.ndarray:
+    """8-bit values (uint8, or floats holding 0-255) -> float32 / 255."""
+    return np.ascontiguousarray(array, dtype=np.float32) / np.float32(255.0)
+
+
+def _pair(name, noisy, clean, kind, crop, dataset, compare="direct") -> Sample:
+    if noisy.shape != clean.shape:
+        raise ValueError(f"{dataset}/{name}: noisy {noisy.shape} and clean {clean.shape} differ in shape")
+    return Sample(
+        name,
+        np.ascontiguousarray(center_crop(noisy, crop, kind)),
+        np.ascontiguousarray(center_crop(clean, crop, kind)),
+        kind,
+        dataset,
+        compare,
+    )
+
+
+def _fov_key(path: Path):
+    return (0, int(path.name)) if path.name.isdigit() else (1, path.name)
+
+
+# ---------------------------------------------------------------------------------------------- loaders
+
+
+def load_fmd_confocal(root: Path, crop: int | None = None, limit: int | None = None, **_) -> Iterator[Sample]:
+    """FMD Confocal_BPAE_B: frame 0 of every FOV vs its avg50 ground truth."""
+    base = root / "fmd-confocal-bpae-b"
+    fovs = sorted((p for p in (base / "gt").iterdir() if p.is_dir()), key=_fov_key)
+    for fov in fovs[:limit]:
+        raw_dir = base / "raw" / fov.name
+        frames = sorted(raw_dir.glob("*.png"))
+        if not frames:
+            raise FileNotFoundError(f"no raw frames in {raw_dir}")
+        frame0 = raw_dir / "HV110_P0500510000.png"
+        raw = frame0 if frame0.is_file() else frames[0]
+        yield _pair(f"fov{fov.name}", _unit(_imread(raw)), _unit(_imread(fov / "avg50.png")), "gray", crop, "fmd-confocal")
+
+
+def load_fmd_nd(root: Path, crop: int | None = None, limit: int | None = None, **_) -> Iterator[Sample]:
+    """The other FMD pairs: FISH, BPAE_R (gray), WideField BPAE (RGB), the 3-slice BPAE R/G/B stack."""
+    base = root / "fmd-nd-samples"
+    pairs = [
+        ("Confocal_FISH_3", "2D_raw/Confocal_FISH_3.png", "2D_gt/gt_Confocal_FISH_3.png", "gray"),
+        ("Confocal_BPAE_R_1", "confocal_bpae_r_fov1/image_R_1_001.png", "confocal_bpae_r_fov1/image_R_1_avg50.png", "gray"),
+        ("WideField_BPAE_rgb", "2D_raw/WideField_BPAE_raw_rgb_new1.png", "2D_gt/WideField_BPAE_gt_rgb_new1.png", "rgb"),
+        ("Confocal_BPAE_stack", "3D_raw/3D_volume_raw_stack1_32bit.tif", "3D_gt/3D_volume_gt_stack1_32bit.tif", "stack"),
+    ]
+    for name, raw, gt, kind in pairs[:limit]:
+        noisy, clean = _imread(base / raw), _imread(base / gt)
+        if kind == "rgb":
+            noisy, clean = noisy[..., :3], clean[..., :3]
+        yield _pair(name, _unit(noisy), _unit(clean), kind, crop, "fmd-nd")
+
+
+GIGADB_NAMES = ("nucleus", "mito-confocal", "membrane", "actin-60x-noise1", "mito-60x-noise1")
+
+
+def _gigadb_gray(array: np.ndarray) -> np.ndarray:
+    # Pseudo-colour PNGs: the signal is in one channel (or two equal ones), the rest is zero.
+    return array.max(axis=-1) if array.ndim == 3 else array
+
+
+def load_gigadb(root: Path, crop: int | None = None, limit: int | None = None, **_) -> Iterator[Sample]:
+    """GigaDB low-SNR vs high-SNR pairs, gray, compared after an affine fit."""
+    base = root / "gigadb-samples"
+    for name in GIGADB_NAMES[:limit]:
+        noisy = _gigadb_gray(_imread(base / "low_snr" / f"{name}-lowsnr-sample.png"))
+        clean = _gigadb_gray(_imread(base / "high_snr" / f"{name}-highsnr-sample.png"))
+        yield _pair(name, _unit(noisy), _unit(clean), "gray", crop, "gigadb", compare="affine")
+
+
+def _kodak_files(root: Path) -> list[Path]:
+    files = sorted((root / "kodak24").glob("kodim*.png"))
+    if not files:
+        raise FileNotFoundError(f"no kodim*.png in {root / 'kodak24'}")
+    return files
+
+
+def load_kodak_gauss(root: Path, crop: int | None = None, limit: int | None = None, *, sigma: float = 25.0,
+                     seed: int = 2025, **_) -> Iterator[Sample]:
+    """Kodak24 RGB + Gaussian noise of standard deviation ``sigma`` (in 0-255 units), not clipped."""
+    for index, path in enumerate(_kodak_files(root)[:limit]):
+        clean = center_crop(_unit(_imread(path)[..., :3]), crop, "rgb")
+        rng = np.random.default_rng([seed, index])
+        noisy = clean + rng.standard_normal(clean.shape, dtype=np.float32) * np.float32(sigma / 255.0)
+        yield Sample(path.stem, np.ascontiguousarray(noisy), np.ascontiguousarray(clean), "rgb", "kodak-gauss25")
+
+
+def load_kodak_poisson(root: Path, crop: int | None = None, limit: int | None = None, *, peak: float = 30.0,
+                       seed: int = 2026, **_) -> Iterator[Sample]:
+    """Kodak24 as gray + Poisson noise with ``peak`` expected photons at white: Poisson(peak * x) / peak."""
+    from skimage.color import rgb2gray
+
+    for index, path in enumerate(_kodak_files(root)[:limit]):
+        clean = center_crop(rgb2gray(_unit(_imread(path)[..., :3])).astype(np.float32), crop, "gray")
+        rng = np.random.default_rng([seed, index])
+        noisy = (rng.poisson(clean.astype(np.float64) * peak) / peak).astype(np.float32)
+        yield Sample(path.stem, noisy, np.ascontiguousarray(clean), "gray", "kodak-poisson30")
+
+
+DATASETS: dict[str, Callable[..., Iterator[Sample]]] = {
+    "fmd-confocal": load_fmd_confocal,
+    "fmd-nd": load_fmd_nd,
+    "gigadb": load_gigadb,
+    "kodak-gauss25": load_kodak_gauss,
+    "kodak-poisson30": load_kodak_poisson,
+}
+DEFAULT_DATASETS = tuple(DATASETS)
+
+
+def load(dataset: str, root: Path, crop: int | None = None, limit: int | None = None, **options) -> Iterator[Sample]:
+    """Samples of one dataset (a key of ``DATASETS``); ``options``: ``sigma``, ``peak`` for the kodak sets."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {', '.join(DATASETS)}")
+    return DATASETS[dataset](root, crop=crop, limit=limit, **options)
+
+
+if __name__ == "__main__":  # a quick inventory: python benchmarks/datasets.py [--crop N]
+    import argparse
+
+    parser = argparse.ArgumentParser(description="List the benchmark pairs and their noisy-input PSNR.")
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--crop", type=int, default=256)
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args()
+    root = require_data_root(args.data)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from quality import metrics  # noqa: E402
+
+    for key in DATASETS:
+        for s in load(key, root, crop=args.crop, limit=args.limit):
+            psnr, ssim = metrics(s.noisy, s.clean, s.kind, s.compare)
+            print(f"{key:16s} {s.name:22s} {s.kind:5s} {str(s.noisy.shape):15s} {s.noisy.dtype} "
+                  f"clean [{s.clean.min():.3f}, {s.clean.max():.3f}]  noisy PSNR {psnr:6.2f} SSIM {ssim:.3f}")

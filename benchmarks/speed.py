@@ -1,0 +1,143 @@
+"""Seconds per MPI fill iteration (forward + backward + Adam step + estimate update).
+
+Calls ``napari_mpi.fill.iterative_fill`` directly on random data with a randomly initialised network
+(the cost does not depend on the weights or the pixel values): one fill of ``warmup + repeats``
+iterations per size and precision, the first ``warmup`` iterations discarded, the median (and min /
+max) of the rest reported. 1-channel sizes use the per-pixel mask, 3-channel sizes the per-channel
+(RGB) mask, as ``napari_mpi.denoise`` does. Run from the repository root::
+
+    python benchmarks/speed.py                                   # 1x256x256, 1x512x512, 3x256x256; fp32, bf16
+    python benchmarks/speed.py --sizes 1x256x256 --repeats 5 --precisions fp32 --threads 2
+    python benchmarks/speed.py --device cuda --out speed.json --md speed.md
+
+The output names the torch version, its thread count, the CPU model (and GPU, if used): compare
+timings only from the same machine and the same load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from datasets import machine_info  # noqa: E402
+
+DEFAULT_SIZES = "1x256x256,1x512x512,3x256x256"
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    parts = text.lower().replace(" ", "").split("x")
+    if len(parts) == 2:
+        parts = ["1", *parts]
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"size must look like CxHxW (e.g. 1x256x256), got {text!r}")
+    channels, height, width = (int(p) for p in parts)
+    if channels not in (1, 3):
+        raise argparse.ArgumentTypeError(f"channels must be 1 (gray) or 3 (RGB), got {channels}")
+    return channels, height, width
+
+
+def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: int, device: str, seed: int = 0) -> dict:
+    """Per-iteration wall-clock seconds of one fill on random data."""
+    import torch
+
+    from napari_mpi.fill import FillConfig, iterative_fill, resolve_device
+
+    dev = resolve_device(device)
+    channels = size[0]
+    config = FillConfig(mask_ratio=0.3, beta=0.9, iterations=warmup + repeats, seed=seed,
+                        mask_mode="pixel" if channels == 1 else "channel", precision=precision)
+    image = torch.rand(size, generator=torch.Generator().manual_seed(seed))
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        elif dev.type == "mps":
+            torch.mps.synchronize()
+
+    times = []
+    sync()
+    last = time.perf_counter()
+    for step in iterative_fill(image, config, None, dev):
+        step.loss_tensor.item()  # make sure the step's work is done before the clock is read
+        sync()
+        now = time.perf_counter()
+        times.append(now - last)
+        last = now
+    kept = times[warmup:]
+    return {
+        "size": "x".join(map(str, size)),
+        "precision": precision,
+        "device": str(dev),
+        "median_s": statistics.median(kept),
+        "min_s": min(kept),
+        "max_s": max(kept),
+        "repeats": len(kept),
+        "warmup": warmup,
+        "first_s": times[0],
+    }
+
+
+def markdown(results: list[dict], machine: dict) -> str:
+    lines = [
+        f"torch {machine.get('torch')} ({machine.get('torch_threads')} threads), CPU: {machine.get('cpu')} "
+        f"({machine.get('cpu_count')} logical CPUs){', GPU: ' + machine['gpu'] if machine.get('gpu') else ''}, "
+        f"napari-mpi {machine.get('napari-mpi')}.",
+        "",
+        "| size (CxHxW) | precision | device | s / iteration (median) | min – max | fast preset, 200 it (s) | quality preset, 1000 it (s) |",
+        "|---|---|---|---:|---:|---:|---:|",
+    ]
+    for r in results:
+        lines.append(f"| {r['size']} | {r['precision']} | {r['device']} | {r['median_s']:.3f} | "
+                     f"{r['min_s']:.3f} – {r['max_s']:.3f} | {200 * r['median_s']:.0f} | {1000 * r['median_s']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default=DEFAULT_SIZES, help=f"comma-separated CxHxW (default {DEFAULT_SIZES})")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma-separated from fp32, bf16 (default both)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed iterations per size (default 10)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
+    parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda" or "mps"')
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--out", default=None, help="write the results as JSON")
+    parser.add_argument("--md", default=None, help="write the Markdown table to this file")
+    args = parser.parse_args(argv)
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be >= 1 and --warmup >= 0")
+    sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    for p in precisions:
+        if p not in ("fp32", "bf16"):
+            parser.error(f"unknown precision {p!r}; use fp32 or bf16")
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = machine_info()
+    results = []
+    for size in sizes:
+        for precision in precisions:
+            result = time_fill(size, precision, args.repeats, args.warmup, args.device)
+            results.append(result)
+            print(f"{result['size']:>12s} {precision}: {result['median_s']:.3f} s / iteration "
+                  f"(min {result['min_s']:.3f}, max {result['max_s']:.3f}, first {result['first_s']:.3f})",
+                  file=sys.stderr, flush=True)
+    text = markdown(results, machine)
+    print(text)
+    if args.md:
+        Path(args.md).write_text(text)
+    if args.out:
+        config = {k: v for k, v in vars(args).items() if k not in ("out", "md")}
+        Path(args.out).write_text(json.dumps({"config": config, "machine": machine, "results": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
