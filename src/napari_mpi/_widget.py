@@ -6,8 +6,8 @@ The widget never runs the algorithm itself. It validates the parameters with
 after every fill iteration, which is where ``worker.quit()`` (Cancel) takes effect. At most
 every :data:`REDRAW_INTERVAL` seconds the worker thread writes the current estimate of the plane
 being processed into the output array (the data of the live layer) and flags the event, and the
-GUI thread refreshes the layer. Everything that can go wrong for a user ends in a napari
-notification, never in a raw exception.
+GUI thread refreshes the layer (less often when redraws turn out slow: see :data:`REDRAW_BUDGET`).
+Everything that can go wrong for a user ends in a napari notification, never in a raw exception.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import math
 import time
 import weakref
-from typing import Any, Generator
+from typing import Any, Callable, Generator
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QCheckBox,
     QComboBox,
@@ -47,9 +47,14 @@ __all__ = ["MPIDenoiseWidget", "REDRAW_INTERVAL"]
 
 log = logging.getLogger(__name__)
 
-#: Seconds between two refreshes of the live output layer (at most ~10 redraws per second).
+#: Shortest time between two refreshes of the live output layer (at most ~10 redraws per second).
 #: An iteration slower than this refreshes the layer after every iteration.
 REDRAW_INTERVAL = 0.1
+#: Longest time between two refreshes (as long as iterations are shorter than this).
+MAX_REDRAW_INTERVAL = 2.0
+#: A redraw may use at most this share of the GUI thread's time: when redraws are slow (a big plane,
+#: software OpenGL, a busy CPU) the interval grows, up to MAX_REDRAW_INTERVAL.
+REDRAW_BUDGET = 0.25
 
 PRESET_LABELS = ("Fast", "Quality", "Custom")
 
@@ -148,14 +153,19 @@ def progress_text(event: DenoiseProgress) -> str:
 
 
 def _denoise_job(
-    data: Any, steps: Generator[DenoiseProgress, None, np.ndarray], out: np.ndarray, interval: float
+    data: Any,
+    steps: Generator[DenoiseProgress, None, np.ndarray],
+    out: np.ndarray,
+    interval: float | Callable[[], float],
 ) -> Generator[tuple[DenoiseProgress, bool], None, np.ndarray]:
     """Runs in the worker thread: drive the engine and yield ``(event, fresh)`` after every iteration.
 
     ``fresh`` is True when the current estimate of the event's plane was just written into ``out``
-    (at most once per ``interval`` seconds), i.e. when the GUI should refresh the output layer.
+    (at most once per ``interval`` seconds; a callable is asked again each time), i.e. when the GUI
+    should refresh the output layer. The estimate is computed here, off the GUI thread.
     Closing this generator closes the engine's, which releases the network and its device memory.
     """
+    wait = interval if callable(interval) else (lambda: interval)
     try:
         if isinstance(data, np.ndarray) and data.dtype.kind == "f" and data.size:
             if not (np.isfinite(data.min()) and np.isfinite(data.max())):
@@ -166,7 +176,7 @@ def _denoise_job(
                 event = next(steps)
             except StopIteration as stop:
                 return stop.value
-            fresh = time.monotonic() - last >= interval
+            fresh = time.monotonic() - last >= wait()
             if fresh:
                 out[event.index] = event.estimate()
                 last = time.monotonic()
@@ -229,7 +239,8 @@ class _Run:
         total = plan.layout.n_planes * plan.config.iterations
         self.pbar = progress(total=total, desc=f"MPI denoise '{self.name}'")
         self._pbar_n = 0
-        self.job = _denoise_job(data, denoise_steps(data, plan, self.out), self.out, REDRAW_INTERVAL)
+        self.redraw_interval = REDRAW_INTERVAL
+        self.job = _denoise_job(data, denoise_steps(data, plan, self.out), self.out, lambda: self.redraw_interval)
         job = self.job
 
         def drive():  # a generator function, so the worker is a GeneratorWorker with quit() at each yield
@@ -278,7 +289,10 @@ class _Run:
         if self.layer is None:
             self._add_layer()
         else:
+            begin = time.perf_counter()
             self.layer.refresh()
+            cost = time.perf_counter() - begin  # slicing, thumbnail, and the GIL shared with the worker
+            self.redraw_interval = min(MAX_REDRAW_INTERVAL, max(REDRAW_INTERVAL, cost / REDRAW_BUDGET))
         self.redraws += 1
         if self.follow and event.plane != self._followed_plane and self.plan.layout.n_planes > 1:
             self._followed_plane = event.plane
@@ -328,8 +342,9 @@ class _Run:
         self.state = "done"
 
     def on_aborted(self) -> None:
-        if self.state == "running":  # quit() from elsewhere (napari's close dialog cancels all tasks)
+        if self.state == "running":  # quit() from napari itself: closing the window cancels all tasks
             self.state = "cancelled"
+            show_warning(f"Denoising '{self.name}' was cancelled because its napari window was closed.")
 
     def on_errored(self, exc: BaseException) -> None:
         self.state = "failed"
@@ -393,7 +408,7 @@ class _Run:
     def _summary(self, latest: DenoiseProgress | None) -> str:
         elapsed = format_duration(time.monotonic() - self.started)
         if self.state == "done":
-            return f"Done in {elapsed}: '{self.layer.name if self.layer is not None else ''}'."
+            return f"Done in {elapsed}; the result is the layer '{self.layer.name if self.layer is not None else ''}'."
         where = ""
         if latest is not None:
             where = f" at plane {latest.plane + 1}/{latest.n_planes}, iteration {latest.iteration}/{latest.iterations}"
@@ -417,7 +432,7 @@ def _on_widget_destroyed(holder: dict) -> None:
     run: _Run | None = holder.get("run")
     if run is not None:
         run.widget = None
-        run.cancel()
+        run.cancel("cancelled", f"Denoising '{run.name}' was cancelled because its napari window was closed.")
 
 
 class MPIDenoiseWidget(QWidget):
@@ -430,6 +445,7 @@ class MPIDenoiseWidget(QWidget):
         self._layers: list[Image] = []
         self._output_layers: weakref.WeakSet = weakref.WeakSet()
         self._holder: dict[str, Any] = {"alive": True, "run": None}
+        self._docked = parent is not None
         self.destroyed.connect(lambda *_, holder=self._holder: _on_widget_destroyed(holder))
         self._build()
         self._connect_viewer()
@@ -438,6 +454,16 @@ class MPIDenoiseWidget(QWidget):
     @property
     def _alive(self) -> bool:
         return self._holder["alive"]
+
+    def event(self, event: QEvent) -> bool:
+        """Closing the dock (napari takes the widget out of it) cancels a run: no Cancel button is left."""
+        if event.type() == QEvent.Type.ParentChange:
+            run = self._run
+            if self.parent() is None and self._docked and run is not None and run.state == "running":
+                run.cancel("cancelled", f"The MPI denoise panel was closed, so denoising '{run.name}' stopped; "
+                                        "what was computed so far is kept.")
+            self._docked = self.parent() is not None
+        return super().event(event)
 
     # -- layout --------------------------------------------------------------------------
     def _build(self) -> None:
@@ -486,6 +512,7 @@ class MPIDenoiseWidget(QWidget):
         self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
         self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.advanced_toggle.setStyleSheet("QToolButton { border: none; }")
+        self.advanced_toggle.setToolTip("Learning rate, seed, device and channel axis: rarely needed.")
         self.advanced_toggle.toggled.connect(self._toggle_advanced)
         layout.addWidget(self.advanced_toggle)
 
