@@ -125,13 +125,6 @@ def _available_devices() -> list[str]:
     return devices
 
 
-def _free_device_memory(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    elif device.type == "mps":
-        torch.mps.empty_cache()
-
-
 def format_duration(seconds: float) -> str:
     """``m:ss`` or ``h:mm:ss``; ``?`` when unknown."""
     if not math.isfinite(seconds) or seconds < 0:
@@ -363,10 +356,10 @@ class _Run:
                 except Exception:  # noqa: BLE001 (a device in an error state: keep the last redraw)
                     log.debug("napari-mpi: could not read the last estimate", exc_info=True)
         finally:
-            # release the network, the optimiser and the estimate, then the device's cache
+            # release the network, the optimiser and the estimate; closing the engine's generator
+            # also empties the device's memory cache
             self.latest = None
             self.job.close()
-            _free_device_memory(self.plan.device)
             self.pbar.close()
         self._finalize_layer(latest)
         text = self._summary(latest)

@@ -31,6 +31,7 @@ class DenoisePlan:
     checkpoint: Checkpoint | None
     device: torch.device
     preset: str
+    channel_axis: int | None = None
 
     def describe(self) -> dict[str, Any]:
         """Parameters as plain values, for metadata and logs."""
@@ -49,6 +50,8 @@ class DenoisePlan:
             "device": str(self.device),
             "weights": self.checkpoint.name if self.checkpoint is not None else "random initialisation",
             "rgb": self.layout.rgb,
+            "channel_axis": self.channel_axis,
+            "plane_by_plane_axes": list(self.layout.iter_axes),
             "planes": self.layout.n_planes,
         }
 
@@ -119,7 +122,7 @@ def prepare(
         )
     channels = 3 if rgb else 1
     checkpoint = resolve_weights(weights, channels, mask_mode, config.mask_ratio)
-    return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower())
+    return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis)
 
 
 def denoise_steps(image, plan: DenoisePlan, out: np.ndarray | None = None) -> Generator[DenoiseProgress, None, np.ndarray]:
@@ -132,35 +135,39 @@ def denoise_steps(image, plan: DenoisePlan, out: np.ndarray | None = None) -> Ge
     layout = plan.layout
     if tuple(image.shape) != layout.shape:
         raise ValueError(f"image shape {tuple(image.shape)} does not match the plan's {layout.shape}")
+    if isinstance(image, np.ndarray) and image.dtype.kind == "f" and not np.isfinite(image).all():
+        # in memory, so check every plane now rather than fail part-way through a stack
+        raise ValueError("image contains NaN or infinite values; replace them (e.g. with 0) before denoising")
     if out is None:
         out = np.zeros(layout.shape, dtype=np.float32)
     state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
     start = time.monotonic()
-    for number, index in enumerate(layout.indices()):
-        plane = layout.take(image, index)
-        data, norm = normalize(plane)
-        progress = dict(plane=number, n_planes=layout.n_planes, index=index, iterations=plan.config.iterations)
-        if np.ptp(data) == 0:  # a constant plane is its own denoised result
-            out[index] = plane
-            yield DenoiseProgress(iteration=plan.config.iterations, elapsed=time.monotonic() - start,
-                                  _plane_data=plane, **progress)
-            continue
-        tensor = _to_tensor(data, layout.rgb)
-        step: FillStep | None = None
-        try:
-            for step in iterative_fill(tensor, plan.config, state, plan.device):
-                yield DenoiseProgress(iteration=step.iteration, elapsed=time.monotonic() - start,
-                                      _step=step, _norm=norm, _plane_data=plane, **progress)
-        except torch.OutOfMemoryError as exc:
-            _free_device_memory(plan.device)
-            height, width = layout.plane_shape[:2]
-            raise MemoryError(
-                f"{plan.device.type.upper()} ran out of memory on a {height}x{width} plane; "
-                "close other GPU programs, or use device='cpu'"
-            ) from exc
-        assert step is not None
-        out[index] = _to_plane(step.estimate, norm, plane)
-    _free_device_memory(plan.device)
+    try:
+        for number, index in enumerate(layout.indices()):
+            plane = layout.take(image, index)
+            data, norm = normalize(plane)
+            progress = dict(plane=number, n_planes=layout.n_planes, index=index, iterations=plan.config.iterations)
+            if np.ptp(data) == 0:  # a constant plane is its own denoised result
+                out[index] = plane
+                yield DenoiseProgress(iteration=plan.config.iterations, elapsed=time.monotonic() - start,
+                                      _plane_data=plane, **progress)
+                continue
+            tensor = _to_tensor(data, layout.rgb)
+            step: FillStep | None = None
+            try:
+                for step in iterative_fill(tensor, plan.config, state, plan.device):
+                    yield DenoiseProgress(iteration=step.iteration, elapsed=time.monotonic() - start,
+                                          _step=step, _norm=norm, _plane_data=plane, **progress)
+            except torch.OutOfMemoryError as exc:
+                height, width = layout.plane_shape[:2]
+                raise MemoryError(
+                    f"{plan.device.type.upper()} ran out of memory on a {height}x{width} plane; "
+                    "close other GPU programs, or use device='cpu'"
+                ) from exc
+            assert step is not None
+            out[index] = _to_plane(step.estimate, norm, plane)
+    finally:  # also when the consumer cancels (closes the generator) or an error ends the run
+        _free_device_memory(plan.device)
     return out
 
 
