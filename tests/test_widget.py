@@ -83,16 +83,16 @@ def _fake_steps(count: int, delay: float):
 
 def test_redraws_are_throttled_but_regular():
     out = np.zeros((8, 8), dtype=np.float32)
-    fast = list(_denoise_job(None, _fake_steps(300, 0.001), out, 0.1))  # ~1000 iterations per second
+    fast = list(_denoise_job(_fake_steps(300, 0.001), out, 0.1))  # ~1000 iterations per second
     fresh = sum(flag for _, flag in fast)
     assert len(fast) == 300  # a yield (a cancellation point) after every iteration
     assert 1 <= fresh <= 8  # ~0.35 s of work: at most ~10 redraws per second
     assert fast[0][1]  # the live layer appears at the first step
-    slow = list(_denoise_job(None, _fake_steps(4, 0.12), out, 0.1))
+    slow = list(_denoise_job(_fake_steps(4, 0.12), out, 0.1))
     assert all(flag for _, flag in slow)  # slower iterations: a redraw after every one
     assert out[0, 0] == 4  # the estimate of the last fresh event went into the output
     asked = []
-    adaptive = list(_denoise_job(None, _fake_steps(5, 0.01), out, lambda: asked.append(1) or 10.0))
+    adaptive = list(_denoise_job(_fake_steps(5, 0.01), out, lambda: asked.append(1) or 10.0))
     assert [flag for _, flag in adaptive] == [True, False, False, False, False]  # the interval is asked each time
     assert len(asked) == 5
 

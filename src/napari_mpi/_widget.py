@@ -146,7 +146,6 @@ def progress_text(event: DenoiseProgress) -> str:
 
 
 def _denoise_job(
-    data: Any,
     steps: Generator[DenoiseProgress, None, np.ndarray],
     out: np.ndarray,
     interval: float | Callable[[], float],
@@ -160,9 +159,6 @@ def _denoise_job(
     """
     wait = interval if callable(interval) else (lambda: interval)
     try:
-        if isinstance(data, np.ndarray) and data.dtype.kind == "f" and data.size:
-            if not (np.isfinite(data.min()) and np.isfinite(data.max())):
-                raise ValueError("the image contains NaN or infinite values; replace them (e.g. with 0) first")
         last = -math.inf
         while True:
             try:
@@ -233,7 +229,7 @@ class _Run:
         self.pbar = progress(total=total, desc=f"MPI denoise '{self.name}'")
         self._pbar_n = 0
         self.redraw_interval = REDRAW_INTERVAL
-        self.job = _denoise_job(data, denoise_steps(data, plan, self.out), self.out, lambda: self.redraw_interval)
+        self.job = _denoise_job(denoise_steps(data, plan, self.out), self.out, lambda: self.redraw_interval)
         job = self.job
 
         def drive():  # a generator function, so the worker is a GeneratorWorker with quit() at each yield

@@ -150,6 +150,10 @@ def _denoise(args: argparse.Namespace) -> int:
 
     _check_output(args.input, args.output)
     data, axes = _read_image(args.input, args.axes)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     plan = prepare(
         data.shape, data.dtype, preset=args.preset, mask_ratio=args.mask_ratio, beta=args.beta,
         iterations=args.iterations, seed=args.seed, device=args.device, weights=args.weights,
@@ -234,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--seed", type=int, default=0)
     den.add_argument("--weights", default="default", help="'default', 'random' or a checkpoint file")
     den.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    den.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default; use fewer on a busy machine)")
     den.add_argument("--keep-dtype", action="store_true", help="write the input's integer type (rounded) instead of float32")
     den.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     den.set_defaults(func=_denoise)
