@@ -65,7 +65,7 @@ def test_matches_a_plain_reference_implementation_of_algorithm_1():
         optimizer.step()
         y = y.detach()
         ybar = (1 - m) * (config.beta * ybar + (1 - config.beta) * y) + m * ybar
-        expected.append((ybar[0].clone(), float(loss)))
+        expected.append((ybar[0].clone(), float(loss.detach())))
     for (_, estimate, loss), (want, want_loss) in zip(_run(image, config), expected):
         assert torch.allclose(estimate, want, atol=1e-6)
         assert loss == pytest.approx(want_loss, rel=1e-5)
