@@ -9,6 +9,13 @@ from pathlib import Path
 import numpy as np
 
 
+def _progress_bar(**options):
+    """A tqdm bar that redraws live on a terminal and only every 30 s in a log file (CI, batch jobs)."""
+    from tqdm import tqdm
+
+    return tqdm(dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0, **options)
+
+
 def _ratio_range(text: str) -> tuple[float, float]:
     try:
         if "-" in text.strip("-"):
@@ -22,8 +29,6 @@ def _ratio_range(text: str) -> tuple[float, float]:
 
 def _pretrain(args: argparse.Namespace) -> int:
     import torch
-    from tqdm import tqdm
-
     from .fill import resolve_device
     from .pretrain import PretrainConfig, pretrain
 
@@ -43,7 +48,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     run = pretrain(args.images, args.out, config, resume=args.resume, max_minutes=args.max_minutes, device=device)
-    with tqdm(total=config.steps, unit="step", dynamic_ncols=True) as bar:
+    with _progress_bar(total=config.steps, unit="step") as bar:
         for record in run:
             if bar.n == 0:
                 bar.n = record.step - 1
@@ -144,8 +149,6 @@ def _write_image(target: Path, data: np.ndarray, axes: str, source_dtype: np.dty
 
 
 def _denoise(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from .denoise import denoise_steps, prepare
 
     _check_output(args.input, args.output)
@@ -161,8 +164,8 @@ def _denoise(args: argparse.Namespace) -> int:
     )
     n_planes, iterations = plan.layout.n_planes, plan.config.iterations
     quiet = args.quiet
-    planes_bar = tqdm(total=n_planes, unit="plane", position=0, disable=quiet or n_planes == 1, dynamic_ncols=True)
-    steps_bar = tqdm(total=iterations, unit="it", position=1 if n_planes > 1 else 0, disable=quiet, leave=False, dynamic_ncols=True)
+    planes_bar = _progress_bar(total=n_planes, unit="plane", position=0, disable=quiet or n_planes == 1)
+    steps_bar = _progress_bar(total=iterations, unit="it", position=1 if n_planes > 1 else 0, disable=quiet, leave=False)
     steps = denoise_steps(data, plan)
     try:
         while True:
@@ -194,9 +197,7 @@ def _demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     clean = clean_fluorescence((args.size, args.size), seed=0)
     noisy = noisy_fluorescence(clean)
-    from tqdm import tqdm
-
-    with tqdm(total=None, unit="it", desc="denoising the demo sample", dynamic_ncols=True) as bar:
+    with _progress_bar(total=None, unit="it", desc="denoising the demo sample") as bar:
         def progress(event) -> None:
             bar.total = event.iterations
             bar.update(1)
