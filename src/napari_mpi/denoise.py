@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .fill import FillConfig, FillStep, config_for, iterative_fill, resolve_device
+from .network import check_plane_size
 from .planes import Normalization, PlaneLayout, check_dtype, normalize, plane_layout
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
@@ -113,13 +114,7 @@ def prepare(
         preset, mask_ratio=mask_ratio, beta=beta, iterations=iterations, lr=lr,
         mask_mode=mask_mode, seed=int(seed), precision=precision,
     )
-    from .network import MIN_SIDE
-
-    height, width = layout.plane_shape[:2]
-    if min(height, width) < MIN_SIDE:
-        raise ValueError(
-            f"image planes of {height}x{width} pixels are too small: napari-mpi needs at least {MIN_SIDE} pixels per side"
-        )
+    check_plane_size(*layout.plane_shape[:2])
     channels = 3 if rgb else 1
     checkpoint = resolve_weights(weights, channels, mask_mode, config.mask_ratio)
     return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis)

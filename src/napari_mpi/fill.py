@@ -19,8 +19,8 @@ from typing import Iterator, Literal
 
 import torch
 
-from .masking import MaskMode, draw_mask, make_generator
-from .network import MIN_SIDE, SkipNet
+from .masking import MaskMode, draw_mask, make_generator, masked_mse
+from .network import SkipNet, check_plane_size
 
 __all__ = [
     "FillConfig",
@@ -209,10 +209,7 @@ def iterative_fill(
     if image.ndim != 3:
         raise ValueError(f"iterative_fill expects one (C, H, W) plane, got shape {tuple(image.shape)}")
     channels, height, width = image.shape
-    if min(height, width) < MIN_SIDE:
-        raise ValueError(
-            f"image plane of {height}x{width} pixels is too small: napari-mpi needs at least {MIN_SIDE} pixels per side"
-        )
+    check_plane_size(height, width)
     if not torch.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values; replace them before denoising")
     dev = resolve_device(device)
@@ -232,7 +229,7 @@ def iterative_fill(
         with autocast:
             prediction = model(torch.cat([x * keep, keep], dim=1).contiguous(memory_format=torch.channels_last))
         prediction = prediction.float()
-        loss = ((prediction - x) ** 2 * hidden).sum() / hidden.sum().clamp_min(1.0)
+        loss = masked_mse(prediction, x, hidden)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

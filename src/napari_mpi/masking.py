@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-__all__ = ["MaskMode", "draw_mask", "make_generator"]
+__all__ = ["MaskMode", "draw_mask", "make_generator", "masked_mse"]
 
 #: ``"pixel"``: one mask per pixel shared by all channels — the only correct choice for gray or
 #: fluorescence data (a per-channel mask on correlated channels lets the network copy noise through).
@@ -50,3 +50,9 @@ def draw_mask(
         ratio = ratio.to(device=device, dtype=uniform.dtype).view(-1, 1, 1, 1)
     keep = (uniform >= ratio).to(dtype)
     return keep.expand(n, c, h, w) if mode == "pixel" else keep
+
+
+def masked_mse(prediction: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over the hidden pixels only (paper Eq. 5): the network is never scored on
+    pixels it could see, so it cannot learn to copy its input (noise included)."""
+    return ((prediction - target) ** 2 * hidden).sum() / hidden.sum().clamp_min(1.0)

@@ -16,11 +16,19 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["SkipNet", "MIN_SIDE", "reflect_pad"]
+__all__ = ["SkipNet", "MIN_SIDE", "check_plane_size", "reflect_pad"]
 
 #: Smallest image side the network accepts. Smaller planes carry too little context
 #: for a 5-level hourglass to be meaningful, so we refuse them with a clear error.
 MIN_SIDE = 8
+
+
+def check_plane_size(height: int, width: int) -> None:
+    """ValueError with a clear sentence for planes below ``MIN_SIDE`` pixels per side."""
+    if min(height, width) < MIN_SIDE:
+        raise ValueError(
+            f"image planes of {height}x{width} pixels are too small: napari-mpi needs at least {MIN_SIDE} pixels per side"
+        )
 
 
 def _conv_block(in_ch: int, out_ch: int, kernel: int, stride: int = 1) -> list[nn.Module]:
@@ -103,10 +111,7 @@ class SkipNet(nn.Module):
                 f"SkipNet expects a (N, {self.in_channels}, H, W) tensor, got shape {tuple(x.shape)}"
             )
         h, w = x.shape[-2:]
-        if min(h, w) < MIN_SIDE:
-            raise ValueError(
-                f"image plane of {h}x{w} pixels is too small: napari-mpi needs at least {MIN_SIDE} pixels per side"
-            )
+        check_plane_size(h, w)
         ph, pw = self.padded_size(h), self.padded_size(w)
         x = reflect_pad(x, ph - h, pw - w)
         return self.head(self.body(x))[..., :h, :w]

@@ -19,7 +19,7 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 
-from .masking import MaskMode, draw_mask, make_generator
+from .masking import MaskMode, draw_mask, make_generator, masked_mse
 from .network import SkipNet
 from .weights import read_payload, save_checkpoint
 
@@ -122,7 +122,7 @@ class ImageCorpus:
 
 def masked_loss(prediction: torch.Tensor, target: torch.Tensor, hidden: torch.Tensor, kind: LossKind) -> torch.Tensor:
     """MSE over hidden pixels (paper Eq. 5), or its log ("psnr", as the reference code trains)."""
-    mse = ((prediction - target) ** 2 * hidden).sum() / hidden.sum().clamp_min(1.0)
+    mse = masked_mse(prediction, target, hidden)
     if kind == "psnr":
         return 10.0 * torch.log10(mse + 1e-10)
     return mse
