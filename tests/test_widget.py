@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from napari.layers import Image
 from napari.utils.notifications import NotificationSeverity, notification_manager
 from qtpy.QtCore import QElapsedTimer, Qt, QTimer
 

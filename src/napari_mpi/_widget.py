@@ -19,7 +19,6 @@ import weakref
 from typing import Any, Callable, Generator
 
 import numpy as np
-import torch
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
@@ -41,7 +40,7 @@ from qtpy.QtWidgets import (
 )
 
 from .denoise import DenoisePlan, DenoiseProgress, denoise_steps, prepare
-from .fill import DEFAULT_MASK_RATIO, PRESETS, FillConfig
+from .fill import DEFAULT_MASK_RATIO, PRESETS, FillConfig, available_devices
 
 __all__ = ["MPIDenoiseWidget", "REDRAW_INTERVAL"]
 
@@ -113,16 +112,6 @@ TIPS = {
 def _unwrap(obj: Any) -> Any:
     """The napari object behind a PublicOnlyProxy (for identity comparisons), or the object itself."""
     return getattr(obj, "__wrapped__", obj)
-
-
-def _available_devices() -> list[str]:
-    devices = ["auto", "cpu"]
-    if torch.cuda.is_available():
-        devices.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        devices.append("mps")
-    return devices
 
 
 def format_duration(seconds: float) -> str:
@@ -521,7 +510,7 @@ class MPIDenoiseWidget(QWidget):
         self.seed.setToolTip(TIPS["seed"])
         adv.addRow("Seed", self.seed)
         self.device = QComboBox()
-        self.device.addItems(_available_devices())
+        self.device.addItems(available_devices())
         self.device.setToolTip(TIPS["device"])
         adv.addRow("Device", self.device)
         self.channel_axis = QComboBox()

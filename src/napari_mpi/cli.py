@@ -29,6 +29,7 @@ def _ratio_range(text: str) -> tuple[float, float]:
 
 def _pretrain(args: argparse.Namespace) -> int:
     import torch
+
     from .fill import resolve_device
     from .pretrain import PretrainConfig, pretrain
 

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_MASK_RATIO",
     "config_for",
     "iterative_fill",
+    "available_devices",
     "resolve_device",
     "build_model",
     "ema_update_",
@@ -135,20 +136,29 @@ class FillStep:
         return float(self.loss_tensor)
 
 
+def available_devices() -> list[str]:
+    """Device names this machine can use, in the order "auto" prefers them after "auto" itself:
+    ["auto", "cpu"] plus "cuda" and / or "mps" when present."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        devices.append("mps")
+    return devices
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """"auto" picks CUDA, then Apple MPS, then the CPU; an explicit name must be available."""
     if isinstance(device, torch.device):
         return device
     name = str(device).lower()
+    available = available_devices()
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
+        return torch.device(next((d for d in ("cuda", "mps") if d in available), "cpu"))
+    if name.startswith("cuda") and "cuda" not in available:
         raise ValueError("device 'cuda' was requested but no CUDA GPU is available; use device='auto' or 'cpu'")
-    if name == "mps" and not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+    if name == "mps" and "mps" not in available:
         raise ValueError("device 'mps' was requested but Apple MPS is not available; use device='auto' or 'cpu'")
     try:
         return torch.device(name)
