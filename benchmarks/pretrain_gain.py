@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load, machine_info, require_data_root  # noqa: E402
+from datasets import Sample, load, machine_info, require_data_root  # noqa: E402
 from quality import metrics  # noqa: E402
 
 import napari_mpi  # noqa: E402
@@ -30,12 +30,34 @@ import napari_mpi  # noqa: E402
 DATASET_MODEL = {"fmd-confocal": "gray", "kodak-gauss25": "rgb", "kodak-poisson30": "gray"}
 
 
-def evaluate(weights, dataset: str, root: Path, crop: int, limit: int | None, iterations: int, mask_ratio: float | None) -> dict:
+def export_samples(path: Path, root: Path, datasets: list[str], crop: int, limit: int | None) -> None:
+    """Save the benchmark pairs to one .npz, for a machine without the shared data (the GPU one)."""
+    arrays, index = {}, []
+    for dataset in datasets:
+        for i, sample in enumerate(load(dataset, root, crop=crop, limit=limit)):
+            # fp16 halves the file (what the device call may carry); its rounding (< 5e-4) is far under the noise
+            arrays[f"{dataset}/{i}/noisy"] = sample.noisy.astype(np.float16)
+            arrays[f"{dataset}/{i}/clean"] = sample.clean.astype(np.float16)
+            index.append([dataset, i, sample.name, sample.kind, sample.compare])
+    np.savez_compressed(path, index=json.dumps(index), **arrays)
+
+
+def import_samples(path: Path) -> dict[str, list[Sample]]:
+    data = np.load(path)
+    samples: dict[str, list[Sample]] = {}
+    for dataset, i, name, kind, compare in json.loads(str(data["index"])):
+        samples.setdefault(dataset, []).append(
+            Sample(name, data[f"{dataset}/{i}/noisy"].astype(np.float32), data[f"{dataset}/{i}/clean"].astype(np.float32),
+                   kind, dataset, compare))
+    return samples
+
+
+def evaluate(weights, samples: list[Sample], iterations: int, mask_ratio: float | None, device: str) -> dict:
     psnrs, ssims, seconds = [], [], []
-    for sample in load(dataset, root, crop=crop, limit=limit):
+    for sample in samples:
         start = time.perf_counter()
         out = napari_mpi.denoise(sample.noisy, rgb=sample.kind == "rgb", weights=weights, iterations=iterations,
-                                 mask_ratio=mask_ratio, seed=0)
+                                 mask_ratio=mask_ratio, seed=0, device=device)
         seconds.append(time.perf_counter() - start)
         psnr, ssim = metrics(out, sample.clean, sample.kind, sample.compare)
         psnrs.append(psnr)
@@ -56,12 +78,22 @@ def main(argv=None) -> int:
     parser.add_argument("--mask-ratio", type=float, default=None)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--export-samples", type=Path, help="write the (cropped) pairs to this .npz and stop")
+    parser.add_argument("--samples", type=Path, help="read the pairs from an .npz made by --export-samples")
     parser.add_argument("--out", type=Path, help="JSON results")
     parser.add_argument("--plot", type=Path, help="PNG of gain vs pre-training steps (with --history)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    root = require_data_root(args.data)
+    if args.samples:
+        sets = import_samples(args.samples)
+    else:
+        root = require_data_root(args.data)
+        if args.export_samples:
+            export_samples(args.export_samples, root, args.datasets, args.crop, args.limit)
+            return 0
+        sets = {d: list(load(d, root, crop=args.crop, limit=args.limit)) for d in args.datasets}
 
     candidates: dict[str, list[tuple[int, Path | None]]] = {"gray": [(0, None)], "rgb": [(0, None)]}
     for model, path in (("gray", args.gray), ("rgb", args.rgb)):
@@ -78,8 +110,8 @@ def main(argv=None) -> int:
     for dataset in args.datasets:
         model = DATASET_MODEL[dataset]
         for steps, path in sorted(candidates[model], key=lambda item: item[0]):
-            row = evaluate(str(path) if path else "random", dataset, root, args.crop, args.limit, args.iterations,
-                           args.mask_ratio)
+            row = evaluate(str(path) if path else "random", sets[dataset][: args.limit], args.iterations,
+                           args.mask_ratio, args.device)
             row.update(dataset=dataset, weights=str(path) if path else "random", steps=steps)
             results["rows"].append(row)
             print(f"{dataset:16s} {row['weights']:50s} steps {steps:6d}  PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.4f}"

@@ -60,6 +60,9 @@ def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: 
             torch.mps.synchronize()
 
     times = []
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
     sync()
     last = time.perf_counter()
     for step in iterative_fill(image, config, None, dev):
@@ -79,6 +82,32 @@ def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: 
         "repeats": len(kept),
         "warmup": warmup,
         "first_s": times[0],
+        "peak_gpu_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
+    }
+
+
+def time_stack(shape: tuple[int, int, int], iterations: int, precision: str, device: str, seed: int = 0) -> dict:
+    """Planes per second of ``napari_mpi.denoise`` on a (planes, H, W) random stack, as a user runs it."""
+    import numpy as np
+    import torch
+
+    import napari_mpi
+
+    stack = np.random.default_rng(seed).random(shape, dtype=np.float32)
+    napari_mpi.denoise(stack[:1], iterations=3, device=device, precision=precision)  # warm-up (kernels, caches)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    start = time.perf_counter()
+    napari_mpi.denoise(stack, iterations=iterations, device=device, precision=precision, seed=seed)
+    seconds = time.perf_counter() - start
+    return {
+        "stack": "x".join(map(str, shape)),
+        "iterations": iterations,
+        "precision": precision,
+        "device": device,
+        "seconds": seconds,
+        "planes_per_s": shape[0] / seconds,
+        "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20 if torch.cuda.is_available() else None,
     }
 
 
@@ -88,12 +117,26 @@ def markdown(results: list[dict], machine: dict) -> str:
         f"({machine.get('cpu_count')} logical CPUs){', GPU: ' + machine['gpu'] if machine.get('gpu') else ''}, "
         f"napari-mpi {machine.get('napari-mpi')}.",
         "",
-        "| size (CxHxW) | precision | device | s / iteration (median) | min – max | fast preset, 200 it (s) | quality preset, 1000 it (s) |",
-        "|---|---|---|---:|---:|---:|---:|",
+        "| size (CxHxW) | precision | device | s / iteration (median) | min – max | fast preset, 200 it (s) "
+        "| quality preset, 1000 it (s) | peak GPU memory (MiB) |",
+        "|---|---|---|---:|---:|---:|---:|---:|",
     ]
-    for r in results:
-        lines.append(f"| {r['size']} | {r['precision']} | {r['device']} | {r['median_s']:.3f} | "
-                     f"{r['min_s']:.3f} – {r['max_s']:.3f} | {200 * r['median_s']:.0f} | {1000 * r['median_s']:.0f} |")
+    per_iteration = [r for r in results if "stack" not in r]
+    if not per_iteration:
+        lines = lines[:2]
+    for r in per_iteration:
+        peak = f"{r['peak_gpu_mib']:.0f}" if r.get("peak_gpu_mib") is not None else "–"
+        lines.append(f"| {r['size']} | {r['precision']} | {r['device']} | {r['median_s']:.4f} | "
+                     f"{r['min_s']:.4f} – {r['max_s']:.4f} | {200 * r['median_s']:.1f} | {1000 * r['median_s']:.1f} "
+                     f"| {peak} |")
+    stacks = [r for r in results if "stack" in r]
+    if stacks:
+        lines += ["", "| stack (ZxHxW) | iterations | precision | device | seconds | planes / s | peak GPU memory (MiB) |",
+                  "|---|---:|---|---|---:|---:|---:|"]
+        for r in stacks:
+            peak = f"{r['peak_gpu_mib']:.0f}" if r.get("peak_gpu_mib") is not None else "–"
+            lines.append(f"| {r['stack']} | {r['iterations']} | {r['precision']} | {r['device']} | {r['seconds']:.1f} "
+                         f"| {r['planes_per_s']:.3f} | {peak} |")
     return "\n".join(lines) + "\n"
 
 
@@ -105,6 +148,8 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
     parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda" or "mps"')
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--stack", default=None, help="also time napari_mpi.denoise on a ZxHxW random stack")
+    parser.add_argument("--stack-iterations", type=int, default=200, help="iterations per plane (default 200)")
     parser.add_argument("--out", default=None, help="write the results as JSON")
     parser.add_argument("--md", default=None, help="write the Markdown table to this file")
     args = parser.parse_args(argv)
@@ -129,6 +174,12 @@ def main(argv=None) -> int:
             print(f"{result['size']:>12s} {precision}: {result['median_s']:.3f} s / iteration "
                   f"(min {result['min_s']:.3f}, max {result['max_s']:.3f}, first {result['first_s']:.3f})",
                   file=sys.stderr, flush=True)
+    if args.stack:
+        shape = tuple(int(v) for v in args.stack.lower().split("x"))
+        for precision in precisions:
+            result = time_stack(shape, args.stack_iterations, precision, args.device)
+            results.append(result)
+            print(f"stack {result['stack']} {precision}: {result['planes_per_s']:.3f} planes/s", file=sys.stderr, flush=True)
     text = markdown(results, machine)
     print(text)
     if args.md:

@@ -27,6 +27,18 @@ def _ratio_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _steps(text: str) -> int:
+    if text.strip().lower() == "auto":
+        return 0
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f'expected a whole number of steps >= 1 or "auto", got {text!r}')
+    return value
+
+
 def _pretrain(args: argparse.Namespace) -> int:
     import torch
 
@@ -44,17 +56,21 @@ def _pretrain(args: argparse.Namespace) -> int:
         seed=args.seed,
         precision=args.precision,
         checkpoint_minutes=args.checkpoint_minutes,
+        short_side=args.short_side,
     )
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    run = pretrain(args.images, args.out, config, resume=args.resume, max_minutes=args.max_minutes, device=device)
-    with _progress_bar(total=config.steps, unit="step") as bar:
+    run = pretrain(args.images, args.out, config, resume=args.resume, max_minutes=args.max_minutes, device=device,
+                   history=args.history)
+    with _progress_bar(total=config.steps or None, unit="step") as bar:
         for record in run:
             if bar.n == 0:
                 bar.n = record.step - 1
+            if bar.total != record.steps and record.steps:
+                bar.total = record.steps  # "auto" planned its schedule
             bar.update(1)
-            bar.set_postfix(loss=f"{record.loss:.4g}", lr=f"{record.lr:.2e}", saved="yes" if record.checkpointed else "")
+            bar.set_postfix(loss=f"{record.loss:.4g}", lr=f"{record.lr:.2e}", saved="yes" if record.checkpointed else "", refresh=False)
     print(f"checkpoint: {args.out}")
     return 0
 
@@ -261,7 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--mask-ratio", type=_ratio_range, default=(0.3, 0.3), help="0.3, or a range like 0.2-0.9")
     pre.add_argument("--crop", type=int, default=128)
     pre.add_argument("--batch", type=int, default=16)
-    pre.add_argument("--steps", type=int, default=10000, help="planned steps (length of the cosine schedule)")
+    pre.add_argument("--steps", type=_steps, default=10000,
+                     help='planned steps (length of the cosine schedule), or "auto" to fit it to --max-minutes')
+    pre.add_argument("--short-side", type=int, default=None,
+                     help="shrink larger training images to this shorter side (pixels) when loading")
+    pre.add_argument("--history", type=Path, default=None,
+                     help="folder for a weights-only copy of every checkpoint, named by step")
     pre.add_argument("--loss", choices=("mse", "psnr"), default="mse")
     pre.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     pre.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after this long")

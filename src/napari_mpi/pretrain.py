@@ -8,6 +8,7 @@ background loader can run ahead without owning any random state.
 
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
@@ -38,7 +39,7 @@ class PretrainConfig:
     mask_ratios: tuple[float, float] = (0.3, 0.3)
     crop: int = 128
     batch: int = 16
-    steps: int = 10000
+    steps: int = 10000  # 0 = "auto": fit the cosine schedule to the time budget (see pretrain)
     lr: float = 2e-3
     min_lr: float = 1e-5
     weight_decay: float = 1e-2
@@ -46,6 +47,7 @@ class PretrainConfig:
     seed: int = 0
     precision: Literal["fp32", "bf16"] = "fp32"
     checkpoint_minutes: float = 5.0
+    short_side: int | None = None  # shrink larger images to this shorter side on loading
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -53,8 +55,10 @@ class PretrainConfig:
         low, high = self.mask_ratios
         if not 0.0 < low <= high < 1.0:
             raise ValueError(f"mask ratios must satisfy 0 < low <= high < 1, got {self.mask_ratios}")
-        if self.crop < 32 or self.batch < 1 or self.steps < 1:
-            raise ValueError("crop must be >= 32, batch >= 1 and steps >= 1")
+        if self.crop < 32 or self.batch < 1 or self.steps < 0:
+            raise ValueError("crop must be >= 32, batch >= 1 and steps >= 1 (or 0 for auto)")
+        if self.short_side is not None and self.short_side < self.crop:
+            raise ValueError(f"short side ({self.short_side}) must be at least the crop ({self.crop})")
         if self.loss not in ("mse", "psnr"):
             raise ValueError(f"loss must be 'mse' or 'psnr', got {self.loss!r}")
 
@@ -75,7 +79,7 @@ class ImageCorpus:
     step number only, so they are reproducible in any thread and after a resume.
     """
 
-    def __init__(self, folder: str | Path, channels: int, crop: int):
+    def __init__(self, folder: str | Path, channels: int, crop: int, short_side: int | None = None):
         from PIL import Image  # pillow comes with scikit-image
 
         folder = Path(folder)
@@ -87,7 +91,13 @@ class ImageCorpus:
         for path in files:
             try:
                 with Image.open(path) as img:
-                    array = np.asarray(img.convert(mode))
+                    img = img.convert(mode)
+                    if short_side is not None and min(img.size) > short_side:
+                        # Downscaling removes most JPEG artefacts and sensor noise from the "clean" targets.
+                        factor = short_side / min(img.size)
+                        size = (max(crop, round(img.size[0] * factor)), max(crop, round(img.size[1] * factor)))
+                        img = img.resize(size, Image.LANCZOS)
+                    array = np.asarray(img)
             except OSError:
                 continue
             if array.ndim == 2:
@@ -134,7 +144,7 @@ def _prefetch(corpus: ImageCorpus, config: PretrainConfig, start: int, depth: in
     stop = threading.Event()
 
     def work() -> None:
-        for step in range(start, config.steps):
+        for step in itertools.count(start):  # the consumer decides when to stop
             item = corpus.batch(config.seed, step, config.batch, config.mask_ratios)
             while not stop.is_set():
                 try:
@@ -148,11 +158,16 @@ def _prefetch(corpus: ImageCorpus, config: PretrainConfig, start: int, depth: in
     thread = threading.Thread(target=work, name="napari-mpi-pretrain-loader", daemon=True)
     thread.start()
     try:
-        for _ in range(start, config.steps):
+        while True:
             yield buffer.get()
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+#: With ``steps=0`` ("auto"), steps timed after the first few (warm-up) to plan the schedule.
+AUTO_WARMUP_STEPS, AUTO_PROBE_STEPS = 10, 40
+_UNPLANNED = 10**9  # cosine length while an "auto" run is still timing itself: lr stays ~ its start
 
 
 def pretrain(
@@ -163,15 +178,26 @@ def pretrain(
     resume: str | Path | None = None,
     max_minutes: float | None = None,
     device: torch.device | str = "cpu",
+    history: str | Path | None = None,
 ) -> Iterator[PretrainStep]:
     """Run masked pre-training, yielding after every step; checkpoints to ``out`` every
-    ``config.checkpoint_minutes``, at the end, and when ``max_minutes`` runs out."""
+    ``config.checkpoint_minutes``, at the end, and when ``max_minutes`` runs out.
+
+    ``config.steps == 0`` ("auto") needs ``max_minutes``: a few steps are timed, then the cosine
+    schedule is planned to end as the time runs out (the planned length is saved with the checkpoint,
+    so a resumed run continues that schedule). ``history`` keeps a weights-only fp16 copy of every
+    checkpoint, ``<out stem>-<step>.pt``, to measure what more steps buy.
+    """
+    if config.steps == 0 and max_minutes is None and resume is None:
+        raise ValueError("automatic steps (steps=0) need a time budget (max_minutes)")
     dev = torch.device(device)
     out = Path(out)
     torch.manual_seed(config.seed)
     model = SkipNet(2 * config.channels, config.channels).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.9), weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.steps, eta_min=config.min_lr)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
+        optimizer, T_max=config.steps or _UNPLANNED, eta_min=config.min_lr
+    )
     start, elapsed_before = 0, 0.0
     if resume is not None:
         payload = read_payload(resume)
@@ -179,45 +205,50 @@ def pretrain(
         if not training:
             raise ValueError(f"{resume} holds no training state (a shipped checkpoint?): cannot resume from it")
         saved = PretrainConfig(**{**training["config"], "mask_ratios": tuple(training["config"]["mask_ratios"])})
+        if config.steps == 0:
+            config = replace(config, steps=saved.steps)  # "auto" keeps the schedule the run planned
         if replace(saved, checkpoint_minutes=config.checkpoint_minutes) != config:
             raise ValueError(f"{resume} was trained with a different recipe: {saved}; resume with the same options")
         model.load_state_dict(payload["state_dict"])
         optimizer.load_state_dict(training["optimizer"])
         scheduler.load_state_dict(training["scheduler"])
         start, elapsed_before = int(training["step"]), float(training.get("seconds", 0.0))
+        if config.steps == 0 and max_minutes is None:
+            raise ValueError(f"{resume} stopped before it planned its steps: resume it with a time budget")
     if dev.type == "cpu" or dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    corpus = ImageCorpus(images, config.channels, config.crop)
+    corpus = ImageCorpus(images, config.channels, config.crop, config.short_side)
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     clip = 0.01 if config.loss == "psnr" else None  # the reference code's setting for its log loss
 
     t0 = time.monotonic()
     last_save = t0
+    probe_start = t0
     step = start
     hardware = _hardware(dev)
 
     def checkpoint(loss: float) -> None:
+        metadata = {
+            "data": str(images),
+            "images": len(corpus),
+            "steps": step,
+            "planned_steps": config.steps,
+            "batch": config.batch,
+            "crop": config.crop,
+            "short_side": config.short_side,
+            "loss": config.loss,
+            "last_loss": loss,
+            "precision": config.precision,
+            "seconds": round(elapsed_before + time.monotonic() - t0, 1),
+            "hardware": hardware,
+            "torch": str(torch.__version__),
+        }
+        common = dict(channels=config.channels, mask_mode=config.mask_mode, mask_ratios=config.mask_ratios,
+                      metadata=metadata)
         save_checkpoint(
             out,
             model.state_dict(),
-            channels=config.channels,
-            mask_mode=config.mask_mode,
-            mask_ratios=config.mask_ratios,
-            metadata={
-                "data": str(images),
-                "images": len(corpus),
-                "steps": step,
-                "planned_steps": config.steps,
-                "batch": config.batch,
-                "crop": config.crop,
-                "loss": config.loss,
-                "last_loss": loss,
-                "precision": config.precision,
-                "seconds": round(elapsed_before + time.monotonic() - t0, 1),
-                "hardware": hardware,
-                "torch": str(torch.__version__),
-            },
             training={
                 "config": {**asdict(config), "mask_ratios": list(config.mask_ratios)},
                 "optimizer": optimizer.state_dict(),
@@ -225,12 +256,17 @@ def pretrain(
                 "step": step,
                 "seconds": elapsed_before + time.monotonic() - t0,
             },
+            **common,
         )
+        if history is not None:
+            save_checkpoint(Path(history) / f"{out.stem}-{step}.pt", model.state_dict(), half=True, **common)
 
     loss_value = math.nan
     batches = _prefetch(corpus, config, start)
     try:
         for clean, ratios in batches:
+            if config.steps and step >= config.steps:
+                return
             clean = clean.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
             gen = make_generator(config.seed * 1_000_003 + step, dev)
             keep = draw_mask(clean.shape, ratios, config.mask_mode, gen, dev)
@@ -249,13 +285,21 @@ def pretrain(
             if not math.isfinite(loss_value):
                 raise RuntimeError(f"pre-training diverged at step {step} (loss {loss_value}); lower the learning rate")
             now = time.monotonic()
+            if config.steps == 0:  # "auto": time a few steps, then plan the schedule to end with the budget
+                if step - start == AUTO_WARMUP_STEPS:
+                    probe_start = now
+                elif step - start == AUTO_WARMUP_STEPS + AUTO_PROBE_STEPS:
+                    per_step = (now - probe_start) / AUTO_PROBE_STEPS
+                    remaining = max_minutes * 60 - (now - t0)
+                    config = replace(config, steps=step + max(1, int(0.98 * remaining / per_step)))
+                    scheduler.T_max = config.steps
             out_of_time = max_minutes is not None and now - t0 >= max_minutes * 60
             due = now - last_save >= config.checkpoint_minutes * 60 or step == config.steps or out_of_time
             if due:
                 checkpoint(loss_value)
                 last_save = now
             yield PretrainStep(step, config.steps, loss_value, scheduler.get_last_lr()[0], due)
-            if out_of_time:
+            if out_of_time or step == config.steps:
                 return
     finally:
         batches.close()
