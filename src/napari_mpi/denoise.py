@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generator
+from typing import Any, Callable, Container, Generator, Protocol
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from .network import check_plane_size
 from .planes import Normalization, PlaneLayout, check_dtype, normalize, plane_layout
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
-__all__ = ["DenoisePlan", "DenoiseProgress", "prepare", "denoise_steps", "denoise"]
+__all__ = ["DenoisePlan", "DenoiseProgress", "PlaneSink", "prepare", "denoise_steps", "denoise_plane", "denoise"]
 
 
 @dataclass(frozen=True)
@@ -120,18 +120,37 @@ def prepare(
     return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis)
 
 
-def denoise_steps(image, plan: DenoisePlan, out: np.ndarray | None = None) -> Generator[DenoiseProgress, None, np.ndarray]:
+class PlaneSink(Protocol):
+    """Where finished planes go: anything that takes ``sink[index] = plane`` for the layout's plane indices.
+
+    A numpy array, a ``numpy.memmap``, a zarr array, or :class:`napari_mpi.stores.MappedArray` (an
+    uncompressed TIFF on disk): with an on-disk sink only one plane is ever held in memory.
+    """
+
+    def __setitem__(self, index: tuple, value: np.ndarray) -> None: ...
+
+
+def denoise_steps(
+    image, plan: DenoisePlan, out: PlaneSink | None = None, *, skip: Container[int] = ()
+) -> Generator[DenoiseProgress, None, PlaneSink]:
     """Denoise ``image`` plane by plane, yielding progress after every iteration; returns ``out``.
 
     ``image`` may be numpy, dask or zarr: planes are read one at a time. ``out`` (float32, the
-    input's shape) is allocated when not given; each plane is written when its fill finishes, so
-    a consumer that stops early keeps every finished plane.
+    input's shape) is allocated in memory when not given; pass an on-disk :class:`PlaneSink` (zarr,
+    memmap) for stacks bigger than memory. Each plane is written when its fill finishes, so a consumer
+    that stops early keeps every finished plane. Plane numbers in ``skip`` (C order of the iterated
+    axes, as ``DenoiseProgress.plane``) are neither read nor written: a resumed run passes the planes it
+    already has. Every plane is seeded alike, so skipping some does not change the others.
     """
     layout = plan.layout
     if tuple(image.shape) != layout.shape:
         raise ValueError(f"image shape {tuple(image.shape)} does not match the plan's {layout.shape}")
-    if isinstance(image, np.ndarray) and image.dtype.kind == "f" and not np.isfinite(image).all():
-        # in memory, so check every plane now rather than fail part-way through a stack
+    if out is not None and hasattr(out, "shape") and tuple(out.shape) != layout.shape:
+        raise ValueError(f"output shape {tuple(out.shape)} does not match the image's {layout.shape}")
+    if (isinstance(image, np.ndarray) and not isinstance(image, np.memmap) and image.dtype.kind == "f"
+            and not np.isfinite(image).all()):
+        # in memory, so check every plane now rather than fail part-way through a stack (a memmap is
+        # checked plane by plane: checking it whole would read the file into memory)
         raise ValueError("image contains NaN or infinite values; replace them (e.g. with 0) before denoising")
     if out is None:
         out = np.zeros(layout.shape, dtype=np.float32)
@@ -139,31 +158,67 @@ def denoise_steps(image, plan: DenoisePlan, out: np.ndarray | None = None) -> Ge
     start = time.monotonic()
     try:
         for number, index in enumerate(layout.indices()):
+            if number in skip:
+                continue
             plane = layout.take(image, index)
-            data, norm = normalize(plane)
             progress = dict(plane=number, n_planes=layout.n_planes, index=index, iterations=plan.config.iterations)
-            if np.ptp(data) == 0:  # a constant plane is its own denoised result
-                out[index] = plane
+            fill = _fill_plane(plane, plan, state)
+            filled = False
+            while True:
+                try:
+                    step, norm = next(fill)
+                except StopIteration as finished:
+                    result = finished.value
+                    break
+                filled = True
+                yield DenoiseProgress(iteration=step.iteration, elapsed=time.monotonic() - start,
+                                      _step=step, _norm=norm, _plane_data=plane, **progress)
+            out[index] = result
+            if not filled:  # a constant plane is its own result: one event, after it is written
                 yield DenoiseProgress(iteration=plan.config.iterations, elapsed=time.monotonic() - start,
                                       _plane_data=plane, **progress)
-                continue
-            tensor = _to_tensor(data, layout.rgb)
-            step: FillStep | None = None
-            try:
-                for step in iterative_fill(tensor, plan.config, state, plan.device):
-                    yield DenoiseProgress(iteration=step.iteration, elapsed=time.monotonic() - start,
-                                          _step=step, _norm=norm, _plane_data=plane, **progress)
-            except torch.OutOfMemoryError as exc:
-                height, width = layout.plane_shape[:2]
-                raise MemoryError(
-                    f"{plan.device.type.upper()} ran out of memory on a {height}x{width} plane; "
-                    "close other GPU programs, or use device='cpu'"
-                ) from exc
-            assert step is not None
-            out[index] = _to_plane(step.estimate, norm, plane)
     finally:  # also when the consumer cancels (closes the generator) or an error ends the run
         _free_device_memory(plan.device)
     return out
+
+
+def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:
+    """Denoise one plane ((H, W), or (H, W, 3|4) for an RGB plan) exactly as :func:`denoise_steps` would.
+
+    The unit of work for Dask workers (:mod:`napari_mpi.distributed`): same plan, same result.
+    """
+    state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
+    fill = _fill_plane(np.asarray(plane), plan, state)
+    try:
+        while True:
+            try:
+                next(fill)
+            except StopIteration as finished:
+                return finished.value
+    finally:
+        _free_device_memory(plan.device)
+
+
+def _fill_plane(
+    plane: np.ndarray, plan: DenoisePlan, state: dict | None
+) -> Generator[tuple[FillStep, Normalization], None, np.ndarray]:
+    """Algorithm 1 on one plane: yields every fill step; returns the plane in the input's units (float32)."""
+    data, norm = normalize(plane)
+    if np.ptp(data) == 0:  # a constant plane is its own denoised result
+        return np.asarray(plane, dtype=np.float32)
+    tensor = _to_tensor(data, plan.layout.rgb)
+    step: FillStep | None = None
+    try:
+        for step in iterative_fill(tensor, plan.config, state, plan.device):
+            yield step, norm
+    except torch.OutOfMemoryError as exc:
+        height, width = plane.shape[:2]
+        raise MemoryError(
+            f"{plan.device.type.upper()} ran out of memory on a {height}x{width} plane; "
+            "close other GPU programs, or use device='cpu'"
+        ) from exc
+    assert step is not None
+    return _to_plane(step.estimate, norm, plane)
 
 
 def denoise(
@@ -181,7 +236,8 @@ def denoise(
     progress: Callable[[DenoiseProgress], object] | None = None,
     lr: float | None = None,
     precision: str = "auto",
-) -> np.ndarray:
+    out: PlaneSink | None = None,
+):
     """Denoise an image or N-D stack with MPI (Masked Pre-train then Iterative fill).
 
     Parameters
@@ -214,17 +270,20 @@ def denoise(
         Adam learning rate (default 2e-3).
     precision : {"auto", "fp32", "bf16"}
         Arithmetic of the forward pass.
+    out : array-like, optional
+        Where to write the result, one finished plane at a time: e.g. a zarr array or
+        ``napari_mpi.stores.create_tiff(...)`` for stacks bigger than memory (float32 recommended).
 
     Returns
     -------
-    numpy.ndarray
-        float32, the input's shape, in the input's intensity units.
+    numpy.ndarray or ``out``
+        float32, the input's shape, in the input's intensity units; ``out`` itself when given.
     """
     plan = prepare(
         tuple(image.shape), image.dtype, mask_ratio=mask_ratio, beta=beta, iterations=iterations, preset=preset,
         rgb=rgb, channel_axis=channel_axis, seed=seed, device=device, weights=weights, lr=lr, precision=precision,
     )
-    steps = denoise_steps(image, plan)
+    steps = denoise_steps(image, plan, out)
     while True:
         try:
             event = next(steps)
