@@ -8,16 +8,21 @@ every iteration — the cancellation point — and writes each finished plane in
 
 from __future__ import annotations
 
+import gc
+import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Container, Generator, Protocol
 
 import numpy as np
 import torch
 
-from .fill import FillConfig, FillStep, config_for, iterative_fill, resolve_device
+from .fill import (
+    MIN_TILE, TILE_OVERLAP, FillConfig, FillStep, config_for, iterative_fill, resolve_device, tile_starts, tiled_fill,
+)
 from .network import check_plane_size
-from .planes import Normalization, PlaneLayout, check_dtype, normalize, plane_layout
+from .planes import Normalization, PlaneLayout, check_dtype, check_values, normalize, plane_layout
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
 __all__ = ["DenoisePlan", "DenoiseProgress", "PlaneSink", "prepare", "denoise_steps", "denoise_plane", "denoise"]
@@ -67,6 +72,8 @@ class DenoiseProgress:
     iteration: int
     iterations: int
     elapsed: float
+    #: 1, or the number of overlapping tiles the plane is filled in after running out of memory
+    tiles: int = 1
     _step: FillStep | None = field(repr=False, default=None)
     _norm: Normalization | None = field(repr=False, default=None)
     _plane_data: np.ndarray | None = field(repr=False, default=None)
@@ -147,11 +154,10 @@ def denoise_steps(
         raise ValueError(f"image shape {tuple(image.shape)} does not match the plan's {layout.shape}")
     if out is not None and hasattr(out, "shape") and tuple(out.shape) != layout.shape:
         raise ValueError(f"output shape {tuple(out.shape)} does not match the image's {layout.shape}")
-    if (isinstance(image, np.ndarray) and not isinstance(image, np.memmap) and image.dtype.kind == "f"
-            and not np.isfinite(image).all()):
+    if isinstance(image, np.ndarray) and not isinstance(image, np.memmap):
         # in memory, so check every plane now rather than fail part-way through a stack (a memmap is
         # checked plane by plane: checking it whole would read the file into memory)
-        raise ValueError("image contains NaN or infinite values; replace them (e.g. with 0) before denoising")
+        check_values(image)
     if out is None:
         out = np.zeros(layout.shape, dtype=np.float32)
     state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
@@ -172,7 +178,8 @@ def denoise_steps(
                     break
                 filled = True
                 yield DenoiseProgress(iteration=step.iteration, elapsed=time.monotonic() - start,
-                                      _step=step, _norm=norm, _plane_data=plane, **progress)
+                                      tiles=getattr(step, "tiles", 1), _step=step, _norm=norm, _plane_data=plane,
+                                      **progress)
             out[index] = result
             if not filled:  # a constant plane is its own result: one event, after it is written
                 yield DenoiseProgress(iteration=plan.config.iterations, elapsed=time.monotonic() - start,
@@ -202,21 +209,49 @@ def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:
 def _fill_plane(
     plane: np.ndarray, plan: DenoisePlan, state: dict | None
 ) -> Generator[tuple[FillStep, Normalization], None, np.ndarray]:
-    """Algorithm 1 on one plane: yields every fill step; returns the plane in the input's units (float32)."""
+    """Algorithm 1 on one plane: yields every fill step; returns the plane in the input's units (float32).
+
+    When the device runs out of memory the plane starts again in overlapping tiles (about half the
+    side each time, down to MIN_TILE pixels; a RuntimeWarning says so); MemoryError when even those fail.
+    """
     data, norm = normalize(plane)
     if np.ptp(data) == 0:  # a constant plane is its own denoised result
         return np.asarray(plane, dtype=np.float32)
     tensor = _to_tensor(data, plan.layout.rgb)
-    step: FillStep | None = None
-    try:
-        for step in iterative_fill(tensor, plan.config, state, plan.device):
-            yield step, norm
-    except torch.OutOfMemoryError as exc:
-        height, width = plane.shape[:2]
-        raise MemoryError(
-            f"{plan.device.type.upper()} ran out of memory on a {height}x{width} plane; "
-            "close other GPU programs, or use device='cpu'"
-        ) from exc
+    height, width = plane.shape[:2]
+    tile: tuple[int, int] | None = None  # the whole plane at once, until memory runs out
+    while True:
+        step: FillStep | None = None
+        failure = ""
+        try:
+            if tile is None:
+                fill = iterative_fill(tensor, plan.config, state, plan.device)
+            else:
+                fill = tiled_fill(tensor, plan.config, state, plan.device, tile, TILE_OVERLAP)
+            for step in fill:
+                yield step, norm
+            break
+        except Exception as exc:
+            if not _is_out_of_memory(exc):
+                raise
+            failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}"
+        # out of memory: let go of the failed attempt first (its traceback held the network's tensors)
+        step = fill = None
+        gc.collect()
+        _free_device_memory(plan.device)
+        device = plan.device.type.upper()
+        smaller = _smaller_tile(tile or (height, width), (height, width))
+        if smaller is None:
+            where = f", even in tiles of {tile[0]}x{tile[1]} pixels" if tile is not None else ""
+            raise MemoryError(f"{device} ran out of memory on a {height}x{width} plane{where}; {_memory_advice(plan.device)}")
+        tile = smaller
+        warnings.warn(
+            f"{device} ran out of memory on a {height}x{width} plane ({failure}); denoising it in "
+            f"{_tile_count((height, width), tile)} overlapping tiles of {tile[0]}x{tile[1]} pixels instead "
+            "(slower; the seams are blended)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     assert step is not None
     return _to_plane(step.estimate, norm, plane)
 
@@ -279,6 +314,7 @@ def denoise(
     numpy.ndarray or ``out``
         float32, the input's shape, in the input's intensity units; ``out`` itself when given.
     """
+    image = _as_array(image)
     plan = prepare(
         tuple(image.shape), image.dtype, mask_ratio=mask_ratio, beta=beta, iterations=iterations, preset=preset,
         rgb=rgb, channel_axis=channel_axis, seed=seed, device=device, weights=weights, lr=lr, precision=precision,
@@ -291,6 +327,48 @@ def denoise(
             return finished.value
         if progress is not None:
             progress(event)
+
+
+def _as_array(image):
+    """Arrays (numpy, dask, zarr: anything with shape and dtype) as they are; nested lists or tuples
+    of numbers as numpy; anything else is a TypeError."""
+    if hasattr(image, "shape") and hasattr(image, "dtype"):
+        return image
+    if isinstance(image, (list, tuple)):
+        try:
+            return np.asarray(image)
+        except ValueError as exc:  # ragged nesting
+            raise ValueError(f"cannot make an image array of these nested lists ({exc})") from exc
+    raise TypeError(
+        f"denoise() needs an image array (numpy, dask or zarr, or nested lists of numbers), got {type(image).__name__}"
+    )
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """torch's CUDA out-of-memory error, or an allocation failure on the CPU or Apple MPS."""
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        phrase in text for phrase in ("out of memory", "can't allocate memory", "cannot allocate memory")
+    )
+
+
+def _smaller_tile(tile: tuple[int, int], plane: tuple[int, int]) -> tuple[int, int] | None:
+    """The tile size to try after running out of memory with ``tile``: about half of each side (two
+    such tiles cover it with TILE_OVERLAP), at least MIN_TILE; None when that is no smaller."""
+    smaller = tuple(min(side, max(MIN_TILE, math.ceil((t + TILE_OVERLAP) / 2))) for t, side in zip(tile, plane))
+    return None if smaller == tuple(tile) else smaller  # type: ignore[return-value]
+
+
+def _tile_count(plane: tuple[int, int], tile: tuple[int, int]) -> int:
+    return len(tile_starts(plane[0], tile[0], TILE_OVERLAP)) * len(tile_starts(plane[1], tile[1], TILE_OVERLAP))
+
+
+def _memory_advice(device: torch.device) -> str:
+    if device.type == "cpu":
+        return "close other programs to free memory, or denoise a smaller crop"
+    return f"close other programs using the {device.type.upper()}, or use device='cpu'"
 
 
 def _to_tensor(data: np.ndarray, rgb: bool) -> torch.Tensor:

@@ -14,8 +14,8 @@ cancellation point: a consumer that stops iterating stops the work.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Iterator, Literal
+from dataclasses import dataclass, field, replace
+from typing import Callable, Iterator, Literal
 
 import torch
 
@@ -30,6 +30,11 @@ __all__ = [
     "DEFAULT_MASK_RATIO",
     "config_for",
     "iterative_fill",
+    "TiledStep",
+    "tiled_fill",
+    "tile_starts",
+    "TILE_OVERLAP",
+    "MIN_TILE",
     "available_devices",
     "resolve_device",
     "build_model",
@@ -246,3 +251,113 @@ def iterative_fill(
         ema_update_(estimate, prediction.detach()[0], hidden[0], config.beta)
         yield FillStep(iteration, config.iterations, estimate, loss.detach())
 
+
+
+#: Overlap (pixels) of neighbouring tiles when a plane is filled in tiles; blended with linear ramps.
+TILE_OVERLAP = 32
+#: Smallest tile side tried when a plane does not fit in memory (smaller planes are never tiled).
+MIN_TILE = 64
+
+
+def tile_starts(length: int, tile: int, overlap: int = TILE_OVERLAP) -> list[int]:
+    """Start offsets of tiles of ``tile`` pixels covering ``length``, neighbours overlapping by at
+    least ``overlap`` pixels, spread evenly (the first at 0, the last ending at ``length``)."""
+    if tile >= length:
+        return [0]
+    if not 0 <= overlap < tile:
+        raise ValueError(f"tile overlap must be in [0, {tile}), got {overlap}")
+    count = math.ceil((length - overlap) / (tile - overlap))
+    return [round(i * (length - tile) / (count - 1)) for i in range(count)]
+
+
+def _ramp(start: int, tile: int, length: int, overlap: int) -> torch.Tensor:
+    """1-D blending weights of one tile: rising over ``overlap`` pixels at an edge shared with a
+    neighbour, 1 elsewhere (never 0, so every pixel has weight)."""
+    weights = torch.ones(tile, dtype=torch.float32)
+    ramp = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
+    if start > 0 and overlap:
+        weights[:overlap] = ramp
+    if start + tile < length and overlap:
+        weights[-overlap:] = torch.minimum(weights[-overlap:], ramp.flip(0))
+    return weights
+
+
+class TiledStep:
+    """One step of :func:`tiled_fill`: the same interface as :class:`FillStep` (``estimate`` of the
+    whole plane, ``loss``), with the estimate blended from the tiles on demand (on the CPU)."""
+
+    def __init__(self, iteration: int, iterations: int, tiles: int, blend: Callable[[], torch.Tensor],
+                 loss_tensor: torch.Tensor) -> None:
+        self.iteration = iteration
+        self.iterations = iterations
+        self.tiles = tiles
+        self._blend = blend
+        self.loss_tensor = loss_tensor
+
+    @property
+    def estimate(self) -> torch.Tensor:
+        """(C, H, W) estimate of the whole plane: finished tiles, the live one, and the input elsewhere."""
+        return self._blend()
+
+    @property
+    def loss(self) -> float:
+        """Masked MSE of the current tile's step."""
+        return float(self.loss_tensor)
+
+
+def tiled_fill(
+    image: torch.Tensor,
+    config: FillConfig,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    device: str | torch.device = "auto",
+    tile: tuple[int, int] = (256, 256),
+    overlap: int = TILE_OVERLAP,
+) -> Iterator[TiledStep]:
+    """Algorithm 1 on overlapping tiles of one plane, one tile after the other, for planes whose
+    activations do not fit in the device's memory at once.
+
+    Each tile gets its own network and masks (seed + tile number) and the full number of
+    iterations; the tiles' estimates are blended with linear ramps over the overlap. Peak memory is
+    that of one tile. Yields ``tiles * iterations`` steps; ``iteration`` counts the plane's work in
+    iterations (rising from 1 to ``iterations``), so progress reads as for an untiled plane.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"tiled_fill expects one (C, H, W) plane, got shape {tuple(image.shape)}")
+    channels, height, width = image.shape
+    tile_h, tile_w = min(tile[0], height), min(tile[1], width)
+    check_plane_size(tile_h, tile_w)
+    overlap = min(overlap, tile_h - 1, tile_w - 1)
+    grid = [(y, x) for y in tile_starts(height, tile_h, overlap) for x in tile_starts(width, tile_w, overlap)]
+    x_cpu = image.detach().to("cpu", torch.float32)
+    total = torch.zeros(1, height, width)
+    weights = []
+    for y, x in grid:
+        w = _ramp(y, tile_h, height, overlap)[:, None] * _ramp(x, tile_w, width, overlap)[None, :]
+        weights.append(w)
+        total[:, y:y + tile_h, x:x + tile_w] += w
+    done = torch.zeros_like(x_cpu)  # weighted sum of finished tiles' estimates
+    pending = total.clone()  # weight still given to the input (tiles not finished)
+    iterations = config.iterations
+    count = len(grid)
+    for number, ((y, x), w) in enumerate(zip(grid, weights)):
+        region = (slice(None), slice(y, y + tile_h), slice(x, x + tile_w))
+        step: FillStep | None = None
+        current: list[FillStep | None] = [None]
+
+        def blend(region=region, w=w, current=current) -> torch.Tensor:
+            live = current[0]
+            result = done + x_cpu * pending
+            if live is not None:
+                # the live tile replaces its share of the input by its current estimate
+                result[region] += w * (live.estimate.detach().float().cpu() - x_cpu[region])
+            return result / total
+
+        tile_config = replace(config, seed=config.seed + number)
+        for step in iterative_fill(image[region], tile_config, state_dict, device):
+            current[0] = step
+            work = number * iterations + step.iteration
+            yield TiledStep(-(-work // count), iterations, count, blend, step.loss_tensor)
+        assert step is not None
+        done[region] += w * step.estimate.detach().float().cpu()
+        pending[region] -= w
+        current[0] = None

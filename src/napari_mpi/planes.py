@@ -12,12 +12,17 @@ from typing import Iterator
 
 import numpy as np
 
-__all__ = ["PlaneLayout", "plane_layout", "Normalization", "normalize", "check_dtype"]
+__all__ = ["PlaneLayout", "plane_layout", "Normalization", "normalize", "check_dtype", "check_values"]
 
 #: Percentiles that map to 0 and 1: the extremes are ignored so a few hot or dead pixels
-#: do not squeeze the useful range; values beyond are kept (not clipped) and round-trip exactly.
+#: do not squeeze the useful range; values beyond are kept and round-trip exactly (up to MAX_OUTLIER).
 LOW_PERCENTILE = 0.1
 HIGH_PERCENTILE = 99.9
+#: Normalised values are clipped this many robust ranges beyond [0, 1] (only defects reach that far):
+#: the network's squared error of larger values could overflow float32.
+MAX_OUTLIER = 1e6
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+NON_FINITE_MESSAGE = "image contains NaN or infinite values; replace them (e.g. with 0) before denoising"
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,8 @@ def plane_layout(shape: tuple[int, ...], *, rgb: bool = False, channel_axis: int
     if ndim < needed:
         kind = "an RGB image needs (..., H, W, 3)" if rgb else "an image needs at least 2 dimensions (H, W)"
         raise ValueError(f"cannot denoise an array of shape {tuple(shape)}: {kind}")
+    if 0 in shape:
+        raise ValueError(f"cannot denoise an array of shape {tuple(shape)}: it is empty (an axis has length 0)")
     if rgb and shape[-1] not in (3, 4):
         raise ValueError(f"rgb=True needs a last axis of 3 (RGB) or 4 (RGBA) values, got shape {tuple(shape)}")
     reserved: set[int] = {ndim - 1} if rgb else set()
@@ -81,7 +88,8 @@ def check_dtype(dtype: np.dtype) -> None:
     """Accept bool-free real numbers only: ints, unsigned ints and floats."""
     dtype = np.dtype(dtype)
     if dtype.kind not in "uif":
-        kinds = {"b": "boolean (a mask?)", "c": "complex", "O": "object", "U": "text", "S": "bytes", "V": "structured"}
+        kinds = {"b": "boolean (a mask?)", "c": "complex", "O": "object", "U": "text", "S": "bytes", "V": "structured",
+                 "M": "date-time", "m": "time-interval"}
         raise ValueError(
             f"cannot denoise {kinds.get(dtype.kind, dtype.name)} data ({dtype.name}); napari-mpi needs integer or float pixels"
         )
@@ -95,18 +103,37 @@ class Normalization:
     scale: float
 
     def apply(self, plane: np.ndarray) -> np.ndarray:
-        return ((np.asarray(plane, dtype=np.float64) - self.low) / self.scale).astype(np.float32)
+        with np.errstate(over="ignore"):  # a subnormal scale: clipped below
+            normalized = (np.asarray(plane, dtype=np.float64) - self.low) / self.scale
+        return np.clip(normalized, -MAX_OUTLIER, 1.0 + MAX_OUTLIER).astype(np.float32)
 
     def invert(self, normalized: np.ndarray) -> np.ndarray:
         return (np.asarray(normalized, dtype=np.float64) * self.scale + self.low).astype(np.float32)
 
 
+def check_values(data: np.ndarray) -> None:
+    """ValueError for pixels that cannot be denoised: NaN or infinite, or beyond float32's range
+    (the result is float32, in the input's units)."""
+    data = np.asarray(data)
+    if data.dtype.kind != "f":
+        return  # integers up to 64 bits are finite and within float32's range
+    if not np.isfinite(data).all():
+        raise ValueError(NON_FINITE_MESSAGE)
+    if data.dtype.itemsize > 4 and data.size and float(np.abs(data).max()) > FLOAT32_MAX:
+        raise ValueError(
+            f"image contains values beyond +-{FLOAT32_MAX:.2g}, which the float32 result cannot hold; "
+            "rescale the image (e.g. divide by a constant) before denoising"
+        )
+
+
 def normalize(plane: np.ndarray) -> tuple[np.ndarray, Normalization]:
     """Normalise one plane by its 0.1 / 99.9 percentiles (all channels together, so RGB colours keep
-    their balance). A constant plane gets scale 1. NaN or inf raise ValueError."""
+    their balance). A constant plane gets scale 1. NaN, inf or values beyond float32 raise ValueError.
+
+    Values beyond the percentiles are kept up to :data:`MAX_OUTLIER` ranges away; defects further
+    out are clipped there, since the network's squared error of them would overflow float32."""
+    check_values(plane)
     data = np.asarray(plane, dtype=np.float64)
-    if not np.isfinite(data).all():
-        raise ValueError("image contains NaN or infinite values; replace them (e.g. with 0) before denoising")
     low, high = np.percentile(data, [LOW_PERCENTILE, HIGH_PERCENTILE])
     scale = float(high - low)
     if not scale > 0:
