@@ -14,6 +14,7 @@ cancellation point: a consumer that stops iterating stops the work.
 from __future__ import annotations
 
 import math
+import threading
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Literal
 
@@ -184,10 +185,15 @@ def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp
     return "fp32"
 
 
+_INIT_LOCK = threading.Lock()
+
+
 def build_model(channels: int, state_dict: dict[str, torch.Tensor] | None, seed: int, device: torch.device) -> SkipNet:
     """A SkipNet for ``channels`` image channels (input = image + mask), with the given weights
     or a seeded random initialisation."""
-    with torch.random.fork_rng(devices=[]):
+    # torch's global generator is shared by all threads: planes denoised in parallel threads (Dask
+    # workers in one process) would interleave their draws and get other weights than a serial run
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SkipNet(2 * channels, channels)
     if state_dict is not None:
