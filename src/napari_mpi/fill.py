@@ -172,20 +172,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'") from exc
 
 
-def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16"]:
-    """Pick the arithmetic for "auto": bf16 autocast where the hardware computes bf16 natively
-    (measured ~1.5x faster per iteration on an AVX-512-BF16 CPU at equal PSNR; docs/benchmarks.md),
-    fp32 elsewhere (older CPUs emulate bf16 slowly; MPS autocast support varies)."""
+def resolve_precision(precision: Precision, device: torch.device, pixels: int | None = None) -> Literal["fp32", "bf16"]:
+    """Pick the arithmetic for "auto", by measurement (docs/benchmarks.md):
+
+    - CPU: bf16 autocast where the hardware computes bf16 natively (~1.5x faster per iteration on an
+      AVX-512-BF16 CPU at equal PSNR), fp32 elsewhere (older CPUs emulate bf16 slowly);
+    - CUDA: an eager step of this small network is bound by kernel launches up to ~512x512, where
+      autocast's extra casts made bf16 ~10-30% slower than fp32 on an H200; at 2048x2048 bf16 was
+      13% faster and used 27% less memory. So bf16 from 1024x1024 ``pixels`` up, where supported;
+    - MPS: fp32 (autocast support varies).
+    """
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        large = pixels is not None and pixels >= 1024 * 1024
+        return "bf16" if large and torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
     return "fp32"
-
-
-_INIT_LOCK = threading.Lock()
 
 
 def build_model(channels: int, state_dict: dict[str, torch.Tensor] | None, seed: int, device: torch.device) -> SkipNet:
@@ -234,7 +238,7 @@ def iterative_fill(
     if not torch.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values; replace them before denoising")
     dev = resolve_device(device)
-    precision = resolve_precision(config.precision, dev)
+    precision = resolve_precision(config.precision, dev, height * width)
     model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
     model.train()  # BatchNorm statistics of this image, as in the reference
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
