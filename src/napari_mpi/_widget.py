@@ -39,7 +39,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .denoise import DenoisePlan, DenoiseProgress, denoise_steps, prepare
+from .denoise import DenoisePlan, DenoiseProgress, DenoiseWarning, denoise_steps, prepare
 from .fill import DEFAULT_MASK_RATIO, PRESETS, FillConfig, available_devices
 
 __all__ = ["MPIDenoiseWidget", "REDRAW_INTERVAL"]
@@ -128,8 +128,9 @@ def progress_text(event: DenoiseProgress) -> str:
     """"plane i/N, iteration k/T, elapsed m:ss, ETA m:ss" for one progress event."""
     fraction = event.fraction
     eta = event.elapsed * (1.0 - fraction) / fraction if fraction > 0 else math.inf
+    tiles = f" (in {event.tiles} tiles)" if event.tiles > 1 else ""
     return (
-        f"plane {event.plane + 1}/{event.n_planes}, iteration {event.iteration}/{event.iterations}, "
+        f"plane {event.plane + 1}/{event.n_planes}{tiles}, iteration {event.iteration}/{event.iterations}, "
         f"elapsed {format_duration(event.elapsed)}, ETA {format_duration(eta)}"
     )
 
@@ -181,6 +182,13 @@ def _user_message(exc: BaseException, name: str) -> str:
     )
 
 
+class _Failure:
+    """An exception that ended the worker's generator, returned (not raised) to the GUI thread."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class _Run:
     """One denoising run: the worker, the live output layer and the progress bar.
 
@@ -222,7 +230,13 @@ class _Run:
         job = self.job
 
         def drive():  # a generator function, so the worker is a GeneratorWorker with quit() at each yield
-            return (yield from job)
+            try:
+                return (yield from job)
+            except Exception as exc:  # noqa: BLE001
+                # handed to on_returned rather than raised: superqt takes a RuntimeError (torch's CUDA,
+                # cuDNN and MPS errors) for a deleted worker and ends without "finished", which would
+                # leave the run hanging; and an errored worker may get napari's raw traceback notification
+                return _Failure(exc)
 
         drive.__qualname__ = f"napari-mpi denoising of {self.name!r}"  # shown by napari's close dialog
         self.worker = create_worker(
@@ -234,6 +248,7 @@ class _Run:
                 "errored": self.on_errored,
                 "aborted": self.on_aborted,
                 "finished": self.on_finished,
+                "warned": self.on_warned,
             },
         )
 
@@ -316,7 +331,19 @@ class _Run:
             if offset + axis not in dims.displayed:
                 dims.set_point(offset + axis, world[axis])
 
-    def on_returned(self, result: np.ndarray) -> None:
+    def on_warned(self, args: tuple) -> None:
+        """A warning raised in the worker (the arguments of warnings.showwarning): the engine's own
+        (e.g. a plane denoised in tiles after running out of memory) become notifications."""
+        message, category = args[0], args[1]
+        if isinstance(category, type) and issubclass(category, DenoiseWarning):
+            show_warning(f"Denoising '{self.name}': {message}.")
+        else:
+            log.info("napari-mpi: warning while denoising %r: %s", self.name, message)
+
+    def on_returned(self, result: Any) -> None:
+        if isinstance(result, _Failure):
+            self.on_errored(result.error)
+            return
         self.state = "done"
 
     def on_aborted(self) -> None:

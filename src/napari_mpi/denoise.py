@@ -25,7 +25,13 @@ from .network import check_plane_size
 from .planes import Normalization, PlaneLayout, check_dtype, check_values, normalize, plane_layout
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
-__all__ = ["DenoisePlan", "DenoiseProgress", "PlaneSink", "prepare", "denoise_steps", "denoise_plane", "denoise"]
+__all__ = [
+    "DenoisePlan", "DenoiseProgress", "DenoiseWarning", "PlaneSink", "prepare", "denoise_steps", "denoise_plane", "denoise",
+]
+
+
+class DenoiseWarning(RuntimeWarning):
+    """A run changed how it works to finish: e.g. a plane too big for the device's memory is denoised in tiles."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +218,7 @@ def _fill_plane(
     """Algorithm 1 on one plane: yields every fill step; returns the plane in the input's units (float32).
 
     When the device runs out of memory the plane starts again in overlapping tiles (about half the
-    side each time, down to MIN_TILE pixels; a RuntimeWarning says so); MemoryError when even those fail.
+    side each time, down to MIN_TILE pixels; a DenoiseWarning says so); MemoryError when even those fail.
     """
     data, norm = normalize(plane)
     if np.ptp(data) == 0:  # a constant plane is its own denoised result
@@ -249,7 +255,7 @@ def _fill_plane(
             f"{device} ran out of memory on a {height}x{width} plane ({failure}); denoising it in "
             f"{_tile_count((height, width), tile)} overlapping tiles of {tile[0]}x{tile[1]} pixels instead "
             "(slower; the seams are blended)",
-            RuntimeWarning,
+            DenoiseWarning,
             stacklevel=2,
         )
     assert step is not None

@@ -1,0 +1,351 @@
+"""The widget's bad-input matrix (docs/robustness.md): every case ends in one clear napari notification
+(never napari's raw-traceback error), leaves the input layer's data untouched, leaves no thread worker
+running, and the widget denoises a small image successfully afterwards.
+
+Tiny images (24x24 to 48x48) and 1-3 iterations keep each run to about a second on a CPU.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+import numpy as np
+import pytest
+import torch
+from napari.layers import Image
+from napari.utils.notifications import ErrorNotification, NotificationSeverity, notification_manager
+from qtpy.QtCore import Qt
+
+from napari_mpi._sample_data import clean_fluorescence, noisy_fluorescence
+from napari_mpi._widget import MPIDenoiseWidget
+
+denoise_module = import_module("napari_mpi.denoise")  # the module; napari_mpi.denoise is the function
+fill_module = import_module("napari_mpi.fill")
+
+RUN_TIMEOUT_MS = 120_000  # generous: the CPU is shared with other jobs
+LONG = 5000  # iterations of a run that a test stops part-way
+
+
+def noisy(shape=(48, 48), seed=0) -> np.ndarray:
+    return noisy_fluorescence(clean_fluorescence(shape, seed=seed), seed=seed + 1)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """The GUI thread needs a core too (see tests/test_widget.py)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def notes():
+    """Notifications dispatched during the test."""
+    start = len(notification_manager.records)
+    return lambda: notification_manager.records[start:]
+
+
+def messages(records, severity=NotificationSeverity.ERROR) -> list[str]:
+    return [str(n.message) for n in records if n.severity == severity]
+
+
+def raw_errors(records) -> list:
+    """napari's own error notifications (exception type, message and a traceback button)."""
+    return [n for n in records if isinstance(n, ErrorNotification)]
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
+    yield viewer, widget
+    run = widget._run
+    if run is not None:  # never leave a worker running: a test that gets here has failed anyway
+        run.cancel()
+        qtbot.waitUntil(lambda: run.finished, timeout=RUN_TIMEOUT_MS)
+
+
+def wait_finished(qtbot, run) -> None:
+    qtbot.waitUntil(lambda: run.finished, timeout=RUN_TIMEOUT_MS)
+    assert_no_thread(run)
+
+
+def assert_no_thread(run) -> None:
+    """The worker ended and the run let go of the engine (network, optimiser, device memory)."""
+    assert run.finished
+    assert not run.worker.is_running
+    assert run.job.gi_frame is None  # the engine's generator was closed
+    assert run.latest is None
+
+
+def assert_usable(viewer, widget, qtbot, notes_before: int | None = None) -> None:
+    """The widget is idle and denoises a small image successfully."""
+    assert widget._run is None
+    assert widget.run_button.text() == "Denoise"
+    for control in (widget.layer_combo, widget.iterations, widget.mask_ratio, widget.device):
+        assert control.isEnabled()
+    layer = viewer.add_image(noisy((24, 24), seed=7), name="check")
+    viewer.layers.selection.active = layer
+    assert widget.chosen_layer() is layer
+    widget.iterations.setValue(1)
+    run = widget.start()
+    assert run is not None
+    wait_finished(qtbot, run)
+    assert run.state == "done"
+    result = viewer.layers["check denoised"]
+    assert result.metadata["status"] == "complete" and np.isfinite(result.data).all()
+    assert widget.status.text().startswith("Done")
+
+
+# -- bad values and shapes ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_or_inf_layer_is_one_clear_error(viewer_widget, qtbot, notes, bad):
+    viewer, widget = viewer_widget
+    data = noisy().astype(np.float32)
+    data[5, 7] = bad
+    original = data.copy()
+    viewer.add_image(data, name="holes")
+    widget.iterations.setValue(2)
+    run = widget.start()
+    assert run is not None  # the values are checked in the worker, not on the GUI thread
+    wait_finished(qtbot, run)
+    assert run.state == "failed"
+    errors = messages(notes())
+    assert len(errors) == 1, errors
+    assert "'holes'" in errors[0] and "NaN or infinite" in errors[0] and "replace them" in errors[0]
+    assert not raw_errors(notes())  # no exception notification with a traceback button
+    assert "holes denoised" not in viewer.layers and "holes denoised (partial)" not in viewer.layers
+    np.testing.assert_array_equal(viewer.layers["holes"].data, original)
+    assert widget.status.text().startswith("Failed")
+    assert_usable(viewer, widget, qtbot)
+
+
+def test_constant_layer_is_its_own_result(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    flat = np.full((32, 40), 120, dtype=np.uint16)
+    viewer.add_image(flat, name="flat")
+    widget.iterations.setValue(3)
+    run = widget.start()
+    wait_finished(qtbot, run)
+    assert run.state == "done"
+    out = viewer.layers["flat denoised"]
+    assert out.data.dtype == np.float32
+    np.testing.assert_array_equal(out.data, 120.0)
+    np.testing.assert_array_equal(viewer.layers["flat"].data, flat)
+    assert not messages(notes()) and not raw_errors(notes())
+    assert_usable(viewer, widget, qtbot)
+
+
+@pytest.mark.parametrize(
+    "shape,phrase",
+    [((7, 40), "7x40 pixels are too small"), ((40, 1), "40x1 pixels are too small"),
+     ((1, 40), "1x40 pixels are too small"), ((3, 40, 1), "40x1 pixels are too small")],
+)
+def test_too_small_or_one_pixel_wide_layer_is_refused_before_any_thread(viewer_widget, qtbot, notes, shape, phrase):
+    viewer, widget = viewer_widget
+    data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    viewer.add_image(data, name="thin")
+    assert widget.start() is None
+    assert widget._run is None  # no worker was created
+    errors = messages(notes())
+    assert len(errors) == 1 and "'thin'" in errors[0] and phrase in errors[0], errors
+    assert "at least 8 pixels" in errors[0]
+    np.testing.assert_array_equal(viewer.layers["thin"].data, data)
+    assert_usable(viewer, widget, qtbot)
+
+
+@pytest.mark.parametrize("shape", [(2, 1, 2, 24, 24), (2, 1, 1, 2, 24, 24)], ids=["5-D", "6-D"])
+def test_5d_and_6d_layers_are_denoised_plane_by_plane(viewer_widget, qtbot, notes, shape):
+    viewer, widget = viewer_widget
+    rng = np.random.default_rng(0)
+    data = (100 + 20 * rng.standard_normal(shape)).astype(np.float32)
+    original = data.copy()
+    viewer.add_image(data, name="nd")
+    widget.iterations.setValue(1)
+    run = widget.start()
+    wait_finished(qtbot, run)
+    assert run.state == "done"
+    out = viewer.layers["nd denoised"]
+    assert out.data.shape == shape and out.metadata["planes"] == int(np.prod(shape[:-2]))
+    planes = out.data.reshape(-1, *shape[-2:])
+    assert all(np.ptp(plane) > 0 for plane in planes)  # every plane was written
+    np.testing.assert_array_equal(viewer.layers["nd"].data, original)
+    assert not messages(notes()) and not raw_errors(notes())
+    assert_usable(viewer, widget, qtbot)
+
+
+def test_bool_layer_is_refused_with_a_reason(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    mask = noisy() > 110
+    viewer.add_image(mask, name="mask")
+    assert widget.start() is None and widget._run is None
+    errors = messages(notes())
+    assert len(errors) == 1 and "'mask'" in errors[0] and "boolean" in errors[0] and "integer or float" in errors[0]
+    np.testing.assert_array_equal(viewer.layers["mask"].data, noisy() > 110)
+    assert_usable(viewer, widget, qtbot)
+
+
+@pytest.mark.filterwarnings("ignore::numpy.exceptions.ComplexWarning")
+@pytest.mark.parametrize("dtype", [np.complex64, object])
+def test_complex_and_object_layers_cannot_reach_the_widget(dtype):
+    """napari itself refuses such image layers, so the widget never sees them (the API refuses them
+    with a ValueError: tests/test_robustness.py). If napari starts accepting them, this fails."""
+    with pytest.raises(NotImplementedError):
+        Image(np.zeros((24, 24), dtype=dtype))
+
+
+def test_labels_and_points_layers_are_not_offered(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    labels = viewer.add_labels(np.zeros((24, 24), dtype=np.uint8), name="labels")
+    viewer.add_points([[1, 1]], name="points")
+    assert widget.layer_combo.count() == 0 and widget.chosen_layer() is None
+    assert not widget.run_button.isEnabled()
+    assert widget.start() is None and widget._run is None
+    assert any("image layer" in m for m in messages(notes(), NotificationSeverity.WARNING))
+    # an image next to them: choosing the labels layer in napari does not make it the input
+    image = viewer.add_image(noisy((24, 24)), name="image")
+    viewer.layers.selection.active = labels
+    assert widget.chosen_layer() is image
+    assert not messages(notes())
+    assert_usable(viewer, widget, qtbot)
+
+
+# -- interruptions --------------------------------------------------------------------------
+
+
+def start_long_run(viewer, widget, qtbot, name="cells"):
+    data = noisy()
+    viewer.add_image(data, name=name)
+    widget.iterations.setValue(LONG)
+    run = widget.start()
+    qtbot.waitUntil(lambda: run.redraws >= 1, timeout=RUN_TIMEOUT_MS)
+    return run, data.copy()
+
+
+@pytest.mark.parametrize("which", ["input", "output"])
+def test_layer_removed_mid_run(viewer_widget, qtbot, notes, which):
+    viewer, widget = viewer_widget
+    run, original = start_long_run(viewer, widget, qtbot)
+    source = run.source
+    viewer.layers.remove("cells" if which == "input" else "cells denoised")
+    wait_finished(qtbot, run)
+    assert run.state == "stopped"
+    warnings = messages(notes(), NotificationSeverity.WARNING)
+    assert len(warnings) == 1 and "was removed" in warnings[0] and "stopped" in warnings[0]
+    assert not messages(notes()) and not raw_errors(notes())
+    np.testing.assert_array_equal(source.data, original)  # removed or not, the input data is untouched
+    assert widget.status.text().startswith("Stopped")
+    assert_usable(viewer, widget, qtbot)
+
+
+def test_cancel_mid_run_then_cancel_again_and_run_again(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    run, original = start_long_run(viewer, widget, qtbot)
+    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)  # Cancel
+    assert widget.run_button.text() == "Cancelling..." and not widget.run_button.isEnabled()
+    widget.cancel()  # a second cancel (keyboard, script) while stopping is harmless
+    assert widget.start() is None  # and so is a start while the run is stopping
+    wait_finished(qtbot, run)
+    assert run.state == "cancelled"
+    assert viewer.layers["cells denoised (partial)"].metadata["status"] == "partial"
+    np.testing.assert_array_equal(viewer.layers["cells"].data, original)
+    assert not messages(notes()) and not raw_errors(notes())
+    assert_usable(viewer, widget, qtbot)
+
+
+def test_viewer_closed_mid_run(make_napari_viewer, qtbot, notes):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
+    run, original = start_long_run(viewer, widget, qtbot)
+    source = run.source
+    viewer.close()
+    wait_finished(qtbot, run)
+    assert run.state in ("stopped", "cancelled")
+    np.testing.assert_array_equal(source.data, original)
+    assert not messages(notes()) and not raw_errors(notes())
+    # the widget went with its window; a new window's widget works
+    viewer2 = make_napari_viewer()
+    _, widget2 = viewer2.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
+    assert isinstance(widget2, MPIDenoiseWidget)
+    assert_usable(viewer2, widget2, qtbot)
+
+
+# -- out of memory (simulated: CI has no GPU) ---------------------------------------------
+
+
+def limit_memory(monkeypatch, max_pixels: int | None, calls: list | None = None):
+    """Make the fill raise torch's CUDA out-of-memory error on planes (or tiles) above ``max_pixels``
+    (None: on all), as a GPU with too little free memory does; smaller ones run for real."""
+    real = fill_module.iterative_fill
+
+    def fill(image, *args, **kwargs):
+        if calls is not None:
+            calls.append(tuple(image.shape[-2:]))
+        if max_pixels is None or image.shape[-2] * image.shape[-1] > max_pixels:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real(image, *args, **kwargs)
+
+    monkeypatch.setattr(fill_module, "iterative_fill", fill)  # used by tiled_fill
+    monkeypatch.setattr(denoise_module, "iterative_fill", fill)  # used for whole planes
+
+
+def test_out_of_memory_retries_in_tiles_and_says_so(viewer_widget, qtbot, notes, monkeypatch):
+    viewer, widget = viewer_widget
+    calls: list = []
+    limit_memory(monkeypatch, 64 * 64, calls)
+    data = noisy((96, 96))
+    viewer.add_image(data, name="big")
+    widget.iterations.setValue(2)
+    run = widget.start()
+    wait_finished(qtbot, run)
+    assert run.state == "done"
+    assert calls[0] == (96, 96) and set(calls[1:]) == {(64, 64)} and len(calls) == 5  # whole, then 2x2 tiles
+    warnings = messages(notes(), NotificationSeverity.WARNING)
+    assert len(warnings) == 1 and "ran out of memory" in warnings[0] and "4 overlapping tiles" in warnings[0]
+    out = viewer.layers["big denoised"]
+    assert out.metadata["status"] == "complete" and np.isfinite(out.data).all() and np.ptp(out.data) > 0
+    np.testing.assert_array_equal(viewer.layers["big"].data, data)
+    assert not messages(notes()) and not raw_errors(notes())
+    monkeypatch.undo()
+    assert_usable(viewer, widget, qtbot)
+
+
+def test_out_of_memory_even_in_tiles_is_one_clear_error(viewer_widget, qtbot, notes, monkeypatch):
+    viewer, widget = viewer_widget
+    limit_memory(monkeypatch, None)
+    data = noisy((96, 96))
+    viewer.add_image(data, name="big")
+    widget.iterations.setValue(2)
+    run = widget.start()
+    wait_finished(qtbot, run)
+    assert run.state == "failed"
+    errors = messages(notes())
+    assert len(errors) == 1, errors
+    assert "'big'" in errors[0] and "ran out of memory" in errors[0] and "even in tiles of 64x64" in errors[0]
+    assert "device 'cpu'" in errors[0]  # what to do about it
+    assert not raw_errors(notes())
+    np.testing.assert_array_equal(viewer.layers["big"].data, data)
+    monkeypatch.undo()
+    assert_usable(viewer, widget, qtbot)
+
+
+def test_an_unexpected_engine_error_is_one_sentence_not_a_traceback(viewer_widget, qtbot, notes, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(denoise_module, "iterative_fill", broken)
+    viewer, widget = viewer_widget
+    viewer.add_image(noisy(), name="cells")
+    run = widget.start()
+    wait_finished(qtbot, run)
+    assert run.state == "failed"
+    errors = messages(notes())
+    assert len(errors) == 1 and "unexpected error" in errors[0] and "CUDNN_STATUS_INTERNAL_ERROR" in errors[0]
+    assert not raw_errors(notes())
+    monkeypatch.undo()
+    assert_usable(viewer, widget, qtbot)
+
