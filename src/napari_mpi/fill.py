@@ -192,6 +192,10 @@ def resolve_precision(precision: Precision, device: torch.device, pixels: int | 
     return "fp32"
 
 
+#: serialises seeded initialisations (see build_model)
+_INIT_LOCK = threading.Lock()
+
+
 def build_model(channels: int, state_dict: dict[str, torch.Tensor] | None, seed: int, device: torch.device) -> SkipNet:
     """A SkipNet for ``channels`` image channels (input = image + mask), with the given weights
     or a seeded random initialisation."""
