@@ -2,7 +2,7 @@
 (never napari's raw-traceback error), leaves the input layer's data untouched, leaves no thread worker
 running, and the widget denoises a small image successfully afterwards.
 
-Tiny images (24x24 to 48x48) and 1-3 iterations keep each run to about a second on a CPU.
+Small images (24x24 to 160x160) and 1-3 iterations keep each run to about a second on a CPU.
 """
 
 from __future__ import annotations
@@ -295,14 +295,14 @@ def limit_memory(monkeypatch, max_pixels: int | None, calls: list | None = None)
 def test_out_of_memory_retries_in_tiles_and_says_so(viewer_widget, qtbot, notes, monkeypatch):
     viewer, widget = viewer_widget
     calls: list = []
-    limit_memory(monkeypatch, 64 * 64, calls)
-    data = noisy((96, 96))
+    limit_memory(monkeypatch, 128 * 128, calls)
+    data = noisy((160, 160))
     viewer.add_image(data, name="big")
     widget.iterations.setValue(2)
     run = widget.start()
     wait_finished(qtbot, run)
     assert run.state == "done"
-    assert calls[0] == (96, 96) and set(calls[1:]) == {(64, 64)} and len(calls) == 5  # whole, then 2x2 tiles
+    assert calls[0] == (160, 160) and set(calls[1:]) == {(128, 128)} and len(calls) == 5  # whole, then 2x2 tiles
     warnings = messages(notes(), NotificationSeverity.WARNING)
     assert len(warnings) == 1 and "ran out of memory" in warnings[0] and "4 overlapping tiles" in warnings[0]
     out = viewer.layers["big denoised"]
@@ -316,7 +316,7 @@ def test_out_of_memory_retries_in_tiles_and_says_so(viewer_widget, qtbot, notes,
 def test_out_of_memory_even_in_tiles_is_one_clear_error(viewer_widget, qtbot, notes, monkeypatch):
     viewer, widget = viewer_widget
     limit_memory(monkeypatch, None)
-    data = noisy((96, 96))
+    data = noisy((160, 160))
     viewer.add_image(data, name="big")
     widget.iterations.setValue(2)
     run = widget.start()
@@ -324,7 +324,7 @@ def test_out_of_memory_even_in_tiles_is_one_clear_error(viewer_widget, qtbot, no
     assert run.state == "failed"
     errors = messages(notes())
     assert len(errors) == 1, errors
-    assert "'big'" in errors[0] and "ran out of memory" in errors[0] and "even in tiles of 64x64" in errors[0]
+    assert "'big'" in errors[0] and "ran out of memory" in errors[0] and "even in tiles of 128x128" in errors[0]
     assert "device 'cpu'" in errors[0]  # what to do about it
     assert not raw_errors(notes())
     np.testing.assert_array_equal(viewer.layers["big"].data, data)

@@ -269,8 +269,10 @@ def iterative_fill(
 
 #: Overlap (pixels) of neighbouring tiles when a plane is filled in tiles; blended with linear ramps.
 TILE_OVERLAP = 32
-#: Smallest tile side tried when a plane does not fit in memory (smaller planes are never tiled).
-MIN_TILE = 64
+#: Smallest tile side tried when a plane does not fit in memory (smaller planes are never tiled): at
+#: 128 the overlap costs at most ~1.8x the work; a device that cannot hold a 128x128 plane (~80 MB)
+#: is better reported than crawled through in thousands of tiles.
+MIN_TILE = 128
 
 
 def tile_starts(length: int, tile: int, overlap: int = TILE_OVERLAP) -> list[int]:
