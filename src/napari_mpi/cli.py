@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -75,31 +78,12 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: Path, axes: str | None) -> tuple[np.ndarray, str]:
-    """Read TIFF (axes from ImageJ / OME metadata) or another image format; return data and axes."""
-    if not path.exists():
-        raise ValueError(f"input file not found: {path}")
-    if path.is_dir():
-        raise ValueError(f"input is a folder, not an image file: {path}")
-    suffix = path.suffix.lower()
-    import logging
+def _read_image(path: Path, axes: str | None, stack: ExitStack) -> tuple[Any, str]:
+    """Open TIFF (memory-mapped or page by page), Zarr / OME-Zarr (a folder) or another image format
+    lazily where possible; return data and its axes (from --axes, else the file's metadata)."""
+    from .stores import open_image
 
-    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # we report unreadable files ourselves, in one line
-    try:
-        if suffix in (".tif", ".tiff"):
-            import tifffile
-
-            with tifffile.TiffFile(path) as tif:
-                series = tif.series[0]
-                data = series.asarray()
-                found = series.axes
-        else:
-            from skimage.io import imread
-
-            data = np.asarray(imread(path))
-            found = "YXS" if data.ndim == 3 and data.shape[-1] in (3, 4) else "YX"[-data.ndim :] if data.ndim <= 2 else ""
-    except (OSError, ValueError, IndexError, SyntaxError, RuntimeError) as exc:  # readers raise many types on bad files
-        raise ValueError(f"cannot read {path}: not a valid image file ({exc.__class__.__name__}: {exc})") from exc
+    data, found = open_image(path, stack)
     axes_used = (axes or found or "").upper()
     if not axes_used:
         axes_used = "YX" if data.ndim == 2 else "Q" * (data.ndim - 2) + "YX"
@@ -122,11 +106,24 @@ def _roles(axes: str, shape: tuple[int, ...]) -> dict:
     return {"rgb": rgb, "channel_axis": channel_axis}
 
 
-def _check_output(source: Path, target: Path) -> None:
-    if target.suffix.lower() not in (".tif", ".tiff", ".png"):
-        raise ValueError(f"output must end in .tif, .tiff or .png, got {target.name}")
-    if target.resolve() == source.resolve():
+def _check_output(source: Path, target: Path) -> str:
+    """Refuse outputs that would overwrite the input or cannot be written; return the output kind."""
+    from .stores import output_kind
+
+    kind = output_kind(target)
+    source_path, target_path = source.resolve(), target.resolve()
+    if target_path == source_path:
         raise ValueError("output path equals the input path; choose another name so the input is never overwritten")
+    if source_path in target_path.parents or target_path in source_path.parents:
+        raise ValueError(f"output {target} and input {source} lie inside one another; choose another place for the output")
+    if kind in ("zarr", "ome-zarr"):
+        if target.is_file():
+            raise ValueError(f"output {target} is a file, not a Zarr folder; remove it or choose another name")
+        if target.is_dir() and any(target.iterdir()) and not any(
+                (target / name).is_file() for name in (".zarray", ".zgroup", "zarr.json")):
+            raise ValueError(f"output folder {target} exists and is not a Zarr store; it is not replaced")
+    elif target.is_dir():
+        raise ValueError(f"output {target} is a folder; name a file")
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ValueError(f"output folder does not exist: {folder}")
@@ -136,18 +133,15 @@ def _check_output(source: Path, target: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ValueError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from exc
+    return kind
 
 
 def _write_image(target: Path, data: np.ndarray, axes: str, source_dtype: np.dtype, keep_dtype: bool) -> None:
-    """Write atomically (temporary file, then rename): a failed run leaves no half-written output."""
+    """Write a whole in-memory result (PNG) atomically: temporary file, then rename."""
+    from .stores import convert, output_dtype
+
     png = target.suffix.lower() == ".png"
-    if png or keep_dtype:
-        dtype = np.dtype(source_dtype) if np.dtype(source_dtype).kind in "ui" else np.dtype(np.uint16 if png else np.float32)
-        if png and dtype.itemsize > 2:
-            dtype = np.dtype(np.uint16)
-        if dtype.kind in "ui":
-            info = np.iinfo(dtype)
-            data = np.clip(np.rint(data), info.min, info.max).astype(dtype)
+    data = convert(data, output_dtype(source_dtype, "png" if png else "tiff", keep_dtype))
     tmp = target.with_name(f".{target.name}.partial{target.suffix}")
     try:
         if png:
@@ -165,43 +159,103 @@ def _write_image(target: Path, data: np.ndarray, axes: str, source_dtype: np.dty
         tmp.unlink(missing_ok=True)
 
 
-def _denoise(args: argparse.Namespace) -> int:
-    from .denoise import denoise_steps, prepare
+def _fingerprint(source: Path, data, plan) -> dict:
+    """What makes two runs the same run, for --resume: the input file and every parameter that changes
+    the numbers (not the device: a run may resume on another machine)."""
+    stat = source.stat()
+    described = {k: v for k, v in plan.describe().items() if k not in ("device", "napari_mpi_version")}
+    return {
+        "input": str(source.resolve()),
+        "input_size": None if source.is_dir() else stat.st_size,
+        "input_mtime_ns": None if source.is_dir() else stat.st_mtime_ns,
+        "input_dtype": np.dtype(data.dtype).str,
+        "parameters": described,
+    }
 
-    _check_output(args.input, args.output)
-    data, axes = _read_image(args.input, args.axes)
-    if args.threads:
-        import torch
 
-        torch.set_num_threads(args.threads)
-    plan = prepare(
-        data.shape, data.dtype, preset=args.preset, mask_ratio=args.mask_ratio, beta=args.beta,
-        iterations=args.iterations, seed=args.seed, device=args.device, weights=args.weights,
-        precision=args.precision, **_roles(axes, data.shape),
-    )
-    n_planes, iterations = plan.layout.n_planes, plan.config.iterations
-    quiet = args.quiet
-    planes_bar = _progress_bar(total=n_planes, unit="plane", position=0, disable=quiet or n_planes == 1)
-    steps_bar = _progress_bar(total=iterations, unit="it", position=1 if n_planes > 1 else 0, disable=quiet, leave=False)
-    steps = denoise_steps(data, plan)
+def _local_planes(data, plan, sink, done: set[int], quiet: bool):
+    """Denoise on this machine with the engine's generator; yields plane numbers as they are written."""
+    from .denoise import denoise_steps
+
+    position = 1 if plan.layout.n_planes > 1 else 0
+    steps_bar = _progress_bar(total=plan.config.iterations, unit="it", position=position, disable=quiet, leave=False)
     try:
-        while True:
-            try:
-                event = next(steps)
-            except StopIteration as finished:
-                result = finished.value
-                break
+        for event in denoise_steps(data, plan, sink, skip=done):
             if event.iteration == 1 or event.iteration < steps_bar.n:
                 steps_bar.reset()
             steps_bar.update(event.iteration - steps_bar.n)
             if event.iteration == event.iterations:
-                planes_bar.update(1)
+                yield event.plane
     finally:
         steps_bar.close()
-        planes_bar.close()
-    _write_image(args.output, result, axes, data.dtype, args.keep_dtype)
-    if not quiet:
-        print(f"wrote {args.output} ({'x'.join(map(str, result.shape))}, axes {axes}, {n_planes} plane(s), "
+
+
+def _denoise(args: argparse.Namespace) -> int:
+    from .denoise import prepare
+    from .stores import BatchOutput, output_dtype
+
+    kind = _check_output(args.input, args.output)
+    if args.resume and kind == "png":
+        raise ValueError("--resume needs a .tif, .zarr or .ome.zarr output (a PNG is written whole at the end)")
+    if args.workers is not None and args.scheduler != "local":
+        raise ValueError("--workers applies to --scheduler local only")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be 1 or more, got {args.workers}")
+    if args.scheduler and args.scheduler != "local" and "://" not in args.scheduler:
+        raise ValueError(f"--scheduler must be 'local' or a scheduler address like tcp://host:8786, got {args.scheduler!r}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    with ExitStack() as stack:
+        data, axes = _read_image(args.input, args.axes, stack)
+        plan = prepare(
+            data.shape, data.dtype, preset=args.preset, mask_ratio=args.mask_ratio, beta=args.beta,
+            iterations=args.iterations, seed=args.seed, device=args.device, weights=args.weights,
+            precision=args.precision, **_roles(axes, data.shape),
+        )
+        n_planes, iterations = plan.layout.n_planes, plan.config.iterations
+        output = None
+        if kind == "png":
+            sink = np.zeros(plan.layout.shape, dtype=np.float32)
+            done: set[int] = set()
+        else:
+            output = BatchOutput(args.output, kind, plan.layout, output_dtype(data.dtype, kind, args.keep_dtype), axes,
+                                 _fingerprint(args.input, data, plan), attrs=plan.describe(), resume=args.resume)
+            sink, done = output.writer, output.done
+            if output.restarted and not args.quiet:
+                print(f"starting {args.output} over (an unfinished run was there; --resume continues one)")
+            if args.resume and not args.quiet:
+                print(f"resuming: {len(done)} of {n_planes} plane(s) already written" if output.resumed
+                      else "resuming: no unfinished run of this output found; starting from the first plane")
+        planes_bar = _progress_bar(total=n_planes, initial=len(done), unit="plane", position=0,
+                                   disable=args.quiet or n_planes == 1)
+        try:
+            if args.scheduler:
+                from .distributed import connect, distributed_steps
+
+                client = stack.enter_context(connect(args.scheduler, workers=args.workers))
+                threads = args.threads or None
+                if args.scheduler == "local" and threads is None:  # share this machine's cores among its workers
+                    threads = max(1, (os.cpu_count() or 1) // max(1, len(client.nthreads())))
+                planes = distributed_steps(data, plan, client, sink, skip=done, device=args.device, threads=threads)
+            else:
+                planes = _local_planes(data, plan, sink, done, args.quiet)
+            for _ in planes:
+                planes_bar.update(1)
+        except Exception:
+            if output is not None and not output.done:  # nothing to resume: leave no partial files behind
+                output.discard()
+            raise
+        finally:
+            planes_bar.close()
+        if output is not None:
+            output.finish()
+        else:
+            _write_image(args.output, sink, axes, data.dtype, args.keep_dtype)
+    if not args.quiet:
+        resumed = f", {len(done)} from the earlier run" if done else ""
+        print(f"wrote {args.output} ({'x'.join(map(str, plan.layout.shape))}, axes {axes}, {n_planes} plane(s){resumed}, "
               f"preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {iterations} iterations)")
     return 0
 
@@ -244,9 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-mpi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    den = sub.add_parser("denoise", help="denoise a TIFF or PNG file plane by plane")
-    den.add_argument("input", type=Path, help="noisy image: .tif/.tiff (any N-D) or .png")
-    den.add_argument("-o", "--output", required=True, type=Path, help="where to write the result (.tif or .png)")
+    den = sub.add_parser("denoise", help="denoise a TIFF, Zarr / OME-Zarr or PNG image plane by plane")
+    den.add_argument("input", type=Path, help="noisy image: .tif/.tiff (any N-D), a Zarr or OME-Zarr folder, or .png")
+    den.add_argument("-o", "--output", required=True, type=Path,
+                     help="where to write the result: .tif/.tiff, .zarr, .ome.zarr (written plane by plane) or .png")
     den.add_argument("--preset", choices=("fast", "quality"), default="fast")
     den.add_argument("--mask-ratio", type=float, default=None, help="fraction hidden per step (default 0.3; 0.8-0.95 for correlated noise)")
     den.add_argument("--beta", type=float, default=None, help="EMA weight in [0, 1) (default from the preset)")
@@ -258,6 +313,12 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     den.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default; use fewer on a busy machine)")
     den.add_argument("--keep-dtype", action="store_true", help="write the input's integer type (rounded) instead of float32")
+    den.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run into the same output, skipping the planes it finished")
+    den.add_argument("--scheduler", default=None,
+                     help="spread planes over Dask workers: 'local' (a cluster on this machine) or tcp://host:port")
+    den.add_argument("--workers", type=int, default=None,
+                     help="worker processes for --scheduler local (default: one per GPU, else one per 4 CPU cores)")
     den.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     den.set_defaults(func=_denoise)
 
@@ -303,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"napari-mpi: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("napari-mpi: interrupted", file=sys.stderr)
+        more = " (run again with --resume to continue)" if getattr(args, "command", None) == "denoise" else ""
+        print(f"napari-mpi: interrupted{more}", file=sys.stderr)
         return 130
 
 

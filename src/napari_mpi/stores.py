@@ -1,0 +1,526 @@
+"""Plane-by-plane file access for stacks bigger than memory, and the record that lets a killed run resume.
+
+Reading: an uncompressed TIFF is memory-mapped one block at a time (:class:`MappedArray`); a compressed
+TIFF goes through tifffile's zarr view (one page decoded at a time); Zarr arrays and OME-Zarr images
+through zarr. Writing: an uncompressed TIFF created empty at full size and filled plane by plane (again
+through :class:`MappedArray`), or a Zarr / OME-Zarr array with one chunk per plane. Either way only the
+plane in hand is in memory. :class:`BatchOutput` adds the resumable part: it writes into a partial
+output next to the target, records each plane only once it is on disk, and renames the partial output
+into place when every plane is there. numpy, tifffile and zarr only: no torch, no Qt.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .planes import PlaneLayout
+
+__all__ = [
+    "MappedArray",
+    "open_image",
+    "create_tiff",
+    "output_kind",
+    "output_dtype",
+    "ome_axes_order",
+    "PlaneWriter",
+    "Progress",
+    "BatchOutput",
+]
+
+#: Readers raise many exception types on bad files; all of them mean "cannot read this file".
+READ_ERRORS = (OSError, ValueError, IndexError, KeyError, SyntaxError, RuntimeError, TypeError)
+#: OME-NGFF 0.4: at most 5 axes, ordered time, channel, then space (z, y, x).
+OME_ORDER = "TCZYX"
+OME_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+
+
+class MappedArray:
+    """A C-ordered array stored raw in a file at a byte offset (the image data of an uncompressed TIFF).
+
+    Every read or write maps only the block that holds the requested plane and unmaps it right after,
+    so resident memory and address space stay about one plane whatever the file size (a whole-file
+    ``numpy.memmap`` keeps every page it touched resident and needs the file's size in address space).
+    Writes are flushed to disk (msync) before ``__setitem__`` returns.
+    """
+
+    def __init__(self, path: str | os.PathLike, offset: int, shape: tuple[int, ...], dtype, writable: bool = False):
+        self.path = Path(path)
+        self.offset = int(offset)
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self.writable = writable
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"MappedArray({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+    def _block(self, index) -> tuple[int, tuple[int, ...], tuple]:
+        """Byte offset and shape of the contiguous block that the index's leading integers fix, and the
+        rest of the index (to apply within the block)."""
+        index = index if isinstance(index, tuple) else (index,)
+        if any(item is Ellipsis or item is None for item in index):
+            raise IndexError("MappedArray takes integers and slices only")
+        lead: list[int] = []
+        for item in index:
+            if len(lead) == self.ndim or not isinstance(item, (int, np.integer)):
+                break
+            size = self.shape[len(lead)]
+            if not -size <= item < size:
+                raise IndexError(f"index {item} is out of bounds for axis {len(lead)} with size {size}")
+            lead.append(int(item) % size)
+        block_shape = self.shape[len(lead):]
+        first = int(np.ravel_multi_index(lead, self.shape[: len(lead)])) if lead else 0
+        per_block = int(np.prod(block_shape, dtype=np.int64))
+        return self.offset + first * per_block * self.dtype.itemsize, block_shape, index[len(lead):]
+
+    def __getitem__(self, index) -> np.ndarray:
+        offset, shape, rest = self._block(index)
+        if not shape:
+            shape, rest = (1,), (0,)
+        block = np.memmap(self.path, dtype=self.dtype, mode="r", offset=offset, shape=shape)
+        try:
+            return np.array(block[rest])  # a copy: the mapping goes away with ``block``
+        finally:
+            del block
+
+    def __setitem__(self, index, value) -> None:
+        if not self.writable:
+            raise ValueError(f"{self.path} is open read-only")
+        offset, shape, rest = self._block(index)
+        if not shape:
+            shape, rest = (1,), (0,)
+        block = np.memmap(self.path, dtype=self.dtype, mode="r+", offset=offset, shape=shape)
+        try:
+            block[rest] = value
+            block.flush()
+        finally:
+            del block
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        data = self[()]
+        return data if dtype is None else data.astype(dtype)
+
+
+# ---------------------------------------------------------------------------------------------- reading
+
+
+def open_image(path: str | os.PathLike, stack: ExitStack) -> tuple[Any, str]:
+    """Open an image lazily where the format allows; return (array-like, axes found or "").
+
+    TIFF: memory-mapped when uncompressed, else a zarr view of its pages (files stay open in ``stack``);
+    a directory: a Zarr array or group, or an OME-Zarr image (its first, full-resolution level); other
+    formats (PNG, ...) are read whole. ValueError with a one-line reason for anything unreadable.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"input file not found: {path}")
+    if path.is_dir():
+        return _open_zarr(path)
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)  # we report unreadable files ourselves, in one line
+    try:
+        if path.suffix.lower() in (".tif", ".tiff"):
+            return _open_tiff(path, stack)
+        from skimage.io import imread
+
+        data = np.asarray(imread(path))
+    except READ_ERRORS as exc:
+        raise ValueError(f"cannot read {path}: not a valid image file ({exc.__class__.__name__}: {exc})") from exc
+    found = "YXS" if data.ndim == 3 and data.shape[-1] in (3, 4) else "YX"[-data.ndim:] if data.ndim <= 2 else ""
+    return data, found
+
+
+def _open_tiff(path: Path, stack: ExitStack) -> tuple[Any, str]:
+    import tifffile
+
+    tif = stack.enter_context(tifffile.TiffFile(path))
+    series = tif.series[0].levels[0]
+    axes = series.axes
+    if series.dataoffset is not None and series.dtype is not None:
+        dtype = np.dtype(tif.byteorder + series.dtype.char)
+        size = path.stat().st_size
+        needed = series.dataoffset + int(np.prod(series.shape, dtype=np.int64)) * dtype.itemsize
+        if size < needed:
+            raise ValueError(f"the file is truncated: {size} bytes, the image data need {needed}")
+        return MappedArray(path, series.dataoffset, series.shape, dtype), axes
+    try:
+        import zarr
+
+        return zarr.open_array(series.aszarr(), mode="r"), axes
+    except ImportError:  # zarr is a dependency, but keep a plain install able to read small files
+        return series.asarray(), axes
+
+
+def _is_zarr(path: Path) -> bool:
+    return any((path / name).is_file() for name in (".zarray", ".zgroup", "zarr.json"))
+
+
+def _open_zarr(path: Path) -> tuple[Any, str]:
+    """A Zarr array, a group holding one array, or an OME-Zarr image (level 0): (array, axes or "")."""
+    if not _is_zarr(path):
+        raise ValueError(f"input {path} is a folder but not a Zarr store (no .zarray, .zgroup or zarr.json)")
+    import zarr
+
+    try:
+        node = zarr.open(str(path), mode="r")
+        if isinstance(node, zarr.Array):
+            return node, _axes_attribute(dict(node.attrs))
+        attrs = dict(node.attrs)
+        multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+        if multiscales:
+            image = multiscales[0]
+            array = node[image["datasets"][0]["path"]]
+            return array, _letters([a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])])
+        arrays = list(node.array_keys())
+    except READ_ERRORS as exc:
+        raise ValueError(f"cannot read {path}: not a valid Zarr store ({exc.__class__.__name__}: {exc})") from exc
+    if len(arrays) != 1:
+        raise ValueError(
+            f"Zarr group {path} holds {len(arrays)} arrays and no OME-Zarr metadata; give the array's folder"
+        )
+    array = node[arrays[0]]
+    return array, _axes_attribute(dict(array.attrs))
+
+
+def _axes_attribute(attrs: dict) -> str:
+    """Axes recorded by napari-mpi ("axes") or xarray ("_ARRAY_DIMENSIONS")."""
+    if isinstance(attrs.get("axes"), str):
+        return attrs["axes"].upper()
+    names = attrs.get("_ARRAY_DIMENSIONS")
+    return _letters(names) if isinstance(names, list) else ""
+
+
+def _letters(names: list) -> str:
+    """OME / xarray axis names ("t", "c", "z", "y", "x", "channel", ...) as one letter each."""
+    known = {"t": "T", "time": "T", "c": "C", "channel": "C", "z": "Z", "y": "Y", "x": "X"}
+    letters = [known.get(str(n).lower(), "") for n in names]
+    spare = iter(letter for letter in "QIJKLMNOPR" if letter not in letters)
+    return "".join(letter or next(spare) for letter in letters)
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+def output_kind(path: str | os.PathLike) -> str:
+    """"tiff", "zarr", "ome-zarr" or "png", from the output's name; ValueError otherwise."""
+    name = Path(path).name.lower()
+    if name.endswith((".tif", ".tiff")):
+        return "tiff"
+    if name.endswith(".ome.zarr"):
+        return "ome-zarr"
+    if name.endswith(".zarr"):
+        return "zarr"
+    if name.endswith(".png"):
+        return "png"
+    raise ValueError(f"output must end in .tif, .tiff, .zarr, .ome.zarr or .png, got {Path(path).name}")
+
+
+def output_dtype(source: np.dtype, kind: str, keep_dtype: bool) -> np.dtype:
+    """float32, or with ``keep_dtype`` (and always for PNG) the input's integer type."""
+    source = np.dtype(source)
+    png = kind == "png"
+    if not (png or keep_dtype):
+        return np.dtype(np.float32)
+    dtype = source if source.kind in "ui" else np.dtype(np.uint16 if png else np.float32)
+    return np.dtype(np.uint16) if png and dtype.itemsize > 2 else dtype
+
+
+def convert(plane: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A finished float32 plane in the output's type: integers rounded and clipped to their range."""
+    if dtype.kind in "ui":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(plane), info.min, info.max).astype(dtype)
+    return np.asarray(plane, dtype=dtype)
+
+
+def create_tiff(
+    path: str | os.PathLike, shape: tuple[int, ...], dtype=np.float32, axes: str | None = None
+) -> MappedArray:
+    """An empty, uncompressed TIFF of ``shape`` (BigTIFF when large) to fill plane by plane: a sink for
+    :func:`napari_mpi.denoise` with stacks bigger than memory. ``axes`` (e.g. "ZYX", "YXS") goes in the metadata."""
+    import tifffile
+
+    photometric = "rgb" if axes and axes.endswith("S") else "minisblack"
+    metadata = {"axes": axes} if axes else {}
+    offset, _ = tifffile.imwrite(path, data=None, shape=tuple(shape), dtype=np.dtype(dtype), metadata=metadata,
+                                 photometric=photometric, returnoffset=True)
+    return MappedArray(path, offset, shape, dtype, writable=True)
+
+
+def _open_tiff_output(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> MappedArray:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        series = tif.series[0]
+        if series.dataoffset is None or tuple(series.shape) != tuple(shape) or series.dtype != dtype:
+            raise ValueError(f"{path} is not the unfinished output of this run")
+        return MappedArray(path, series.dataoffset, shape, np.dtype(tif.byteorder + dtype.char), writable=True)
+
+
+def ome_axes_order(axes: str) -> list[int]:
+    """Source axis for each OME-Zarr axis: OME-NGFF 0.4 wants (t, c, z, y, x) order; RGB samples (S) become c."""
+    letters = axes.replace("S", "C") if "C" not in axes else axes
+    if "S" in letters or any(a not in OME_ORDER for a in letters):
+        raise ValueError(f"OME-Zarr holds axes T, C, Z, Y, X only (RGB counts as C), not {axes}; write .zarr or .tif")
+    return sorted(range(len(letters)), key=lambda i: OME_ORDER.index(letters[i]))
+
+
+class _Transposed:
+    """Writes planes given in source axis order into an array whose axes are permuted (for OME order)."""
+
+    def __init__(self, target, order: list[int]):
+        self.target, self.order = target, order
+        self.shape = tuple(target.shape[order.index(a)] for a in range(len(order)))
+
+    def target_index(self, index: tuple) -> tuple:
+        return tuple(index[a] for a in self.order)
+
+    def __setitem__(self, index: tuple, value: np.ndarray) -> None:
+        sliced = [a for a in range(len(index)) if not isinstance(index[a], (int, np.integer))]
+        in_target = [a for a in self.order if a in sliced]
+        self.target[self.target_index(index)] = np.transpose(value, [sliced.index(a) for a in in_target])
+
+
+def _plane_chunks(shape: tuple[int, ...], layout: PlaneLayout, order: list[int]) -> tuple[int, ...]:
+    """One chunk per plane: 1 along the iterated axes, the whole extent along the others."""
+    return tuple(1 if a in layout.iter_axes else shape[a] for a in order)
+
+
+def _create_zarr(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str, attrs: dict):
+    import zarr
+
+    order = ome_axes_order(axes) if kind == "ome-zarr" else list(range(len(axes)))
+    shape = tuple(layout.shape[a] for a in order)
+    options = dict(shape=shape, chunks=_plane_chunks(layout.shape, layout, order), dtype=dtype, fill_value=0,
+                   chunk_key_encoding={"name": "v2", "separator": "/"})
+    if kind == "zarr":
+        return zarr.create_array(str(path), zarr_format=2, attributes={"axes": axes, "napari_mpi": attrs}, **options)
+    letters = "".join(axes[a] for a in order).replace("S", "C")
+    root = zarr.open_group(str(path), mode="w", zarr_format=2)
+    root.attrs.update({
+        "multiscales": [{
+            "version": "0.4",
+            "name": path.name.lstrip(".").split(".")[0],
+            "axes": [{"name": a.lower(), "type": OME_TYPES[a]} for a in letters],
+            "datasets": [
+                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(letters)}]}
+            ],
+            "metadata": {"method": "napari-mpi denoise", "napari_mpi": attrs},
+        }],
+        "napari_mpi": attrs,
+    })
+    return _Transposed(root.create_array("0", **options), order)
+
+
+def _open_zarr_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str):
+    import zarr
+
+    order = ome_axes_order(axes) if kind == "ome-zarr" else list(range(len(axes)))
+    try:
+        array = zarr.open_array(str(path / "0") if kind == "ome-zarr" else str(path), mode="r+")
+    except READ_ERRORS as exc:
+        raise ValueError(f"{path} is not the unfinished output of this run ({exc.__class__.__name__})") from exc
+    if tuple(array.shape) != tuple(layout.shape[a] for a in order) or array.dtype != dtype:
+        raise ValueError(f"{path} is not the unfinished output of this run")
+    return _Transposed(array, order) if kind == "ome-zarr" else array
+
+
+def _fsync(path: Path) -> None:
+    """Push a file (or a folder's entries) to disk; missing files are fine (zarr skips all-zero chunks)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class PlaneWriter:
+    """The sink a batch run writes into: converts each finished plane to the output type, writes it,
+    makes it durable (msync for TIFF, fsync of the chunk file for Zarr), and only then records it in
+    the progress file, so a plane the record calls finished is always completely on disk."""
+
+    def __init__(self, target, layout: PlaneLayout, dtype: np.dtype, progress: Progress | None = None,
+                 chunk_root: Path | None = None):
+        self.target, self.layout, self.dtype = target, layout, np.dtype(dtype)
+        self.progress, self.chunk_root = progress, chunk_root
+        self.shape = layout.shape
+
+    def plane_number(self, index: tuple) -> int:
+        iter_shape = [self.layout.shape[a] for a in self.layout.iter_axes]
+        position = [index[a] for a in self.layout.iter_axes]
+        return int(np.ravel_multi_index(position, iter_shape)) if iter_shape else 0
+
+    def __setitem__(self, index: tuple, plane: np.ndarray) -> None:
+        self.target[index] = convert(plane, self.dtype)
+        if self.chunk_root is not None:  # Zarr: one chunk per plane, key "i/j/0/0" under the array folder
+            target_index = self.target.target_index(index) if isinstance(self.target, _Transposed) else index
+            key = [str(i) if isinstance(i, (int, np.integer)) else "0" for i in target_index]
+            chunk = self.chunk_root.joinpath(*key)
+            _fsync(chunk)
+            _fsync(chunk.parent)
+        if self.progress is not None:
+            self.progress.mark(self.plane_number(index))
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write, fsync, rename: a reader (or a resumed run) sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _ranges(numbers: set[int]) -> list[list[int]]:
+    """{0, 1, 2, 5} -> [[0, 2], [5, 5]]: a compact record for runs of thousands of planes."""
+    spans: list[list[int]] = []
+    for n in sorted(numbers):
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return spans
+
+
+class Progress:
+    """Which planes of an unfinished run are on disk, kept in a small JSON file next to the output.
+
+    The file also holds a fingerprint of the input and the parameters, so ``--resume`` refuses to mix
+    planes from a different input or different settings into one output.
+    """
+
+    VERSION = 1
+
+    def __init__(self, path: Path, fingerprint: dict, done: set[int] | None = None):
+        self.path, self.fingerprint, self.done = path, fingerprint, set(done or ())
+
+    @classmethod
+    def load(cls, path: Path, fingerprint: dict) -> Progress | None:
+        """The recorded run, or None when there is none; ValueError when it was a different run."""
+        try:
+            record = json.loads(path.read_text())
+            done = {n for low, high in record["done"] for n in range(low, high + 1)}
+            recorded = record["fingerprint"]
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(
+                f"cannot resume: the progress file {path} is unreadable ({exc}); rerun without --resume"
+            ) from exc
+        if record.get("version") != cls.VERSION or recorded != fingerprint:
+            differ = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
+            raise ValueError(f"cannot resume: the unfinished run used another input or other settings "
+                             f"({', '.join(differ) or 'format'}); rerun without --resume to start over")
+        return cls(path, fingerprint, done)
+
+    def save(self) -> None:
+        _atomic_write_text(self.path, json.dumps({"version": self.VERSION, "fingerprint": self.fingerprint,
+                                                  "done": _ranges(self.done)}))
+
+    def mark(self, number: int) -> None:
+        self.done.add(number)
+        self.save()
+
+
+class BatchOutput:
+    """A resumable, plane-by-plane output: ``.NAME.partial.EXT`` and ``.NAME.napari-mpi-progress.json``
+    next to the target while running; :meth:`finish` renames the partial output into place.
+
+    With ``resume`` an earlier unfinished run of the same input and settings is continued (``done``
+    lists its finished planes); without it, any earlier partial output is discarded.
+    """
+
+    def __init__(self, target: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str,
+                 fingerprint: dict, attrs: dict | None = None, resume: bool = False):
+        if kind not in ("tiff", "zarr", "ome-zarr"):
+            raise ValueError(f"plane-by-plane output is TIFF, Zarr or OME-Zarr, not {kind}")
+        self.target, self.kind, self.layout, self.dtype, self.axes = target, kind, layout, np.dtype(dtype), axes
+        suffix = ".tif" if kind == "tiff" else ".zarr"
+        self.partial = target.with_name(f".{target.name}.partial{suffix}")
+        progress_path = target.with_name(f".{target.name}.napari-mpi-progress.json")
+        fingerprint = {**fingerprint, "output_kind": kind, "output_dtype": self.dtype.str, "axes": axes,
+                       "shape": list(layout.shape)}
+        #: an unfinished earlier run that this one (without ``resume``) starts over
+        self.restarted = not resume and progress_path.exists()
+        progress = Progress.load(progress_path, fingerprint) if resume else None
+        self.resumed = progress is not None and self.partial.exists()
+        if self.resumed:
+            assert progress is not None
+            store = self._open()
+        else:
+            progress = Progress(progress_path, fingerprint)
+            self._remove(self.partial)
+            store = self._create(attrs or {})
+        progress.save()
+        self.progress = progress
+        chunk_root = None if kind == "tiff" else (self.partial / "0" if kind == "ome-zarr" else self.partial)
+        self.writer = PlaneWriter(store, layout, self.dtype, progress, chunk_root)
+
+    @property
+    def done(self) -> set[int]:
+        """Planes already on disk (from an earlier run when resuming)."""
+        return set(self.progress.done)
+
+    def _create(self, attrs: dict):
+        if self.kind == "tiff":
+            return create_tiff(self.partial, self.layout.shape, self.dtype, self.axes)
+        return _create_zarr(self.partial, self.kind, self.layout, self.dtype, self.axes, attrs)
+
+    def _open(self):
+        if self.kind == "tiff":
+            return _open_tiff_output(self.partial, self.layout.shape, self.dtype)
+        return _open_zarr_output(self.partial, self.kind, self.layout, self.dtype, self.axes)
+
+    @staticmethod
+    def _remove(path: Path) -> None:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+
+    def discard(self) -> None:
+        """Remove the partial output and its record (a run that failed before finishing any plane)."""
+        self._remove(self.partial)
+        self.progress.path.unlink(missing_ok=True)
+
+    def finish(self) -> None:
+        """Every plane is written: move the output into place (replacing an older one), drop the record."""
+        missing = self.layout.n_planes - len(self.progress.done)
+        if missing:
+            raise ValueError(f"{missing} plane(s) of {self.target} are not written yet")
+        if self.kind == "tiff":
+            os.replace(self.partial, self.target)  # atomic
+        else:  # a folder cannot replace a non-empty folder atomically: move the old one aside first
+            old = self.target.with_name(f".{self.target.name}.replaced-{os.getpid()}")
+            if self.target.exists():
+                os.replace(self.target, old)
+            os.replace(self.partial, self.target)
+            self._remove(old)
+        _fsync(self.target.parent)
+        self.progress.path.unlink(missing_ok=True)
