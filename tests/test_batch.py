@@ -97,7 +97,8 @@ def test_dask_in_zarr_out_equals_in_memory_run(tmp_path):
 def _peak_numpy_bytes(tmp_path: Path, planes: int, side: int = 64) -> int:
     """Peak traced allocation of one CLI run (memory-mapped TIFF in, TIFF written plane by plane out)."""
     source = tmp_path / f"stack{planes}.tif"
-    tifffile.imwrite(source, np.random.default_rng(4).random((planes, side, side)), metadata={"axes": "ZYX"})
+    tifffile.imwrite(source, np.random.default_rng(4).random((planes, side, side)), photometric="minisblack",
+                     metadata={"axes": "ZYX"})
     tracemalloc.start()
     try:
         code = cli.main(["denoise", str(source), "-o", str(tmp_path / f"out{planes}.tif"), "--iterations", "1",
@@ -203,7 +204,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, name, one_thread):
     uninterrupted run's, bit for bit."""
     source = tmp_path / "stack.tif"
     data = np.random.default_rng(7).integers(0, 4000, (5, 40, 40), dtype=np.uint16)
-    tifffile.imwrite(source, data, metadata={"axes": "ZYX"})
+    tifffile.imwrite(source, data, photometric="minisblack", metadata={"axes": "ZYX"})
     args = ["denoise", str(source), "--iterations", "12", "--weights", "random", "--threads", "1"]
     reference = tmp_path / f"reference-{name}"
     main(*args, "-o", str(reference), "-q")  # uninterrupted, in this process (one thread, like the subprocesses)
@@ -243,7 +244,7 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, name, one_thread):
 def test_resume_refuses_other_settings_and_restarts_without_flag(tmp_path, capsys):
     source = tmp_path / "stack.tif"
     tifffile.imwrite(source, np.random.default_rng(8).integers(0, 4000, (2, 32, 32), dtype=np.uint16),
-                     metadata={"axes": "ZYX"})
+                     photometric="minisblack", metadata={"axes": "ZYX"})
     target = tmp_path / "out.tif"
     # an unfinished run, as a kill leaves it: a partial output and its record
     from napari_mpi.stores import BatchOutput

@@ -60,7 +60,7 @@ def test_cli_on_a_tcp_scheduler_equals_the_local_run(cluster, tmp_path):
     local, _ = cluster
     data = np.random.default_rng(1).integers(0, 4000, (3, 32, 32), dtype=np.uint16)
     source = tmp_path / "stack.tif"
-    tifffile.imwrite(source, data, metadata={"axes": "ZYX"})
+    tifffile.imwrite(source, data, photometric="minisblack", metadata={"axes": "ZYX"})
     expected = napari_mpi.denoise(data, iterations=3, weights="random", seed=SEED, device="cpu")
     spread = subprocess.run(
         [sys.executable, "-m", "napari_mpi.cli", "denoise", str(source), "-o", str(tmp_path / "spread.tif"),
@@ -114,7 +114,7 @@ def test_cli_local_scheduler_with_worker_processes(tmp_path, one_thread):
     --threads 1 they compute what this process computes on one thread."""
     data = np.random.default_rng(4).integers(0, 4000, (3, 32, 32), dtype=np.uint16)
     source = tmp_path / "stack.tif"
-    tifffile.imwrite(source, data, metadata={"axes": "ZYX"})
+    tifffile.imwrite(source, data, photometric="minisblack", metadata={"axes": "ZYX"})
     expected = napari_mpi.denoise(data, iterations=3, weights="random", device="cpu")
     spread = subprocess.run(
         [sys.executable, "-m", "napari_mpi.cli", "denoise", str(source), "-o", str(tmp_path / "spread.zarr"),

@@ -13,13 +13,14 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
-from .denoise import DenoisePlan, DenoiseProgress, denoise, denoise_steps, prepare
+from .denoise import DenoisePlan, DenoiseProgress, denoise, denoise_plane, denoise_steps, prepare
 from .fill import PRESETS, FillConfig, iterative_fill
 
 __all__ = [
     "__version__",
     "denoise",
     "denoise_steps",
+    "denoise_plane",
     "prepare",
     "DenoisePlan",
     "DenoiseProgress",
