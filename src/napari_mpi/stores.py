@@ -347,13 +347,16 @@ def _open_zarr_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtyp
 
 
 def _fsync(path: Path) -> None:
-    """Push a file (or a folder's entries) to disk; missing files are fine (zarr skips all-zero chunks)."""
+    """Push a file (or a folder's entries) to disk, where the system allows it. Missing files are fine
+    (zarr skips all-zero chunks), and so are folders that cannot be opened (Windows)."""
     try:
         fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:
         return
     try:
         os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders
+        pass
     finally:
         os.close(fd)
 
