@@ -286,15 +286,18 @@ def tile_starts(length: int, tile: int, overlap: int = TILE_OVERLAP) -> list[int
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
-def _ramp(start: int, tile: int, length: int, overlap: int) -> torch.Tensor:
-    """1-D blending weights of one tile: rising over ``overlap`` pixels at an edge shared with a
-    neighbour, 1 elsewhere (never 0, so every pixel has weight)."""
+def _ramp(starts: list[int], number: int, tile: int) -> torch.Tensor:
+    """1-D blending weights of tile ``number``: rising across its overlap with the previous tile,
+    falling across its overlap with the next, 1 elsewhere. Two overlapping tiles' weights add up to
+    1 (a cross-fade), and no weight is 0, so every pixel is covered."""
     weights = torch.ones(tile, dtype=torch.float32)
-    ramp = torch.arange(1, overlap + 1, dtype=torch.float32) / (overlap + 1)
-    if start > 0 and overlap:
-        weights[:overlap] = ramp
-    if start + tile < length and overlap:
-        weights[-overlap:] = torch.minimum(weights[-overlap:], ramp.flip(0))
+    if number > 0:
+        left = starts[number - 1] + tile - starts[number]
+        weights[:left] = torch.arange(1, left + 1, dtype=torch.float32) / (left + 1)
+    if number < len(starts) - 1:
+        right = starts[number] + tile - starts[number + 1]
+        falling = torch.arange(right, 0, -1, dtype=torch.float32) / (right + 1)
+        weights[tile - right:] = torch.minimum(weights[tile - right:], falling)
     return weights
 
 
@@ -343,14 +346,16 @@ def tiled_fill(
     tile_h, tile_w = min(tile[0], height), min(tile[1], width)
     check_plane_size(tile_h, tile_w)
     overlap = min(overlap, tile_h - 1, tile_w - 1)
-    grid = [(y, x) for y in tile_starts(height, tile_h, overlap) for x in tile_starts(width, tile_w, overlap)]
+    rows, columns = tile_starts(height, tile_h, overlap), tile_starts(width, tile_w, overlap)
+    grid = [(y, x) for y in rows for x in columns]
     x_cpu = image.detach().to("cpu", torch.float32)
     total = torch.zeros(1, height, width)
     weights = []
-    for y, x in grid:
-        w = _ramp(y, tile_h, height, overlap)[:, None] * _ramp(x, tile_w, width, overlap)[None, :]
-        weights.append(w)
-        total[:, y:y + tile_h, x:x + tile_w] += w
+    for i in range(len(rows)):
+        for j in range(len(columns)):
+            w = _ramp(rows, i, tile_h)[:, None] * _ramp(columns, j, tile_w)[None, :]
+            weights.append(w)
+            total[:, rows[i]:rows[i] + tile_h, columns[j]:columns[j] + tile_w] += w
     done = torch.zeros_like(x_cpu)  # weighted sum of finished tiles' estimates
     pending = total.clone()  # weight still given to the input (tiles not finished)
     iterations = config.iterations
