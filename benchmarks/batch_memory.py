@@ -1,15 +1,15 @@
 """Peak memory of ``napari-mpi denoise`` on a stack bigger than the memory it is allowed.
 
-Writes a float64 ZYX TIFF stack of ``--planes`` planes of ``--side`` x ``--side`` pixels (2.1 GB by
-default) one plane at a time, then runs the CLI on it (TIFF in, memory-mapped; TIFF out, written plane
+Writes a float64 TIFF stack of ``--planes`` planes of ``--side`` x ``--side`` pixels, gray (ZYX) or
+with ``--rgb`` colour (ZYXS: three times the bytes for about the same network work), one plane at a time, then runs the CLI on it (TIFF in, memory-mapped; TIFF out, written plane
 by plane) in a subprocess whose address space is capped with ``RLIMIT_AS`` below the stack's size. A
 small stack under the same cap gives the baseline (interpreter + torch + one plane's network), and a
 control process that reads the big stack whole under the same cap must fail: the cap is real. Reports
 the child's peak resident memory (VmHWM), peak address space (VmPeak), and time. Run from the
 repository root::
 
-    python benchmarks/batch_memory.py --out runs/batch-memory.json                # about 40 min on 1 CPU thread
-    python benchmarks/batch_memory.py --planes 64 --limit-gb 1.5 --out small.json  # a quick check
+    python benchmarks/batch_memory.py --rgb --planes 1200 --limit-gb 1.4 --out runs/batch-memory.json
+    python benchmarks/batch_memory.py --planes 4096 --out gray.json      # 2 GiB gray: about 1 h on 1 CPU thread
 
 It needs a few GB of free disk in ``--workdir`` (default: a temporary folder, removed at the end).
 """
@@ -41,17 +41,20 @@ sys.exit(code)
 """
 
 
-def make_stack(path: Path, planes: int, side: int) -> int:
+def make_stack(path: Path, planes: int, side: int, rgb: bool) -> int:
     """A noisy float64 stack written plane by plane (never whole in memory); returns its data size in bytes."""
     from napari_mpi.stores import create_tiff
 
-    sink = create_tiff(path, (planes, side, side), np.float64, "ZYX")
+    shape = (planes, side, side, 3) if rgb else (planes, side, side)
+    sink = create_tiff(path, shape, np.float64, "ZYXS" if rgb else "ZYX")
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[:side, :side]
     cells = 200 + 800 * (np.sin(yy / 9.0) * np.cos(xx / 13.0) > 0.6)
+    if rgb:
+        cells = np.stack([cells, cells[::-1], cells[:, ::-1]], axis=-1)
     for z in range(planes):
         sink[z] = rng.poisson(cells * (1 + 0.1 * np.sin(z / 50))).astype(np.float64)
-    return planes * side * side * 8
+    return int(np.prod(shape)) * 8
 
 
 def capped(limit_bytes: int):
@@ -85,6 +88,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--planes", type=int, default=4096)
     parser.add_argument("--side", type=int, default=256)
+    parser.add_argument("--rgb", action="store_true", help="colour planes (Y, X, 3)")
     parser.add_argument("--small-planes", type=int, default=16, help="planes of the baseline stack")
     parser.add_argument("--limit-gb", type=float, default=1.5, help="RLIMIT_AS of the CLI process, in GiB")
     parser.add_argument("--iterations", type=int, default=1)
@@ -96,8 +100,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(dir=args.workdir) as folder:
         work = Path(folder)
         small, big = work / "small.tif", work / "big.tif"
-        small_bytes = make_stack(small, args.small_planes, args.side)
-        big_bytes = make_stack(big, args.planes, args.side)
+        small_bytes = make_stack(small, args.small_planes, args.side, args.rgb)
+        big_bytes = make_stack(big, args.planes, args.side, args.rgb)
         print(f"stacks written: {small_bytes / 2**20:.1f} MiB and {big_bytes / 2**30:.2f} GiB; cap {args.limit_gb} GiB",
               flush=True)
         refused = control(big, limit)
@@ -107,10 +111,10 @@ def main() -> None:
         result = run_cli(big, work / "big-out.tif", limit, args.iterations, args.threads)
         print(f"big stack: {result}", flush=True)
         out_bytes = (work / "big-out.tif").stat().st_size
-    plane_bytes = args.side * args.side * 8
+    plane_bytes = args.side * args.side * 8 * (3 if args.rgb else 1)
     report = {
         "machine": machine_info(),
-        "stack": {"planes": args.planes, "side": args.side, "dtype": "float64", "input_bytes": big_bytes,
+        "stack": {"planes": args.planes, "side": args.side, "rgb": args.rgb, "dtype": "float64", "input_bytes": big_bytes,
                   "output_bytes": out_bytes},
         "cap_rlimit_as_bytes": limit,
         "iterations": args.iterations,

@@ -23,11 +23,6 @@ from napari_mpi.stores import MappedArray, create_tiff
 FAST = ["--iterations", "2", "--weights", "random", "-q"]  # in-process runs keep the test session's torch threads
 
 
-def run_cli(*args: str, **options) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "napari_mpi.cli", *args], capture_output=True, text=True, timeout=120,
-                          **options)
-
-
 def main(*args: str) -> None:
     """The CLI in this process (no interpreter start-up: fast); a non-zero exit fails the test."""
     assert cli.main(list(args)) == 0
@@ -43,10 +38,10 @@ def one_line_error(capsys, phrase: str, *args: str) -> str:
     return lines[0]
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def one_thread():
     """torch on one thread in this process, as the CLI subprocesses run with --threads 1 (CPU results
-    depend on the thread count)."""
+    depend on the thread count); tiny planes gain nothing from more, and a busy machine loses a lot."""
     import torch
 
     before = torch.get_num_threads()
@@ -199,7 +194,7 @@ def _progress(path: Path) -> set[int]:
 
 
 @pytest.mark.parametrize("name", ["out.tif", "out.ome.zarr"])
-def test_resume_after_kill_equals_uninterrupted_run(tmp_path, name, one_thread):
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path, name):
     """Kill a real CLI process once a plane is recorded; --resume skips it and the result is the
     uninterrupted run's, bit for bit."""
     source = tmp_path / "stack.tif"
@@ -231,7 +226,11 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path, name, one_thread):
     for plane in finished_before:  # every plane the record calls finished is complete on disk
         assert np.array_equal(on_disk[plane], expected[plane]), plane
 
-    resumed = run_cli(*args, "-o", str(target), "--resume")
+    # resume; and, as in every run without --scheduler, Dask (an optional dependency) is never imported
+    probe = ("import sys; from napari_mpi.cli import main; code = main(sys.argv[1:]); "
+             "assert not {'dask', 'distributed'} & set(sys.modules), 'dask imported'; sys.exit(code)")
+    resumed = subprocess.run([sys.executable, "-c", probe, *args, "-o", str(target), "--resume"],
+                             capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming: {len(finished_before)} of 5 plane(s) already written" in resumed.stdout
     assert not progress.exists() and not list(tmp_path.glob(f".{name}.partial*"))

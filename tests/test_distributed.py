@@ -19,9 +19,19 @@ from napari_mpi.distributed import denoise_distributed  # noqa: E402
 SEED = 3
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """torch on one thread in this process (the in-process workers use it too), as the CLI runs with
+    --threads 1: CPU results depend on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
 def cluster():
-    """Two single-threaded workers inside this process (no process start-up; torch threads as the session's),
+    """Two single-threaded workers inside this process (no process start-up; torch threads as the test's),
     reachable over TCP on the loopback so that a CLI subprocess can join them."""
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False, protocol="tcp://",
                                   host="127.0.0.1", dashboard_address=None, silence_logs=40) as local, \
@@ -89,27 +99,8 @@ def test_scheduler_errors_are_one_line(tmp_path, capsys):
     assert not list(tmp_path.glob(".o.tif*")), "a failed run left partial files"
 
 
-def test_without_scheduler_dask_is_not_imported(tmp_path):
-    """Dask is an optional dependency: a plain run must not import it."""
-    source = tmp_path / "plane.tif"
-    tifffile.imwrite(source, np.random.default_rng(2).integers(0, 4000, (32, 32), dtype=np.uint16))
-    probe = ("import sys; from napari_mpi.cli import main; code = main(sys.argv[1:]); "
-             "assert 'distributed' not in sys.modules and 'dask' not in sys.modules, 'dask imported'; sys.exit(code)")
-    run = subprocess.run([sys.executable, "-c", probe, "denoise", str(source), "-o", str(tmp_path / "o.zarr"),
-                          "--iterations", "1", "--weights", "random", "-q"], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-
-
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.slow
-def test_cli_local_scheduler_with_worker_processes(tmp_path, one_thread):
+def test_cli_local_scheduler_with_worker_processes(tmp_path):
     """--scheduler local starts its own worker processes (each imports torch: the slow part); with
     --threads 1 they compute what this process computes on one thread."""
     data = np.random.default_rng(4).integers(0, 4000, (3, 32, 32), dtype=np.uint16)
