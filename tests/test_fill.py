@@ -135,3 +135,90 @@ def test_fill_removes_gaussian_noise(camera_crop):
     *_, last = iterative_fill(torch.from_numpy(noisy)[None], config, device="cpu")
     result = last.estimate[0].numpy()
     assert psnr(result, camera_crop) >= psnr(noisy, camera_crop) + 4.0
+
+
+def test_cli_spells_the_presets_like_the_engine():
+    from napari_mpi import cli
+    from napari_mpi.fill import DEFAULT_PRESET, PRESETS
+
+    assert cli.PRESET_NAMES == tuple(PRESETS)
+    assert cli.DEFAULT_PRESET_NAME == DEFAULT_PRESET
+
+
+# ------------------------------------------------------------------------------------------ auto preset
+def test_auto_preset_is_selfsupervised_and_capped():
+    from napari_mpi.fill import PRESETS, config_for
+
+    config = config_for("auto")
+    assert config.selfsup and config.iterations == PRESETS["auto"]["iterations"] == 300
+    assert not config_for("fast").selfsup
+    with pytest.raises(ValueError, match="selfsup"):
+        FillConfig(selfsup="yes")
+
+
+def _judge(shape=(1, 1, 64, 64), seed=0):
+    from napari_mpi.fill import _SelfSupervision
+
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
+    return x, _SelfSupervision(x, torch.Generator().manual_seed(seed))
+
+
+def test_auto_holds_out_a_tenth_of_the_pixels_and_trains_on_the_rest():
+    from napari_mpi.fill import AUTO_HOLDOUT
+
+    x, judge = _judge((1, 1, 128, 128))
+    assert judge.held.shape == (1, 1, 128, 128)
+    assert abs(float(judge.held.mean()) - AUTO_HOLDOUT) < 0.02
+    assert torch.equal(judge.held + judge.trained, torch.ones_like(judge.held))
+
+
+def test_auto_running_means_are_bias_corrected():
+    # A constant prediction c, seen at a pixel once or many times, gives exactly c for every beta:
+    # the means start at 0 and are divided by 1 - beta^k, so the noisy start value never leaks in.
+    x, judge = _judge()
+    hidden = (torch.rand(x.shape, generator=torch.Generator().manual_seed(1)) < 0.5).float()
+    c = torch.full_like(x, 0.25)
+    judge.update(c, hidden)
+    judge.update(c, torch.ones_like(x))
+    corrected = judge.corrected()
+    assert torch.allclose(corrected, torch.full_like(corrected, 0.25), atol=1e-6)
+
+
+def test_auto_stops_when_the_network_reproduces_its_training_pixels():
+    from napari_mpi.fill import AUTO_MEMORISATION, AUTO_MIN_ITERATIONS
+
+    x, judge = _judge((1, 1, 128, 128))
+    noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)) * 0.1
+    generator = torch.Generator().manual_seed(3)
+    reports = []
+    for iteration in range(1, 101):
+        hidden = (torch.rand(x.shape, generator=generator) < 0.3).float()
+        memorised = iteration > 60  # from then on the prediction copies the noisy value where it trained
+        prediction = torch.where((judge.trained > 0) & memorised, x, x - noise)
+        judge.update(prediction, hidden)
+        if iteration % 10 == 0:
+            reports.append(judge.check(iteration))
+    early = [r for r in reports if r.iteration <= 60]
+    assert all(abs(r.memorisation) < AUTO_MEMORISATION and not r.stopped for r in early)
+    stopped = [r for r in reports if r.stopped]
+    assert stopped and AUTO_MIN_ITERATIONS <= stopped[0].iteration <= 80
+    assert "learn the noise" in stopped[0].describe()
+
+
+def test_auto_fill_denoises_reports_and_is_reproducible(camera_crop):
+    from napari_mpi.fill import AUTO_BETAS, config_for
+
+    noisy = camera_crop + np.random.default_rng(0).normal(0, 25 / 255, camera_crop.shape).astype(np.float32)
+    config = config_for("auto", iterations=120)
+    runs = []
+    for _ in range(2):
+        steps = list(iterative_fill(torch.from_numpy(noisy)[None], config, None, "cpu"))
+        runs.append(steps)
+    last = runs[0][-1]
+    assert last.auto is not None and last.auto.beta in AUTO_BETAS
+    assert last.iteration == last.auto.iteration <= 120
+    assert last.auto.stopped == (last.iteration < 120)
+    assert [s.auto for s in runs[0] if s.auto] == [s.auto for s in runs[1] if s.auto]
+    assert torch.equal(runs[0][-1].estimate, runs[1][-1].estimate)
+    gain = psnr(last.estimate[0].numpy(), camera_crop) - psnr(noisy, camera_crop)
+    assert gain >= 3.0

@@ -40,7 +40,7 @@ from qtpy.QtWidgets import (
 )
 
 from .denoise import DenoisePlan, DenoiseProgress, DenoiseWarning, denoise_steps, prepare
-from .fill import DEFAULT_MASK_RATIO, PRESETS, FillConfig, available_devices
+from .fill import DEFAULT_MASK_RATIO, DEFAULT_PRESET, PRESETS, AutoReport, FillConfig, available_devices
 
 __all__ = ["MPIDenoiseWidget", "REDRAW_INTERVAL"]
 
@@ -55,7 +55,7 @@ MAX_REDRAW_INTERVAL = 2.0
 #: software OpenGL, a busy CPU) the interval grows, up to MAX_REDRAW_INTERVAL.
 REDRAW_BUDGET = 0.25
 
-PRESET_LABELS = ("Fast", "Quality", "Custom")
+PRESET_LABELS = ("Auto", "Fast", "Quality", "Custom")
 
 TIPS = {
     "layer": (
@@ -63,6 +63,9 @@ TIPS = {
         "The input layer is never changed: the result goes to a new layer '<name> denoised'."
     ),
     "preset": (
+        "Auto: decides for each image, without a clean reference, when to stop (at most 'Iterations')\n"
+        "and how many predictions to average (beta): it holds back 10% of the pixels from training and\n"
+        "stops when the network starts to learn the noise itself. Usually the best and often the quickest.\n"
         "Fast: 200 iterations, beta 0.9. A good result in a fraction of the time; start here.\n"
         "Quality: 1000 iterations, beta 0.99. About 5x slower and a little cleaner (fewer residual\n"
         "grains, smoother flat regions); worth it for the final figure or when Fast still looks grainy.\n"
@@ -129,9 +132,11 @@ def progress_text(event: DenoiseProgress) -> str:
     fraction = event.fraction
     eta = event.elapsed * (1.0 - fraction) / fraction if fraction > 0 else math.inf
     tiles = f" (in {event.tiles} tiles)" if event.tiles > 1 else ""
+    auto = event.auto
+    decided = f", auto: beta {auto.beta:g}, {auto.memorisation:.0%} memorisation" if auto is not None else ""
     return (
         f"plane {event.plane + 1}/{event.n_planes}{tiles}, iteration {event.iteration}/{event.iterations}, "
-        f"elapsed {format_duration(event.elapsed)}, ETA {format_duration(eta)}"
+        f"elapsed {format_duration(event.elapsed)}, ETA {format_duration(eta)}{decided}"
     )
 
 
@@ -216,6 +221,7 @@ class _Run:
         self.out = np.zeros(plan.layout.shape, dtype=np.float32)
         self.layer: Image | None = None
         self.latest: DenoiseProgress | None = None
+        self.auto_reports: dict[int, AutoReport] = {}  # plane -> the "auto" preset's last report
         self.state = "running"  # -> "done", "cancelled", "stopped" (layer removed), "failed"
         self.finished = False  # True once the worker has ended and the run has cleaned up
         self.holder: dict[str, Any] | None = None  # the widget's holder, cleared when finished
@@ -269,6 +275,8 @@ class _Run:
     def on_yielded(self, payload: tuple[DenoiseProgress, bool]) -> None:
         event, fresh = payload
         self.latest = event
+        if event.auto is not None:
+            self.auto_reports[event.plane] = event.auto
         if not fresh or self.state != "running":
             return
         try:
@@ -395,6 +403,12 @@ class _Run:
             status="complete" if self.state == "done" else "partial",
             elapsed_s=round(time.monotonic() - self.started, 2),
         )
+        if self.auto_reports:  # what the "auto" preset decided, plane by plane
+            metadata["auto"] = {
+                str(plane): {"iterations": r.iteration, "stopped_early": r.stopped, "beta": r.beta,
+                             "memorisation": round(r.memorisation, 4)}
+                for plane, r in sorted(self.auto_reports.items())
+            }
         if self.state != "done" and latest is not None:
             metadata["stopped_at"] = {
                 "plane": latest.plane + 1,
@@ -413,7 +427,15 @@ class _Run:
     def _summary(self, latest: DenoiseProgress | None) -> str:
         elapsed = format_duration(time.monotonic() - self.started)
         if self.state == "done":
-            return f"Done in {elapsed}; the result is the layer '{self.layer.name if self.layer is not None else ''}'."
+            done = f"Done in {elapsed}; the result is the layer '{self.layer.name if self.layer is not None else ''}'."
+            reports = list(self.auto_reports.values())
+            if len(reports) == 1:
+                done += f" {reports[0].describe()}."
+            elif reports:
+                stops = [r.iteration for r in reports]
+                done += (f" Auto ran {min(stops)}-{max(stops)} iterations per plane "
+                         f"({sum(r.stopped for r in reports)} of {len(reports)} stopped early).")
+            return done
         where = ""
         if latest is not None:
             where = f" at plane {latest.plane + 1}/{latest.n_planes}, iteration {latest.iteration}/{latest.iterations}"
@@ -576,7 +598,8 @@ class MPIDenoiseWidget(QWidget):
         self.preset_combo.currentTextChanged.connect(self._on_preset)
         self.beta.valueChanged.connect(self._on_value_edited)
         self.iterations.valueChanged.connect(self._on_value_edited)
-        self._on_preset("Fast")
+        self.preset_combo.setCurrentText(DEFAULT_PRESET.capitalize())
+        self._on_preset(DEFAULT_PRESET.capitalize())
 
     def _toggle_advanced(self, shown: bool) -> None:
         self.advanced.setVisible(shown)
@@ -586,15 +609,21 @@ class MPIDenoiseWidget(QWidget):
     def _on_preset(self, label: str) -> None:
         values = PRESETS.get(label.lower())
         if values is None:  # Custom: keep the current values
+            self.beta.setEnabled(True)
             return
+        self.beta.setEnabled(not values.get("selfsup", False))  # Auto chooses beta itself
         for widget, value in ((self.beta, values["beta"]), (self.iterations, values["iterations"])):
             widget.blockSignals(True)
             widget.setValue(value)
             widget.blockSignals(False)
 
     def _on_value_edited(self, *_: Any) -> None:
+        if self.preset_combo.currentText() == "Auto":
+            return  # Auto with another iteration cap (its beta cannot be edited)
         label = "Custom"
         for name, values in PRESETS.items():
+            if values.get("selfsup"):
+                continue
             if math.isclose(self.beta.value(), values["beta"]) and self.iterations.value() == values["iterations"]:
                 label = name.capitalize()
         if self.preset_combo.currentText() != label:
@@ -702,7 +731,7 @@ class MPIDenoiseWidget(QWidget):
         return dict(
             preset=preset if preset in PRESETS else "fast",
             mask_ratio=round(self.mask_ratio.value(), 4),
-            beta=round(self.beta.value(), 6),
+            beta=None if PRESETS.get(preset, {}).get("selfsup") else round(self.beta.value(), 6),
             iterations=int(self.iterations.value()),
             lr=round(self.lr.value(), 8),
             seed=int(self.seed.value()),
@@ -763,6 +792,8 @@ class MPIDenoiseWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         for widget in self._parameter_widgets:
             widget.setEnabled(not running)
+        if PRESETS.get(self.preset_combo.currentText().lower(), {}).get("selfsup"):
+            self.beta.setEnabled(False)  # Auto chooses beta itself
         self.run_button.setText("Cancel" if running else "Denoise")
         self.run_button.setEnabled(running or self.chosen_layer() is not None)
         self.progress_bar.setVisible(running)

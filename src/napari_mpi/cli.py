@@ -11,6 +11,10 @@ from typing import Any
 
 import numpy as np
 
+#: fill.PRESETS / fill.DEFAULT_PRESET, spelt out so that ``--help`` needs no torch (a test keeps them equal)
+PRESET_NAMES = ("auto", "fast", "quality")
+DEFAULT_PRESET_NAME = "fast"
+
 
 def _progress_bar(**options):
     """A tqdm bar that redraws live on a terminal and only every 30 s in a log file (CI, batch jobs)."""
@@ -302,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("input", type=Path, help="noisy image: .tif/.tiff (any N-D), a Zarr or OME-Zarr folder, or .png")
     den.add_argument("-o", "--output", required=True, type=Path,
                      help="where to write the result: .tif/.tiff, .zarr, .ome.zarr (written plane by plane) or .png")
-    den.add_argument("--preset", choices=("fast", "quality"), default="fast")
+    den.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET_NAME)
     den.add_argument("--mask-ratio", type=float, default=None, help="fraction hidden per step (default 0.3; 0.8-0.95 for correlated noise)")
     den.add_argument("--beta", type=float, default=None, help="EMA weight in [0, 1) (default from the preset)")
     den.add_argument("--iterations", type=int, default=None, help="fill steps per plane (default from the preset)")
@@ -325,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="denoise a locally made noisy fluorescence sample and write a before/after PNG")
     demo.add_argument("--out", default="demo-output", help="folder for noisy.tif, denoised.tif, before_after.png")
     demo.add_argument("--size", type=int, default=256)
-    demo.add_argument("--preset", choices=("fast", "quality"), default="fast")
+    demo.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET_NAME)
     demo.add_argument("--iterations", type=int, default=None)
     demo.add_argument("--device", default="auto")
     demo.set_defaults(func=_demo)

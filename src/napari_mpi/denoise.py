@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .fill import (
-    MIN_TILE, TILE_OVERLAP, FillConfig, FillStep, config_for, iterative_fill, resolve_device, tile_starts, tiled_fill,
+    DEFAULT_PRESET, MIN_TILE, TILE_OVERLAP, AutoReport, FillConfig, FillStep, config_for, iterative_fill, resolve_device, tile_starts, tiled_fill,
 )
 from .network import check_plane_size
 from .planes import Normalization, PlaneLayout, check_dtype, check_values, normalize, plane_layout
@@ -59,6 +59,7 @@ class DenoisePlan:
             "mask_mode": self.config.mask_mode,
             "seed": self.config.seed,
             "precision": self.config.precision,
+            "selfsup": self.config.selfsup,
             "device": str(self.device),
             "weights": self.checkpoint.name if self.checkpoint is not None else "random initialisation",
             "rgb": self.layout.rgb,
@@ -94,6 +95,11 @@ class DenoiseProgress:
         """Masked MSE of this iteration (nan for planes that needed no fill)."""
         return self._step.loss if self._step is not None else float("nan")
 
+    @property
+    def auto(self) -> AutoReport | None:
+        """With the "auto" preset: what it measured at its last check and decided (beta, stop)."""
+        return getattr(self._step, "auto", None)
+
     def estimate(self) -> np.ndarray:
         """The current estimate of this plane, in the input's intensity units (a copy; costs a device sync)."""
         if self._step is None:
@@ -108,7 +114,7 @@ def prepare(
     mask_ratio: float | None = None,
     beta: float | None = None,
     iterations: int | None = None,
-    preset: str = "fast",
+    preset: str = DEFAULT_PRESET,
     rgb: bool = False,
     channel_axis: int | None = None,
     seed: int = 0,
@@ -268,7 +274,7 @@ def denoise(
     mask_ratio: float | None = None,
     beta: float | None = None,
     iterations: int | None = None,
-    preset: str = "fast",
+    preset: str = DEFAULT_PRESET,
     rgb: bool = False,
     channel_axis: int | None = None,
     seed: int = 0,
@@ -290,11 +296,12 @@ def denoise(
         Fraction of pixels hidden per step, 0 < p < 1. Default 0.3; raise to 0.8-0.95 for spatially
         correlated noise.
     beta : float, optional
-        EMA weight in [0, 1); default from the preset (fast 0.9, quality 0.99).
+        EMA weight in [0, 1); default from the preset (fast 0.9, quality 0.99; auto chooses its own).
     iterations : int, optional
-        Fill steps per plane; default from the preset (fast 200, quality 1000).
-    preset : {"fast", "quality"}
-        Named defaults for ``beta`` and ``iterations``.
+        Fill steps per plane; default from the preset (fast 200, quality 1000; auto at most 300).
+    preset : {"auto", "fast", "quality"}
+        Named defaults for ``beta`` and ``iterations``. "auto" decides per plane, without the clean
+        image, when to stop and which running mean to output (``FillConfig.selfsup``).
     rgb : bool
         The last axis holds RGB(A) colour: denoise colour planes with per-channel masks (alpha is kept).
     channel_axis : int, optional

@@ -29,6 +29,8 @@ __all__ = [
     "PRESETS",
     "Precision",
     "DEFAULT_MASK_RATIO",
+    "DEFAULT_PRESET",
+    "AutoReport",
     "config_for",
     "iterative_fill",
     "TiledStep",
@@ -48,11 +50,28 @@ Precision = Literal["auto", "fp32", "bf16"]
 #: (docs/benchmarks.md): at the fast preset 0.3 beat the reference's 0.85 for fluorescence.
 DEFAULT_MASK_RATIO = 0.3
 
-#: Named settings (paper Sec. 4.1): "fast" = 200 iterations with beta 0.9, "quality" = 1000 with 0.99.
-PRESETS: dict[str, dict[str, float | int]] = {
+#: Named settings. "fast" = 200 iterations with beta 0.9 and "quality" = 1000 with 0.99 are the
+#: paper's (Sec. 4.1). "auto" decides per image, without the clean image, when to stop (at most 300
+#: iterations) and which beta to use (see ``FillConfig.selfsup`` and docs/benchmarks.md).
+PRESETS: dict[str, dict[str, float | int | bool]] = {
+    "auto": {"iterations": 300, "beta": 0.9, "selfsup": True},
     "fast": {"iterations": 200, "beta": 0.9},
     "quality": {"iterations": 1000, "beta": 0.99},
 }
+#: The preset used when none is named.
+DEFAULT_PRESET = "fast"
+
+#: Self-supervised choices of the "auto" preset, by measurement (docs/benchmarks.md, "Auto"):
+#: AUTO_HOLDOUT of the pixels (fixed per plane) are never a loss target; every AUTO_CHECK_EVERY
+#: iterations the network's squared error at hidden held-out pixels is compared with that at hidden
+#: trained-on pixels. When the trained-on error falls more than AUTO_MEMORISATION (relative) below the
+#: held-out one, the network has started to learn the noise itself, and the fill stops. The output is
+#: the bias-corrected running mean, among AUTO_BETAS, with the lowest error at the held-out pixels.
+AUTO_HOLDOUT = 0.1
+AUTO_BETAS = (0.8, 0.9, 0.95, 0.98, 0.99)
+AUTO_CHECK_EVERY = 10
+AUTO_MIN_ITERATIONS = 50
+AUTO_MEMORISATION = 0.1
 
 
 @dataclass(frozen=True)
@@ -77,6 +96,11 @@ class FillConfig:
         Seeds the masks (and the network initialisation when no weights are given).
     precision : {"auto", "fp32", "bf16"}
         Arithmetic of the network's forward pass; "auto" picks the fastest one measured to keep quality.
+    selfsup : bool
+        Decide per image without the clean image (the "auto" preset): hold out AUTO_HOLDOUT of the
+        pixels from the loss, stop when the network starts to learn the noise (at most ``iterations``),
+        and output the bias-corrected running mean (beta from AUTO_BETAS) with the lowest held-out
+        error. ``beta`` is then not used.
     """
 
     mask_ratio: float = DEFAULT_MASK_RATIO
@@ -86,6 +110,7 @@ class FillConfig:
     mask_mode: MaskMode = "pixel"
     seed: int = 0
     precision: Precision = "auto"
+    selfsup: bool = False
 
     def __post_init__(self) -> None:
         if not _is_number(self.mask_ratio) or not 0.0 < self.mask_ratio < 1.0:
@@ -100,6 +125,8 @@ class FillConfig:
             raise ValueError(f"mask mode must be 'pixel' or 'channel', got {self.mask_mode!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if not isinstance(self.selfsup, bool):
+            raise ValueError(f"selfsup must be True or False, got {self.selfsup!r}")
 
 
 def _is_number(value: object) -> bool:
@@ -135,11 +162,31 @@ class FillStep:
     iterations: int
     estimate: torch.Tensor
     loss_tensor: torch.Tensor = field(repr=False)
+    auto: AutoReport | None = None  # the "auto" preset's last check (None for the other presets)
 
     @property
     def loss(self) -> float:
         """Masked MSE of this step (synchronises with the device, so read it only when needed)."""
         return float(self.loss_tensor)
+
+
+@dataclass(frozen=True)
+class AutoReport:
+    """What the "auto" preset measured at its last check, and what it decided."""
+
+    iteration: int
+    beta: float  # running-mean weight whose estimate has the lowest held-out error
+    holdout_error: float  # that estimate's mean squared error at held-out pixels (noise variance included)
+    memorisation: float  # (held-out - trained-on) / held-out squared error of the predictions at hidden pixels
+    stopped: bool  # True when this check ended the fill early
+
+    def describe(self) -> str:
+        """One sentence for a status line or a log."""
+        learned = f"the network started to learn the noise ({self.memorisation:.0%} memorisation)"
+        why = f"stopped at iteration {self.iteration}: {learned}" if self.stopped else (
+            f"iteration {self.iteration}: {self.memorisation:.0%} memorisation so far"
+        )
+        return f"Auto {why}; beta {self.beta:g} has the lowest held-out error"
 
 
 def available_devices() -> list[str]:
@@ -251,6 +298,8 @@ def iterative_fill(
     x = image.to(dev, torch.float32).unsqueeze(0)
     estimate = x[0].clone()
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    judge = _SelfSupervision(x, generator) if config.selfsup else None
+    report: AutoReport | None = None
 
     for iteration in range(1, config.iterations + 1):
         keep = draw_mask(x.shape, config.mask_ratio, config.mask_mode, generator, dev)
@@ -258,12 +307,81 @@ def iterative_fill(
         with autocast:
             prediction = model(torch.cat([x * keep, keep], dim=1).contiguous(memory_format=torch.channels_last))
         prediction = prediction.float()
-        loss = masked_mse(prediction, x, hidden)
+        loss = masked_mse(prediction, x, hidden if judge is None else hidden * judge.trained)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        ema_update_(estimate, prediction.detach()[0], hidden[0], config.beta)
-        yield FillStep(iteration, config.iterations, estimate, loss.detach())
+        if judge is None:
+            ema_update_(estimate, prediction.detach()[0], hidden[0], config.beta)
+        else:
+            judge.update(prediction.detach(), hidden)
+            if iteration % AUTO_CHECK_EVERY == 0 or iteration == config.iterations:
+                report = judge.check(iteration)
+            estimate = judge.estimate()
+        yield FillStep(iteration, config.iterations, estimate, loss.detach(), report)
+        if report is not None and report.stopped:
+            return
+
+
+class _SelfSupervision:
+    """The bookkeeping of ``FillConfig.selfsup``: held-out pixels, a bank of bias-corrected running
+    means, and the two errors that tell generalising from learning the noise.
+
+    For pixel-independent noise, a prediction made with a pixel hidden and by a network that never
+    trained on it has expected squared error to the noisy pixel = its error to the clean pixel + the
+    noise variance (Noise2Self's J-invariance). Held-out pixels stay that way; trained-on pixels lose
+    it as the network memorises their noise, which shows as their error falling below the held-out one.
+    The running means start at 0 and are divided by 1 - beta^k (k = how often a pixel was hidden, as
+    Adam corrects its moments), so no estimate ever contains the noisy pixel itself and the held-out
+    error ranks them honestly.
+    """
+
+    def __init__(self, x: torch.Tensor, generator: torch.Generator):
+        _, channels, height, width = x.shape
+        self.x = x
+        held = torch.rand((1, 1, height, width), generator=generator, device=x.device) < AUTO_HOLDOUT
+        self.held = held.to(x.dtype)
+        self.trained = 1.0 - self.held
+        self.betas = torch.tensor(AUTO_BETAS, device=x.device).view(-1, 1, 1, 1)
+        self.means = torch.zeros((len(AUTO_BETAS), channels, height, width), device=x.device)
+        self.count = torch.zeros((channels, height, width), device=x.device)
+        self.sums = torch.zeros(4, device=x.device)  # squared error and count: held-out, trained-on
+        self.smoothed: torch.Tensor | None = None
+        self.choice = AUTO_BETAS.index(0.9)
+
+    def update(self, prediction: torch.Tensor, hidden: torch.Tensor) -> None:
+        """Fold this step's predictions at hidden pixels into every running mean; add up the errors."""
+        self.means.add_(hidden * (1.0 - self.betas) * (prediction - self.means))
+        self.count.add_(hidden[0])
+        error = (prediction - self.x).square_() * hidden
+        self.sums.add_(torch.stack([
+            (error * self.held).sum(), (hidden * self.held).sum(),
+            (error * self.trained).sum(), (hidden * self.trained).sum(),
+        ]))
+
+    def corrected(self) -> torch.Tensor:
+        """All bias-corrected running means, (len(AUTO_BETAS), C, H, W); the noisy value where a pixel
+        was never hidden yet."""
+        scale = 1.0 - self.betas.pow(self.count)
+        return torch.where(self.count > 0, self.means / scale.clamp_min(1e-12), self.x[0])
+
+    def estimate(self) -> torch.Tensor:
+        scale = 1.0 - AUTO_BETAS[self.choice] ** self.count
+        return torch.where(self.count > 0, self.means[self.choice] / scale.clamp_min(1e-12), self.x[0])
+
+    def check(self, iteration: int) -> AutoReport:
+        """Choose beta by held-out error and decide whether to stop (one device sync)."""
+        held_sse, held_n, trained_sse, trained_n = self.sums
+        window = torch.stack([held_sse / held_n.clamp_min(1.0), trained_sse / trained_n.clamp_min(1.0)])
+        self.sums.zero_()
+        self.smoothed = window if self.smoothed is None else 0.5 * self.smoothed + 0.5 * window
+        held_out = ((self.corrected() - self.x[0]).square() * self.held[0]).sum(dim=(1, 2, 3))
+        errors = (held_out / (self.held.sum() * self.x.shape[1]).clamp_min(1.0)).tolist()
+        held_error, trained_error = self.smoothed.tolist()
+        self.choice = min(range(len(AUTO_BETAS)), key=errors.__getitem__)
+        memorisation = (held_error - trained_error) / held_error if held_error > 0 else 0.0
+        stop = iteration >= AUTO_MIN_ITERATIONS and memorisation > AUTO_MEMORISATION
+        return AutoReport(iteration, AUTO_BETAS[self.choice], errors[self.choice], memorisation, stop)
 
 
 
@@ -286,19 +404,26 @@ def tile_starts(length: int, tile: int, overlap: int = TILE_OVERLAP) -> list[int
     return [round(i * (length - tile) / (count - 1)) for i in range(count)]
 
 
-def _ramp(starts: list[int], number: int, tile: int) -> torch.Tensor:
-    """1-D blending weights of tile ``number``: rising across its overlap with the previous tile,
-    falling across its overlap with the next, 1 elsewhere. Two overlapping tiles' weights add up to
-    1 (a cross-fade), and no weight is 0, so every pixel is covered."""
-    weights = torch.ones(tile, dtype=torch.float32)
-    if number > 0:
-        left = starts[number - 1] + tile - starts[number]
-        weights[:left] = torch.arange(1, left + 1, dtype=torch.float32) / (left + 1)
-    if number < len(starts) - 1:
-        right = starts[number] + tile - starts[number + 1]
-        falling = torch.arange(right, 0, -1, dtype=torch.float32) / (right + 1)
-        weights[tile - right:] = torch.minimum(weights[tile - right:], falling)
-    return weights
+def _axis_weights(starts: list[int], tile: int) -> list[torch.Tensor]:
+    """1-D blending weights of the tiles starting at ``starts`` along one axis: each rises across its
+    overlap with the previous tile and falls across its overlap with the next (1 elsewhere), divided
+    by the sum over the tiles, so the weights at every pixel add up to 1 (two overlapping tiles
+    cross-fade linearly). No weight is 0, so every pixel is covered."""
+    tents = []
+    for number, start in enumerate(starts):
+        weights = torch.ones(tile, dtype=torch.float32)
+        if number > 0:
+            left = starts[number - 1] + tile - start
+            weights[:left] = torch.arange(1, left + 1, dtype=torch.float32) / (left + 1)
+        if number < len(starts) - 1:
+            right = start + tile - starts[number + 1]
+            falling = torch.arange(right, 0, -1, dtype=torch.float32) / (right + 1)
+            weights[tile - right:] = torch.minimum(weights[tile - right:], falling)
+        tents.append(weights)
+    total = torch.zeros(starts[-1] + tile)
+    for start, weights in zip(starts, tents):
+        total[start:start + tile] += weights
+    return [weights / total[start:start + tile] for start, weights in zip(starts, tents)]
 
 
 class TiledStep:
@@ -337,8 +462,9 @@ def tiled_fill(
 
     Each tile gets its own network and masks (seed + tile number) and the full number of
     iterations; the tiles' estimates are blended with linear ramps over the overlap. Peak memory is
-    that of one tile. Yields ``tiles * iterations`` steps; ``iteration`` counts the plane's work in
-    iterations (rising from 1 to ``iterations``), so progress reads as for an untiled plane.
+    that of one tile. Yields ``tiles * iterations`` steps; ``iteration`` counts the plane's work done in
+    whole iterations (rising from 0; ``iterations`` only at the last step), so progress reads as for an
+    untiled plane.
     """
     if image.ndim != 3:
         raise ValueError(f"tiled_fill expects one (C, H, W) plane, got shape {tuple(image.shape)}")
@@ -351,9 +477,10 @@ def tiled_fill(
     x_cpu = image.detach().to("cpu", torch.float32)
     total = torch.zeros(1, height, width)
     weights = []
+    row_weights, column_weights = _axis_weights(rows, tile_h), _axis_weights(columns, tile_w)
     for i in range(len(rows)):
         for j in range(len(columns)):
-            w = _ramp(rows, i, tile_h)[:, None] * _ramp(columns, j, tile_w)[None, :]
+            w = row_weights[i][:, None] * column_weights[j][None, :]
             weights.append(w)
             total[:, rows[i]:rows[i] + tile_h, columns[j]:columns[j] + tile_w] += w
     done = torch.zeros_like(x_cpu)  # weighted sum of finished tiles' estimates
@@ -377,7 +504,7 @@ def tiled_fill(
         for step in iterative_fill(image[region], tile_config, state_dict, device):
             current[0] = step
             work = number * iterations + step.iteration
-            yield TiledStep(-(-work // count), iterations, count, blend, step.loss_tensor)
+            yield TiledStep(work // count, iterations, count, blend, step.loss_tensor)
         assert step is not None
         done[region] += w * step.estimate.detach().float().cpu()
         pending[region] -= w
