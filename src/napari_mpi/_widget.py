@@ -169,16 +169,15 @@ def _denoise_job(
         steps.close()
 
 
-def _user_message(exc: BaseException, name: str) -> str:
-    """One clear sentence for an error raised while denoising layer ``name``."""
+def _user_message(exc: BaseException, name: str, device: str | None = None) -> str:
+    """One clear sentence for an error raised while denoising layer ``name`` on ``device`` ("cpu", "cuda", ...)."""
     text = str(exc).strip().rstrip(".")
     lowered = text.lower()
     if isinstance(exc, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered:
-        detail = text or "not enough memory"
-        return (
-            f"Denoising '{name}' ran out of memory ({detail}). "
-            "Close other programs using the GPU, or choose device 'cpu' under Advanced."
-        )
+        detail = text.split(";")[0].strip() or "not enough memory"  # the engine's own advice names API arguments
+        advice = ("Close other programs to free memory, or denoise a smaller crop." if device == "cpu"
+                  else "Close other programs using the GPU, or choose device 'cpu' under Advanced.")
+        return f"Denoising '{name}' ran out of memory ({detail}). {advice}"
     if isinstance(exc, ValueError):
         return f"Cannot denoise '{name}': {text}."
     return (
@@ -365,7 +364,7 @@ class _Run:
             log.info("napari-mpi: denoising %r failed: %s", self.name, exc)
         else:
             log.error("napari-mpi: denoising %r failed", self.name, exc_info=(type(exc), exc, exc.__traceback__))
-        show_error(_user_message(exc, self.name))
+        show_error(_user_message(exc, self.name, self.plan.device.type))
 
     def on_finished(self) -> None:
         latest = self.latest

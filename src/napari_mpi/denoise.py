@@ -255,7 +255,9 @@ def _fill_plane(
         smaller = _smaller_tile(tile or (height, width), (height, width))
         if smaller is None:
             where = f", even in tiles of {tile[0]}x{tile[1]} pixels" if tile is not None else ""
-            raise MemoryError(f"{device} ran out of memory on a {height}x{width} plane{where}; {_memory_advice(plan.device)}")
+            raise MemoryError(
+                f"{device} ran out of memory on a {height}x{width} plane{where}; {_memory_advice(plan.device)}"
+            )
         tile = smaller
         warnings.warn(
             f"{device} ran out of memory on a {height}x{width} plane ({failure}); denoising it in "
@@ -381,7 +383,7 @@ def _tile_count(plane: tuple[int, int], tile: tuple[int, int]) -> int:
 def _memory_advice(device: torch.device) -> str:
     if device.type == "cpu":
         return "close other programs to free memory, or denoise a smaller crop"
-    return f"close other programs using the {device.type.upper()}, or use device='cpu'"
+    return "close other programs using the GPU, or use device='cpu'"
 
 
 def _to_tensor(data: np.ndarray, rgb: bool) -> torch.Tensor:
