@@ -162,7 +162,7 @@ def test_a_non_array_is_a_type_error(thing):
 def test_nested_lists_work_like_arrays_and_ragged_ones_are_refused():
     rows = np.random.default_rng(3).random((24, 24)).tolist()
     np.testing.assert_array_equal(napari_mpi.denoise(rows, **FEW), napari_mpi.denoise(np.array(rows), **FEW))
-    refuses([[1.0] * 24, [1.0] * 23], ValueError, ["nested lists"])
+    refuses([[1.0] * 24, [1.0] * 23], ValueError, ["nested lists", "different lengths"])
 
 
 # -- out of memory (simulated: CI has no GPU) -----------------------------------------------

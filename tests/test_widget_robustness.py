@@ -189,12 +189,13 @@ def test_bool_layer_is_refused_with_a_reason(viewer_widget, qtbot, notes):
 
 
 @pytest.mark.filterwarnings("ignore::numpy.exceptions.ComplexWarning")
-@pytest.mark.parametrize("dtype", [np.complex64, object])
-def test_complex_and_object_layers_cannot_reach_the_widget(dtype):
+@pytest.mark.parametrize("dtype,shape", [(np.complex64, (24, 24)), (object, (24, 24)), (np.float32, (0, 24, 24))],
+                         ids=["complex", "object", "empty"])
+def test_complex_object_and_empty_layers_cannot_reach_the_widget(dtype, shape):
     """napari itself refuses such image layers, so the widget never sees them (the API refuses them
     with a ValueError: tests/test_robustness.py). If napari starts accepting them, this fails."""
-    with pytest.raises(NotImplementedError):
-        Image(np.zeros((24, 24), dtype=dtype))
+    with pytest.raises((NotImplementedError, ValueError)):
+        Image(np.zeros(shape, dtype=dtype))
 
 
 def test_labels_and_points_layers_are_not_offered(viewer_widget, qtbot, notes):

@@ -353,7 +353,7 @@ def _as_array(image):
         try:
             return np.asarray(image)
         except ValueError as exc:  # ragged nesting
-            raise ValueError(f"cannot make an image array of these nested lists ({exc})") from exc
+            raise ValueError("cannot make an image from these nested lists: their rows have different lengths") from exc
     raise TypeError(
         f"denoise() needs an image array (numpy, dask or zarr, or nested lists of numbers), got {type(image).__name__}"
     )
