@@ -394,20 +394,16 @@ def test_cli_out_of_memory_is_one_line(tmp_path):
     fails_cleanly(result, "ran out of memory on a 40x44 plane")
 
 
-# Rows that need a fix in cli.py (owned elsewhere): strict xfails, so fixing them makes these fail
-# until the marker is removed.
+# Rows fixed in the batch reader (napari_mpi.stores): tifffile's logged damage is refused, and
+# tifffile's repeated unknown axes ("QQQYX") get distinct letters.
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py: tifffile reads a truncated ImageJ stack as its first page only "
-                                       "(logging an error) and the CLI denoises that one plane and exits 0")
 def test_cli_truncated_tiff_is_refused(tmp_path):
     source = tmp_path / "in.tif"
     _truncated(source)
     fails_cleanly(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), *FAST), "cannot read")
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py: a 5-D/6-D TIFF without axes metadata gets tifffile's 'QQQYX', which "
-                                       "the CLI rejects with 'must name Y and X once each' though it does")
 def test_cli_5d_tiff_without_axes_metadata(tmp_path):
     """Either denoised plane by plane (the last two axes as Y, X), or refused with a pointer to --axes."""
     source = tmp_path / "in.tif"

@@ -26,6 +26,7 @@ from .planes import PlaneLayout
 __all__ = [
     "MappedArray",
     "open_image",
+    "unique_axes",
     "create_tiff",
     "output_kind",
     "output_dtype",
@@ -145,31 +146,77 @@ def open_image(path: str | os.PathLike, stack: ExitStack) -> tuple[Any, str]:
         from skimage.io import imread
 
         data = np.asarray(imread(path))
+    except _Damaged as exc:
+        raise ValueError(f"cannot read {path}: {exc}") from exc
     except READ_ERRORS as exc:
         raise ValueError(f"cannot read {path}: not a valid image file ({exc.__class__.__name__}: {exc})") from exc
     found = "YXS" if data.ndim == 3 and data.shape[-1] in (3, 4) else "YX"[-data.ndim:] if data.ndim <= 2 else ""
     return data, found
 
 
+class _Damaged(ValueError):
+    """A file that opens but is cut off or damaged (the message says how)."""
+
+
+class _Errors(logging.Handler):
+    """Collects tifffile's ERROR records: it logs damage (a cut-off stack, a bad page offset) and then
+    falls back to whatever it can still read, e.g. the first page of a truncated ImageJ stack."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
 def _open_tiff(path: Path, stack: ExitStack) -> tuple[Any, str]:
     import tifffile
 
-    tif = stack.enter_context(tifffile.TiffFile(path))
-    series = tif.series[0].levels[0]
-    axes = series.axes
+    errors = _Errors()
+    log = logging.getLogger("tifffile")
+    level, propagate = log.level, log.propagate
+    log.setLevel(logging.ERROR)  # hear tifffile's errors here, and only here (not on stderr)
+    log.propagate = False
+    log.addHandler(errors)
+    try:
+        tif = stack.enter_context(tifffile.TiffFile(path))
+        series = tif.series[0].levels[0]
+        axes = series.axes
+        shape = series.shape
+    finally:
+        log.removeHandler(errors)
+        log.setLevel(level)
+        log.propagate = propagate
+    if errors.messages:  # a damaged file: refuse it rather than denoise the part tifffile salvaged
+        reason = errors.messages[0].split("> ", 1)[-1]
+        raise _Damaged(f"the file is truncated or damaged: {reason}")
+    held = int(np.prod([n for n, a in zip(shape, axes) if a not in "YXS"], dtype=np.int64))
+    if tif.is_imagej and int((tif.imagej_metadata or {}).get("images", 1)) > held:
+        raise _Damaged("the file is truncated: its ImageJ header announces more images than it holds")
+    axes = unique_axes(axes)
     if series.dataoffset is not None and series.dtype is not None:
         dtype = np.dtype(tif.byteorder + series.dtype.char)
         size = path.stat().st_size
-        needed = series.dataoffset + int(np.prod(series.shape, dtype=np.int64)) * dtype.itemsize
+        needed = series.dataoffset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if size < needed:
-            raise ValueError(f"the file is truncated: {size} bytes, the image data need {needed}")
-        return MappedArray(path, series.dataoffset, series.shape, dtype), axes
+            raise _Damaged(f"the file is truncated: {size} bytes, but its image data need {needed}")
+        return MappedArray(path, series.dataoffset, shape, dtype), axes
     try:
         import zarr
 
         return zarr.open_array(series.aszarr(), mode="r"), axes
     except ImportError:  # zarr is a dependency, but keep a plain install able to read small files
         return series.asarray(), axes
+
+
+def unique_axes(axes: str) -> str:
+    """tifffile names every unknown axis Q (a 5-D TIFF without metadata is "QQQYX"): give each its own
+    letter, so the axes string stays valid; they are iterated plane by plane like any other axis."""
+    if axes.count("Q") < 2:
+        return axes
+    spare = iter(letter for letter in "QIJKLMNOPRUVW" if letter not in axes.replace("Q", ""))
+    return "".join(next(spare) if a == "Q" else a for a in axes)
 
 
 def _is_zarr(path: Path) -> bool:
