@@ -368,3 +368,23 @@ def test_chooser_follows_layers(make_napari_viewer, qtbot):
     assert widget.layer_combo.currentText() == "b"
     viewer.layers.clear()
     assert names() == [] and not widget.run_button.isEnabled()
+
+
+def test_auto_preset_chooses_beta_itself_and_reports_its_decision(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    viewer.add_image(noisy((64, 64)), name="cells")
+    widget.preset_combo.setCurrentText("Auto")
+    assert not widget.beta.isEnabled()  # Auto picks its running mean by held-out error
+    widget.iterations.setValue(60)  # the cap; editing it keeps Auto
+    assert widget.preset_combo.currentText() == "Auto"
+    params = widget.parameters()
+    assert params["preset"] == "auto" and params["beta"] is None and params["iterations"] == 60
+    run = widget.start()
+    wait_finished(qtbot, run)
+    assert run.state == "done"
+    decision = viewer.layers["cells denoised"].metadata["auto"]["0"]
+    assert decision["iterations"] <= 60 and decision["beta"] in (0.8, 0.9, 0.95, 0.98, 0.99)
+    assert "Auto " in widget.status.text() and "held-out error" in widget.status.text()
+    assert not widget.beta.isEnabled()  # still Auto after the run re-enabled the controls
+    widget.preset_combo.setCurrentText("Fast")
+    assert widget.beta.isEnabled()

@@ -55,7 +55,7 @@ MAX_REDRAW_INTERVAL = 2.0
 #: software OpenGL, a busy CPU) the interval grows, up to MAX_REDRAW_INTERVAL.
 REDRAW_BUDGET = 0.25
 
-PRESET_LABELS = ("Auto", "Fast", "Quality", "Custom")
+PRESET_LABELS = ("Fast", "Quality", "Auto", "Custom")
 
 TIPS = {
     "layer": (
@@ -63,12 +63,12 @@ TIPS = {
         "The input layer is never changed: the result goes to a new layer '<name> denoised'."
     ),
     "preset": (
-        "Auto: decides for each image, without a clean reference, when to stop (at most 'Iterations')\n"
-        "and how many predictions to average (beta): it holds back 10% of the pixels from training and\n"
-        "stops when the network starts to learn the noise itself. Usually the best and often the quickest.\n"
         "Fast: 200 iterations, beta 0.9. A good result in a fraction of the time; start here.\n"
         "Quality: 1000 iterations, beta 0.99. About 5x slower and a little cleaner (fewer residual\n"
         "grains, smoother flat regions); worth it for the final figure or when Fast still looks grainy.\n"
+        "Auto (experimental): decides for each image, without a clean reference, when to stop (at most\n"
+        "'Iterations') and how many predictions to average: it holds back 10% of the pixels from training\n"
+        "and stops when the network starts to learn the noise itself. Often quicker; not yet better than Fast.\n"
         "Custom: your own beta and iterations (chosen automatically when you edit them)."
     ),
     "mask_ratio": (
@@ -133,7 +133,7 @@ def progress_text(event: DenoiseProgress) -> str:
     eta = event.elapsed * (1.0 - fraction) / fraction if fraction > 0 else math.inf
     tiles = f" (in {event.tiles} tiles)" if event.tiles > 1 else ""
     auto = event.auto
-    decided = f", auto: beta {auto.beta:g}, {auto.memorisation:.0%} memorisation" if auto is not None else ""
+    decided = f", auto: beta {auto.beta:g}, memorisation +{max(auto.rise, 0):.0%}" if auto is not None else ""
     return (
         f"plane {event.plane + 1}/{event.n_planes}{tiles}, iteration {event.iteration}/{event.iterations}, "
         f"elapsed {format_duration(event.elapsed)}, ETA {format_duration(eta)}{decided}"
@@ -405,7 +405,7 @@ class _Run:
         if self.auto_reports:  # what the "auto" preset decided, plane by plane
             metadata["auto"] = {
                 str(plane): {"iterations": r.iteration, "stopped_early": r.stopped, "beta": r.beta,
-                             "memorisation": round(r.memorisation, 4)}
+                             "memorisation": round(r.memorisation, 4), "memorisation_rise": round(r.rise, 4)}
                 for plane, r in sorted(self.auto_reports.items())
             }
         if self.state != "done" and latest is not None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 #: fill.PRESETS / fill.DEFAULT_PRESET, spelt out so that ``--help`` needs no torch (a test keeps them equal)
-PRESET_NAMES = ("auto", "fast", "quality")
+PRESET_NAMES = ("fast", "quality", "auto")
 DEFAULT_PRESET_NAME = "fast"
 
 
