@@ -394,7 +394,6 @@ class _SelfSupervision:
         return AutoReport(iteration, AUTO_BETAS[self.choice], errors[self.choice], memorisation, rise, stop)
 
 
-
 #: Overlap (pixels) of neighbouring tiles when a plane is filled in tiles; blended with linear ramps.
 TILE_OVERLAP = 32
 #: Smallest tile side tried when a plane does not fit in memory (smaller planes are never tiled): at
