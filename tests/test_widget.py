@@ -388,3 +388,41 @@ def test_auto_preset_chooses_beta_itself_and_reports_its_decision(viewer_widget,
     assert not widget.beta.isEnabled()  # still Auto after the run re-enabled the controls
     widget.preset_combo.setCurrentText("Fast")
     assert widget.beta.isEnabled()
+
+
+def test_lazy_layer_is_denoised_plane_by_plane_into_a_disk_backed_output(viewer_widget, qtbot, notes):
+    import threading
+
+    import dask
+    import dask.array as da
+    from dask.callbacks import Callback
+
+    import napari_mpi
+
+    viewer, widget = viewer_widget
+    stack = np.stack([noisy(seed=s) for s in range(3)])
+    computes: list[list[int]] = []  # per dask compute: the planes it loaded
+    current = threading.local()
+
+    class Spy(Callback):
+        def _start(self, dsk):
+            current.planes = []
+            computes.append(current.planes)
+
+    def load(block, block_info=None):
+        current.planes.append(block_info[0]["chunk-location"][0])
+        return block
+
+    lazy = da.from_array(stack, chunks=(1, 48, 48)).map_blocks(load, dtype=stack.dtype)
+    with dask.config.set(scheduler="synchronous"), Spy():  # tasks run in the computing thread
+        viewer.add_image(lazy, name="movie")
+        widget.iterations.setValue(3)
+        computes.clear()
+        run = widget.start()
+        wait_finished(qtbot, run)
+    assert run.state == "done"
+    out = viewer.layers["movie denoised"].data
+    assert isinstance(out, np.memmap)  # only the planes being written or viewed occupy memory
+    loaded = sorted(p for planes in computes for p in planes)
+    assert set(loaded) == {0, 1, 2} and max(len(planes) for planes in computes) == 1  # one plane per read
+    np.testing.assert_array_equal(np.asarray(out), napari_mpi.denoise(stack, iterations=3))

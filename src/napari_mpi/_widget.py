@@ -140,6 +140,25 @@ def progress_text(event: DenoiseProgress) -> str:
     )
 
 
+#: Outputs bigger than this, or of a lazily loaded (dask, zarr) layer, go to a disk-backed array.
+IN_MEMORY_OUTPUT_LIMIT = 1 << 30
+
+
+def output_array(data: Any, shape: tuple[int, ...]) -> np.ndarray:
+    """The float32 array the run writes into and the output layer shows.
+
+    In memory for ordinary layers. A layer napari opened lazily (dask or zarr: often bigger than memory)
+    or an output over IN_MEMORY_OUTPUT_LIMIT gets a memory-mapped anonymous temporary file instead, so that
+    only the planes being written or viewed occupy memory; the file disappears with the layer.
+    """
+    if isinstance(data, np.ndarray) and math.prod(shape) * 4 <= IN_MEMORY_OUTPUT_LIMIT:
+        return np.zeros(shape, dtype=np.float32)
+    import tempfile
+
+    with tempfile.TemporaryFile(prefix="napari-mpi-") as backing:  # unnamed; the mapping keeps it alive
+        return np.memmap(backing, dtype=np.float32, mode="w+", shape=shape)
+
+
 def _denoise_job(
     steps: Generator[DenoiseProgress, None, np.ndarray],
     out: np.ndarray,
@@ -217,7 +236,7 @@ class _Run:
         self.plan = plan
         self.settings = settings
         self.follow = follow
-        self.out = np.zeros(plan.layout.shape, dtype=np.float32)
+        self.out = output_array(data, plan.layout.shape)
         self.layer: Image | None = None
         self.latest: DenoiseProgress | None = None
         self.auto_reports: dict[int, AutoReport] = {}  # plane -> the "auto" preset's last report
