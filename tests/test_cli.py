@@ -109,3 +109,36 @@ def test_output_equal_to_input(zstack):
 def test_bad_parameter_is_one_line(zstack, tmp_path):
     source, _ = zstack
     _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--mask-ratio", "1.2", *FAST), "mask ratio")
+
+
+def test_weights_for_another_network_are_a_one_line_error(tmp_path):
+    import tifffile
+    import torch
+
+    from napari_mpi.weights import save_checkpoint
+
+    bad = save_checkpoint(tmp_path / "other.pt", {"conv.weight": torch.zeros(3, 3)}, channels=1, mask_mode="pixel",
+                          mask_ratios=(0.3, 0.3))
+    source = tmp_path / "in.tif"
+    tifffile.imwrite(source, (np.random.default_rng(0).random((32, 32)) * 100).astype(np.uint16))
+    done = run_cli("denoise", str(source), "-o", str(tmp_path / "out.tif"), "--weights", str(bad), "--iterations", "2")
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and "does not hold weights for napari-mpi's network" in done.stderr
+    assert not (tmp_path / "out.tif").exists()
+
+
+def test_unexpected_failures_are_one_line_with_a_way_to_see_more(monkeypatch, capsys):
+    from napari_mpi import cli
+
+    def broken(args):
+        raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR\nmore lines")
+
+    monkeypatch.setattr(cli, "_demo", broken)  # stands in for a driver failure deep in a run
+    assert cli.main(["demo"]) == 1
+    assert capsys.readouterr().err == (
+        "napari-mpi: error: unexpected RuntimeError: cuDNN error: CUDNN_STATUS_INTERNAL_ERROR "
+        "(set NAPARI_MPI_DEBUG=1 to see the traceback)\n"
+    )
+    monkeypatch.setenv("NAPARI_MPI_DEBUG", "1")
+    with pytest.raises(RuntimeError, match="cuDNN"):
+        cli.main(["demo"])

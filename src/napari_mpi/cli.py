@@ -360,8 +360,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """Warnings (e.g. a plane denoised in tiles after running out of memory) as one line, not two."""
+    return f"napari-mpi: warning: {message}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     args = build_parser().parse_args(argv)
+    warnings.formatwarning = _one_line_warning
     try:
         return args.func(args)
     except (ValueError, OSError, MemoryError) as exc:
@@ -371,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         more = " (run again with --resume to continue)" if getattr(args, "command", None) == "denoise" else ""
         print(f"napari-mpi: interrupted{more}", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 (a driver or library failure: one line, and how to see more)
+        if os.environ.get("NAPARI_MPI_DEBUG"):
+            raise
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+        print(f"napari-mpi: error: unexpected {type(exc).__name__}: {detail} "
+              "(set NAPARI_MPI_DEBUG=1 to see the traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -95,6 +95,9 @@ def check_dtype(dtype: np.dtype) -> None:
         )
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 @dataclass(frozen=True)
 class Normalization:
     """``(x - low) / scale`` maps a plane's robust range to [0, 1]; :meth:`invert` undoes it."""
@@ -108,7 +111,9 @@ class Normalization:
         return np.clip(normalized, -MAX_OUTLIER, 1.0 + MAX_OUTLIER).astype(np.float32)
 
     def invert(self, normalized: np.ndarray) -> np.ndarray:
-        return (np.asarray(normalized, dtype=np.float64) * self.scale + self.low).astype(np.float32)
+        # clipped to float32's range: an estimate a hair above an input at float32's maximum must not become inf
+        restored = np.asarray(normalized, dtype=np.float64) * self.scale + self.low
+        return np.clip(restored, -_FLOAT32_MAX, _FLOAT32_MAX).astype(np.float32)
 
 
 def check_values(data: np.ndarray) -> None:

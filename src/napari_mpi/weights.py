@@ -152,11 +152,21 @@ def read_payload(path: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load the network weights of a shipped or ``napari-mpi pretrain`` checkpoint (as float32)."""
+    from .network import SkipNet
+
     payload = read_payload(path)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
+    channels = int(payload["channels"])
+    try:  # refuse here, before any run starts, a file made for another network
+        SkipNet(2 * channels, channels).load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"{path} does not hold weights for napari-mpi's network with {channels} channel(s) "
+            f"({str(exc).splitlines()[0].rstrip(':')}); make one with 'napari-mpi pretrain'"
+        ) from exc
     return Checkpoint(
         state_dict=state,
-        channels=int(payload["channels"]),
+        channels=channels,
         mask_mode=payload["mask_mode"],
         mask_ratios=(float(payload["mask_ratios"][0]), float(payload["mask_ratios"][1])),
         metadata=dict(payload.get("metadata", {})),
