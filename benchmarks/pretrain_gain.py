@@ -113,6 +113,9 @@ def main(argv=None) -> int:
             row = evaluate(str(path) if path else "random", sets[dataset][: args.limit], args.iterations,
                            args.mask_ratio, args.device)
             row.update(dataset=dataset, weights=str(path) if path else "random", steps=steps)
+            if path is not None:
+                recipe = napari_mpi.weights.load_checkpoint(path).metadata
+                row.update(batch=recipe.get("batch"), crop=recipe.get("crop"))
             results["rows"].append(row)
             print(f"{dataset:16s} {row['weights']:50s} steps {steps:6d}  PSNR {row['psnr']:.2f}  SSIM {row['ssim']:.4f}"
                   f"  {row['seconds']:.1f} s/image", flush=True)
@@ -130,7 +133,12 @@ def main(argv=None) -> int:
             base = next(r["psnr"] for r in rows if r["weights"] == "random")
             ax.plot([r["steps"] for r in rows], [r["psnr"] - base for r in rows], "o-", label=dataset)
         ax.axhline(0, color="gray", lw=0.8)
-        ax.set_xlabel("pre-training steps (batch 16 of 128x128 crops)")
+        recipes = {(r.get("batch"), r.get("crop")) for r in results["rows"] if r["weights"] != "random"}
+        recipe = ""
+        if len(recipes) == 1:
+            batch, crop = recipes.pop()
+            recipe = f" (batch {batch} of {crop}x{crop} crops)"
+        ax.set_xlabel(f"pre-training steps{recipe}")
         ax.set_ylabel("PSNR gain over random init (dB)")
         ax.set_title(f"fast preset ({args.iterations} iterations), {args.crop}px crops")
         ax.legend()

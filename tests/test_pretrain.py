@@ -53,6 +53,41 @@ def test_resume_with_another_recipe_is_refused(picture_folder, tmp_path):
         next(pretrain(picture_folder, path, other, resume=path))
 
 
+def test_auto_steps_fit_the_schedule_to_the_time_and_resume_keeps_the_plan(picture_folder, tmp_path, monkeypatch):
+    import importlib
+
+    pretrain_module = importlib.import_module("napari_mpi.pretrain")
+    monkeypatch.setattr(pretrain_module, "AUTO_WARMUP_STEPS", 1)
+    monkeypatch.setattr(pretrain_module, "AUTO_PROBE_STEPS", 2)
+    auto = PretrainConfig(**{**CONFIG.__dict__, "steps": 0})
+    with pytest.raises(ValueError, match="time budget"):
+        next(pretrain(picture_folder, tmp_path / "x.pt", auto))
+    path, history = tmp_path / "gray-pixel.pt", tmp_path / "history"
+    records = list(pretrain(picture_folder, path, auto, max_minutes=0.05, history=history))
+    planned = records[-1].steps
+    assert planned >= 3 and all(r.steps == planned for r in records[3:])  # planned after 1 + 2 timed steps
+    payload = read_payload(path)
+    assert payload["training"]["config"]["steps"] == payload["metadata"]["planned_steps"] == planned
+    assert payload["training"]["scheduler"]["T_max"] == planned
+    done = payload["training"]["step"]
+    assert (history / f"gray-pixel-{done}.pt").is_file()  # weights-only snapshot of the checkpoint
+    assert load_checkpoint(history / f"gray-pixel-{done}.pt").state_dict.keys() == payload["state_dict"].keys()
+    if done < planned:  # stopped by the clock: a resume with "auto" continues the same schedule
+        resumed = list(pretrain(picture_folder, path, auto, resume=path, max_minutes=0.0))
+        assert resumed[0].step == done + 1 and resumed[0].steps == planned
+    else:
+        assert records[-1].lr == pytest.approx(CONFIG.min_lr)  # the cosine ended with the plan
+
+
+def test_short_side_shrinks_big_pictures(picture_folder):
+    from napari_mpi.pretrain import ImageCorpus
+
+    corpus = ImageCorpus(picture_folder, 1, 48, short_side=64)
+    assert all(min(img.shape[1:]) == 64 for img in corpus.images)
+    with pytest.raises(ValueError, match="short side"):
+        PretrainConfig(crop=128, short_side=64)
+
+
 def test_rgb_pretraining_with_channel_masks(picture_folder, tmp_path):
     config = PretrainConfig(channels=3, mask_mode="channel", crop=48, batch=2, steps=1, precision="fp32")
     path = tmp_path / "rgb.pt"
