@@ -142,3 +142,14 @@ def test_unexpected_failures_are_one_line_with_a_way_to_see_more(monkeypatch, ca
     monkeypatch.setenv("NAPARI_MPI_DEBUG", "1")
     with pytest.raises(RuntimeError, match="cuDNN"):
         cli.main(["demo"])
+
+
+def test_auto_preset_counts_every_plane_even_when_it_stops_early(tmp_path):
+    source = tmp_path / "stack.tif"
+    tifffile.imwrite(source, (np.random.default_rng(0).random((2, 48, 48)) * 100).astype(np.uint16),
+                     imagej=True, metadata={"axes": "ZYX"})
+    target = tmp_path / "out.tif"
+    done = run_cli("denoise", str(source), "-o", str(target), "--preset", "auto", "--iterations", "80")
+    assert done.returncode == 0, done.stderr
+    assert "2/2" in done.stderr and "preset auto" in done.stdout
+    assert tifffile.imread(target).shape == (2, 48, 48)

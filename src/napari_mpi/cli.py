@@ -183,13 +183,19 @@ def _local_planes(data, plan, sink, done: set[int], quiet: bool):
 
     position = 1 if plan.layout.n_planes > 1 else 0
     steps_bar = _progress_bar(total=plan.config.iterations, unit="it", position=position, disable=quiet, leave=False)
+    current: int | None = None
     try:
         for event in denoise_steps(data, plan, sink, skip=done):
-            if event.iteration == 1 or event.iteration < steps_bar.n:
+            if event.plane != current:
+                if current is not None:
+                    yield current  # denoise_steps writes a plane before it starts the next
+                current = event.plane
+                steps_bar.reset()
+            elif event.iteration < steps_bar.n:
                 steps_bar.reset()
             steps_bar.update(event.iteration - steps_bar.n)
-            if event.iteration == event.iterations:
-                yield event.plane
+        if current is not None:
+            yield current  # a plane may end before its last iteration ("auto" stops by itself)
     finally:
         steps_bar.close()
 
