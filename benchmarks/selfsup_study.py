@@ -73,7 +73,7 @@ def study(noisy: np.ndarray, clean: np.ndarray, rgb: bool, iterations: int, ever
         with torch.no_grad():  # this step's squared error at hidden pixels: trained-on vs held-out pixels
             err = (pred.detach() - x) ** 2 * hidden
             window_train += float((err * train_weight).sum())
-            window_train_n += float((hidden * train_weight).sum()) * (1 if mode == "pixel" else 1)
+            window_train_n += float((hidden * train_weight).sum())
             window_hold += float((err * held).sum())
             window_hold_n += float((hidden * held).sum())
         opt.zero_grad(set_to_none=True)
