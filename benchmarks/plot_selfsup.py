@@ -4,6 +4,7 @@ the point where the "auto" rule (napari_mpi.fill: AUTO_*) stops.
 
     python benchmarks/plot_selfsup.py runs/selfsup2.json --images fmd-confocal/fov1 kodak-poisson30/kodim02 \
         --out docs/selfsup_stopping.png
+    python benchmarks/plot_selfsup.py runs/selfsup2.json runs/selfsup256.json --replay   # the rule's PSNR per image
 """
 
 from __future__ import annotations
@@ -31,18 +32,44 @@ def stop_point(rows: list[dict]) -> tuple[list[float], int | None]:
     return smoothed, stop
 
 
+BETAS = ("0.8", "0.9", "0.95", "0.98", "0.99")
+
+
+def replay(paths: list[Path]) -> None:
+    """Print, per recorded image, Algorithm 1's PSNR at 200 iterations and the auto rule's: stopped where the
+    rule stops (or at 300), with the running mean of lowest held-out error at that check."""
+    gains = []
+    for path in paths:
+        for result in json.loads(path.read_text())["results"]:
+            rows = result["rows"]
+            _, stop = stop_point(rows)
+            row = next(r for r in rows if r["iteration"] == (stop or min(300, rows[-1]["iteration"])))
+            beta = min(BETAS, key=lambda b: row[f"vmse_{b}"])
+            fast = next(r["psnr_paper"] for r in rows if r["iteration"] == 200)
+            gains.append(row[f"psnr_{beta}"] - fast)
+            print(f"{result['dataset']:16s} {result['name']:10s} fast {fast:6.2f}  auto {row[f'psnr_{beta}']:6.2f} "
+                  f"(iteration {row['iteration']}, beta {beta})  {gains[-1]:+.2f} dB")
+    print(f"mean {sum(gains) / len(gains):+.2f} dB, worst {min(gains):+.2f} dB over {len(gains)} images")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("study", type=Path)
-    parser.add_argument("--images", nargs="+", required=True, help="dataset/name pairs")
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("studies", type=Path, nargs="+")
+    parser.add_argument("--images", nargs="+", help="dataset/name pairs to plot")
+    parser.add_argument("--out", type=Path, help="PNG to write")
+    parser.add_argument("--replay", action="store_true", help="print the rule's PSNR per image instead")
     args = parser.parse_args()
+    if args.replay:
+        replay(args.studies)
+        return 0
+    if not (args.images and args.out):
+        parser.error("--images and --out are needed for a plot (or use --replay)")
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    results = {f"{r['dataset']}/{r['name']}": r for r in json.loads(args.study.read_text())["results"]}
+    results = {f"{r['dataset']}/{r['name']}": r for path in args.studies for r in json.loads(path.read_text())["results"]}
     fig, axes = plt.subplots(2, len(args.images), figsize=(5.5 * len(args.images), 6.5), sharex=True, squeeze=False)
     for column, key in enumerate(args.images):
         rows = results[key]["rows"]
