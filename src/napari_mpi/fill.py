@@ -53,8 +53,8 @@ DEFAULT_MASK_RATIO = 0.3
 #: Named settings. "fast" = 200 iterations with beta 0.9 and "quality" = 1000 with 0.99 are the
 #: paper's (Sec. 4.1). "auto" (experimental) decides per image, without the clean image, when to stop
 #: (at most 300 iterations) and which beta to use (``FillConfig.selfsup``). Measured in
-#: docs/benchmarks.md: +0.9 dB over "fast" with the GPU pre-trained gray weights, but 0.3 dB under it
-#: with the random initialisation that ships, so "fast" stays the default.
+#: docs/benchmarks.md: +0.85 dB over "fast" with GPU pre-trained weights, but 0.06-0.37 dB under it on
+#: fluorescence with the random initialisation that ships, so "fast" stays the default.
 PRESETS: dict[str, dict[str, float | int | bool]] = {
     "fast": {"iterations": 200, "beta": 0.9},
     "quality": {"iterations": 1000, "beta": 0.99},
