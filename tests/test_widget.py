@@ -12,60 +12,19 @@ import time
 import numpy as np
 import pytest
 import torch
-from napari.utils.notifications import NotificationSeverity, notification_manager
+from napari.utils.notifications import NotificationSeverity
 from qtpy.QtCore import QElapsedTimer, Qt, QTimer
 
 import napari_mpi._widget as widget_module
 from importlib import import_module
-from napari_mpi._sample_data import clean_fluorescence, noisy_fluorescence
 from napari_mpi._widget import MPIDenoiseWidget, _denoise_job, format_duration, progress_text
 from napari_mpi.denoise import DenoiseProgress
 
+from .widget_support import (  # noqa: F401 (fixtures)
+    RUN_TIMEOUT_MS, _one_torch_thread, messages, noisy, notes, viewer_widget, wait_finished,
+)
+
 denoise_module = import_module("napari_mpi.denoise")  # the module; napari_mpi.denoise is the function
-
-RUN_TIMEOUT_MS = 120_000  # generous: the CPU is shared with other jobs
-
-
-def noisy(shape=(48, 48), seed=0) -> np.ndarray:
-    return noisy_fluorescence(clean_fluorescence(shape, seed=seed), seed=seed + 1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The GUI thread needs a core too: on a small or busy machine two torch threads make every
-    iteration many times slower (measured 0.04 s vs 0.15-0.3 s per 48x48 iteration on 2 busy cores)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def notes():
-    """Notifications dispatched during the test (napari's notification manager records them all)."""
-    start = len(notification_manager.records)
-    return lambda: notification_manager.records[start:]
-
-
-@pytest.fixture
-def viewer_widget(make_napari_viewer, qtbot):
-    """A viewer and the widget opened the way napari opens it: through the plugin manifest."""
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
-    yield viewer, widget
-    if widget._run is not None:  # never leave a worker running
-        run = widget._run
-        run.cancel()
-        qtbot.waitUntil(lambda: run.finished, timeout=RUN_TIMEOUT_MS)
-
-
-def wait_finished(qtbot, run) -> None:
-    qtbot.waitUntil(lambda: run.finished, timeout=RUN_TIMEOUT_MS)
-
-
-def errors(records, severity=NotificationSeverity.ERROR) -> list[str]:
-    return [str(n.message) for n in records if n.severity == severity]
-
 
 # -- pure helpers ---------------------------------------------------------------------------
 
@@ -182,7 +141,7 @@ def test_run_updates_the_output_live_and_keeps_the_layer_geometry(viewer_widget,
     np.testing.assert_array_equal(source.data, original)  # the input is never modified
     assert widget.run_button.text() == "Denoise" and widget.run_button.isEnabled()
     assert widget.status.text().startswith("Done")
-    assert not errors(notes())
+    assert not messages(notes())
     # napari stayed responsive: the GUI thread never stalled long (generous bound: shared CPU)
     assert max(stalls) < 2000, f"longest event-loop stall {max(stalls)} ms"
 
@@ -210,7 +169,7 @@ def test_cancel_stops_within_an_iteration_and_keeps_the_partial_result(viewer_wi
     assert freed == [run.plan.device] and run.latest is None  # then the device's cache was emptied
     assert widget.run_button.text() == "Denoise" and widget.run_button.isEnabled()
     assert widget.status.text().startswith("Cancelled")
-    assert not errors(notes())
+    assert not messages(notes())
 
 
 def test_stack_is_denoised_plane_by_plane_and_keeps_shape_and_scale(viewer_widget, qtbot, monkeypatch):
@@ -265,11 +224,11 @@ def test_user_errors_become_notifications(viewer_widget, qtbot, notes, monkeypat
     viewer, widget = viewer_widget
     # no layer at all
     assert widget.start() is None
-    assert any("image layer" in m for m in errors(notes(), NotificationSeverity.WARNING))
+    assert any("image layer" in m for m in messages(notes(), NotificationSeverity.WARNING))
     # too small: reported before any thread starts
     viewer.add_image(np.ones((4, 4), dtype=np.float32), name="tiny")
     assert widget.start() is None
-    assert any("too small" in m and "'tiny'" in m for m in errors(notes()))
+    assert any("too small" in m and "'tiny'" in m for m in messages(notes()))
     # NaN: reported from the worker, as a notification, not an exception
     bad = noisy().astype(np.float32)
     bad[3, 3] = np.nan
@@ -278,7 +237,7 @@ def test_user_errors_become_notifications(viewer_widget, qtbot, notes, monkeypat
     run = widget.start()
     wait_finished(qtbot, run)
     assert run.state == "failed"
-    assert any("NaN" in m and "'holes'" in m for m in errors(notes()))
+    assert any("NaN" in m and "'holes'" in m for m in messages(notes()))
     # out of GPU memory inside the engine
     def oom(*args, **kwargs):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -288,7 +247,7 @@ def test_user_errors_become_notifications(viewer_widget, qtbot, notes, monkeypat
     viewer.add_image(noisy(), name="big")
     run = widget.start()
     wait_finished(qtbot, run)
-    assert any("ran out of memory" in m and "'big'" in m for m in errors(notes()))
+    assert any("ran out of memory" in m and "'big'" in m for m in messages(notes()))
     monkeypatch.undo()
     # and the widget works again afterwards
     assert widget.run_button.text() == "Denoise" and widget.run_button.isEnabled()
@@ -308,9 +267,9 @@ def test_layer_removed_mid_run_stops_with_a_warning(viewer_widget, qtbot, notes,
     viewer.layers.remove("cells" if which == "input" else "cells denoised")
     wait_finished(qtbot, run)
     assert run.state == "stopped"
-    warnings = errors(notes(), NotificationSeverity.WARNING)
+    warnings = messages(notes(), NotificationSeverity.WARNING)
     assert any("was removed" in m and "stopped" in m for m in warnings)
-    assert not errors(notes())
+    assert not messages(notes())
     if which == "input":
         assert viewer.layers["cells denoised (partial)"].metadata["status"] == "partial"
     assert widget.run_button.text() == "Denoise"
@@ -325,7 +284,7 @@ def test_closing_the_dock_mid_run_cancels_it(viewer_widget, qtbot, notes):
     viewer.window.remove_dock_widget(widget)  # what the dock's close button does
     wait_finished(qtbot, run)
     assert run.state == "cancelled"
-    assert any("panel was closed" in m for m in errors(notes(), NotificationSeverity.WARNING))
+    assert any("panel was closed" in m for m in messages(notes(), NotificationSeverity.WARNING))
     assert "cells denoised (partial)" in viewer.layers
 
 

@@ -13,41 +13,20 @@ import numpy as np
 import pytest
 import torch
 from napari.layers import Image
-from napari.utils.notifications import ErrorNotification, NotificationSeverity, notification_manager
+from napari.utils.notifications import ErrorNotification, NotificationSeverity
 from qtpy.QtCore import Qt
 
-from napari_mpi._sample_data import clean_fluorescence, noisy_fluorescence
 from napari_mpi._widget import MPIDenoiseWidget
+
+from .widget_support import (  # noqa: F401 (fixtures)
+    RUN_TIMEOUT_MS, _one_torch_thread, messages, noisy, notes, viewer_widget,
+)
+from .widget_support import wait_finished as wait_for_run
 
 denoise_module = import_module("napari_mpi.denoise")  # the module; napari_mpi.denoise is the function
 fill_module = import_module("napari_mpi.fill")
 
-RUN_TIMEOUT_MS = 120_000  # generous: the CPU is shared with other jobs
 LONG = 5000  # iterations of a run that a test stops part-way
-
-
-def noisy(shape=(48, 48), seed=0) -> np.ndarray:
-    return noisy_fluorescence(clean_fluorescence(shape, seed=seed), seed=seed + 1)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """The GUI thread needs a core too (see tests/test_widget.py)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def notes():
-    """Notifications dispatched during the test."""
-    start = len(notification_manager.records)
-    return lambda: notification_manager.records[start:]
-
-
-def messages(records, severity=NotificationSeverity.ERROR) -> list[str]:
-    return [str(n.message) for n in records if n.severity == severity]
 
 
 def raw_errors(records) -> list:
@@ -55,19 +34,9 @@ def raw_errors(records) -> list:
     return [n for n in records if isinstance(n, ErrorNotification)]
 
 
-@pytest.fixture
-def viewer_widget(make_napari_viewer, qtbot):
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
-    yield viewer, widget
-    run = widget._run
-    if run is not None:  # never leave a worker running: a test that gets here has failed anyway
-        run.cancel()
-        qtbot.waitUntil(lambda: run.finished, timeout=RUN_TIMEOUT_MS)
-
-
 def wait_finished(qtbot, run) -> None:
-    qtbot.waitUntil(lambda: run.finished, timeout=RUN_TIMEOUT_MS)
+    """As the shared one, and the run let go of everything."""
+    wait_for_run(qtbot, run)
     assert_no_thread(run)
 
 
