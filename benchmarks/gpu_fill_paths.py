@@ -51,7 +51,6 @@ def run(variant: str, size: int, iters: int, bf16: bool) -> tuple[float, float]:
     kwargs = {"fused": True} if variant == "eager-fused" else {"capturable": True} if variant == "graph" else {}
     opt = torch.optim.Adam(model.parameters(), lr=2e-3, **kwargs)
     fwd = torch.compile(model) if variant == "compile" else model
-    times = []
     if variant == "graph":
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -65,28 +64,27 @@ def run(variant: str, size: int, iters: int, bf16: bool) -> tuple[float, float]:
         with torch.cuda.graph(graph):
             opt.zero_grad(set_to_none=False)
             static_loss = step_body(fwd, opt, x, estimate, 0.3, 0.9, bf16)
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for i in range(iters):
+
+        def step() -> torch.Tensor:
             graph.replay()
-            if i % 10 == 9:
-                torch.cuda.synchronize()
-                now = time.perf_counter()
-                times.append((now - start) / 10)
-                start = now
-        loss = float(static_loss)
+            return static_loss
     else:
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        for i in range(iters):
+
+        def step() -> torch.Tensor:
             opt.zero_grad(set_to_none=True)
-            loss_t = step_body(fwd, opt, x, estimate, 0.3, 0.9, bf16)
-            if i % 10 == 9:
-                torch.cuda.synchronize()
-                now = time.perf_counter()
-                times.append((now - start) / 10)
-                start = now
-        loss = float(loss_t)
+            return step_body(fwd, opt, x, estimate, 0.3, 0.9, bf16)
+
+    times = []
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for i in range(iters):
+        loss_t = step()
+        if i % 10 == 9:
+            torch.cuda.synchronize()
+            now = time.perf_counter()
+            times.append((now - start) / 10)
+            start = now
+    loss = float(loss_t)
     return statistics.median(times[1:] if len(times) > 2 else times), loss
 
 

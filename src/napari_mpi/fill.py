@@ -366,15 +366,18 @@ class _SelfSupervision:
             (error * self.trained).sum(), (hidden * self.trained).sum(),
         ]))
 
+    def _corrected(self, means: torch.Tensor, betas: torch.Tensor | float) -> torch.Tensor:
+        """Running means divided by 1 - beta^k; the noisy value where a pixel was never hidden yet."""
+        scale = 1.0 - torch.pow(betas, self.count)
+        return torch.where(self.count > 0, means / scale.clamp_min(1e-12), self.x[0])
+
     def corrected(self) -> torch.Tensor:
-        """All bias-corrected running means, (len(AUTO_BETAS), C, H, W); the noisy value where a pixel
-        was never hidden yet."""
-        scale = 1.0 - self.betas.pow(self.count)
-        return torch.where(self.count > 0, self.means / scale.clamp_min(1e-12), self.x[0])
+        """All bias-corrected running means, (len(AUTO_BETAS), C, H, W)."""
+        return self._corrected(self.means, self.betas)
 
     def estimate(self) -> torch.Tensor:
-        scale = 1.0 - AUTO_BETAS[self.choice] ** self.count
-        return torch.where(self.count > 0, self.means[self.choice] / scale.clamp_min(1e-12), self.x[0])
+        """The bias-corrected running mean of the chosen beta, (C, H, W)."""
+        return self._corrected(self.means[self.choice], AUTO_BETAS[self.choice])
 
     def check(self, iteration: int) -> AutoReport:
         """Choose beta by held-out error and decide whether to stop (one device sync)."""
