@@ -9,6 +9,7 @@ max) of the rest reported. 1-channel sizes use the per-pixel mask, 3-channel siz
     python benchmarks/speed.py                                   # 1x256x256, 1x512x512, 3x256x256; fp32, bf16
     python benchmarks/speed.py --sizes 1x256x256 --repeats 5 --precisions fp32 --threads 2
     python benchmarks/speed.py --device cuda --out speed.json --md speed.md
+    python benchmarks/speed.py --sizes 1x2048x2048 --repeats 2 --isolate       # + peak RSS of a fresh process
 
 The output names the torch version, its thread count, the CPU model (and GPU, if used): compare
 timings only from the same machine and the same load.
@@ -19,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,6 +44,23 @@ def parse_size(text: str) -> tuple[int, int, int]:
     return channels, height, width
 
 
+def peak_rss_mib() -> float | None:
+    """This process's peak resident memory so far (Linux VmHWM; ru_maxrss elsewhere), MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    try:
+        import resource
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak / 2**20 if sys.platform == "darwin" else peak / 1024
+    except (ImportError, OSError):
+        return None
+
+
 def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: int, device: str, seed: int = 0) -> dict:
     """Per-iteration wall-clock seconds of one fill on random data."""
     import torch
@@ -60,6 +80,7 @@ def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: 
             torch.mps.synchronize()
 
     times = []
+    rss_before = peak_rss_mib()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
@@ -83,7 +104,26 @@ def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: 
         "warmup": warmup,
         "first_s": times[0],
         "peak_gpu_mib": torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None,
+        # peak resident memory of the process, and before the fill started (imports, torch's runtime):
+        # a process's own figure only with --isolate (else it includes the sizes measured before)
+        "peak_rss_mib": peak_rss_mib(),
+        "rss_before_mib": rss_before,
     }
+
+
+def isolated(size: tuple[int, int, int], precision: str, args: argparse.Namespace) -> dict:
+    """``time_fill`` in a fresh Python process, so that its peak RSS is this size's alone."""
+    with tempfile.TemporaryDirectory() as folder:
+        out = Path(folder) / "result.json"
+        command = [sys.executable, str(Path(__file__).resolve()), "--sizes", "x".join(map(str, size)),
+                   "--precisions", precision, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+                   "--device", args.device, "--out", str(out)]
+        if args.threads:
+            command += ["--threads", str(args.threads)]
+        child = subprocess.run(command, capture_output=True, text=True)
+        if child.returncode != 0:
+            raise SystemExit(f"timing {'x'.join(map(str, size))} {precision} failed:\n{child.stderr}")
+        return json.loads(out.read_text())["results"][0]
 
 
 def time_stack(shape: tuple[int, int, int], iterations: int, precision: str, device: str, seed: int = 0) -> dict:
@@ -118,17 +158,18 @@ def markdown(results: list[dict], machine: dict) -> str:
         f"napari-mpi {machine.get('napari-mpi')}.",
         "",
         "| size (CxHxW) | precision | device | s / iteration (median) | min – max | fast preset, 200 it (s) "
-        "| quality preset, 1000 it (s) | peak GPU memory (MiB) |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| quality preset, 1000 it (s) | peak GPU memory (MiB) | peak RSS (MiB) |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     per_iteration = [r for r in results if "stack" not in r]
     if not per_iteration:
         lines = lines[:2]
     for r in per_iteration:
         peak = f"{r['peak_gpu_mib']:.0f}" if r.get("peak_gpu_mib") is not None else "–"
+        rss = f"{r['peak_rss_mib']:.0f}" if r.get("isolated") and r.get("peak_rss_mib") is not None else "–"
         lines.append(f"| {r['size']} | {r['precision']} | {r['device']} | {r['median_s']:.4f} | "
                      f"{r['min_s']:.4f} – {r['max_s']:.4f} | {200 * r['median_s']:.1f} | {1000 * r['median_s']:.1f} "
-                     f"| {peak} |")
+                     f"| {peak} | {rss} |")
     stacks = [r for r in results if "stack" in r]
     if stacks:
         lines += ["", "| stack (ZxHxW) | iterations | precision | device | seconds | planes / s | peak GPU memory (MiB) |",
@@ -150,6 +191,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--stack", default=None, help="also time napari_mpi.denoise on a ZxHxW random stack")
     parser.add_argument("--stack-iterations", type=int, default=200, help="iterations per plane (default 200)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="time each size and precision in a fresh process and report its peak RSS")
     parser.add_argument("--out", default=None, help="write the results as JSON")
     parser.add_argument("--md", default=None, help="write the Markdown table to this file")
     args = parser.parse_args(argv)
@@ -169,10 +212,14 @@ def main(argv=None) -> int:
     results = []
     for size in sizes:
         for precision in precisions:
-            result = time_fill(size, precision, args.repeats, args.warmup, args.device)
+            if args.isolate:
+                result = dict(isolated(size, precision, args), isolated=True)
+            else:
+                result = time_fill(size, precision, args.repeats, args.warmup, args.device)
             results.append(result)
             print(f"{result['size']:>12s} {precision}: {result['median_s']:.3f} s / iteration "
-                  f"(min {result['min_s']:.3f}, max {result['max_s']:.3f}, first {result['first_s']:.3f})",
+                  f"(min {result['min_s']:.3f}, max {result['max_s']:.3f}, first {result['first_s']:.3f})"
+                  + (f", peak RSS {result['peak_rss_mib']:.0f} MiB" if result.get("isolated") else ""),
                   file=sys.stderr, flush=True)
     if args.stack:
         shape = tuple(int(v) for v in args.stack.lower().split("x"))

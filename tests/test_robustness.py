@@ -230,6 +230,41 @@ def test_out_of_memory_in_the_middle_of_a_plane_starts_it_again_in_tiles(monkeyp
     assert {e.tiles for e in events if e.plane == 1} == {1}  # the next plane tries the whole plane again
 
 
+def test_a_cpu_plane_bigger_than_the_memory_available_is_tiled_before_it_starts(monkeypatch):
+    # what a 160x160 fp32 fill needs, and what 128x128 tiles need: give it room for tiles only
+    whole_need, tile_need = (denoise_module.fill_memory(side, side, "fp32") for side in (160, 128))
+    available = int((tile_need + whole_need) / 2 / denoise_module.CPU_MEMORY_SHARE)
+    monkeypatch.setattr(denoise_module, "available_memory", lambda: available)
+    calls: list = []
+    limit_memory(monkeypatch, 10**9, calls=calls)  # counts the fills; never fails
+    events = []
+    image = noisy((160, 160))
+    with pytest.warns(DenoiseWarning, match=r"160x160 plane at once would take about .* GiB .* 4 overlapping tiles of 128x128"):
+        result = napari_mpi.denoise(image, iterations=3, weights="random", precision="fp32", progress=events.append)
+    assert calls == [(128, 128)] * 4  # the whole plane was never tried
+    assert {e.tiles for e in events} == {4} and np.isfinite(result).all()
+
+
+@pytest.mark.parametrize("available", [None, 10**12], ids=["memory-unknown", "plenty"])
+def test_a_cpu_plane_that_fits_or_memory_unknown_is_filled_whole(monkeypatch, available):
+    monkeypatch.setattr(denoise_module, "available_memory", lambda: available)
+    calls: list = []
+    limit_memory(monkeypatch, 10**9, calls=calls)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DenoiseWarning)
+        napari_mpi.denoise(noisy((160, 160)), iterations=2, weights="random")
+    assert calls == [(160, 160)]
+
+
+def test_cpu_memory_estimate_grows_with_the_padded_plane_and_is_lower_in_bf16():
+    fill_memory = denoise_module.fill_memory
+    assert fill_memory(2048, 2048, "fp32") == 2048 * 2048 * denoise_module.CPU_BYTES_PER_PIXEL["fp32"]
+    assert fill_memory(2048, 2048, "bf16") < fill_memory(2048, 2048, "fp32")
+    assert fill_memory(500, 500, "fp32") == fill_memory(512, 512, "fp32")  # padded to a multiple of 32
+    available = denoise_module.available_memory()
+    assert available is None or available > 0
+
+
 @pytest.mark.parametrize(
     "error,device_word",
     [(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "CPU"),

@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from .fill import (
-    DEFAULT_PRESET, MIN_TILE, TILE_OVERLAP, AutoReport, FillConfig, FillStep, config_for, iterative_fill, resolve_device, tile_starts, tiled_fill,
+    DEFAULT_PRESET, MIN_TILE, TILE_OVERLAP, AutoReport, FillConfig, FillStep, config_for, iterative_fill, resolve_device,
+    resolve_precision, tile_starts, tiled_fill,
 )
-from .network import check_plane_size
+from .network import check_plane_size, padded_side
 from .planes import Normalization, PlaneLayout, check_dtype, check_values, normalize, plane_layout
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
@@ -223,15 +224,18 @@ def _fill_plane(
 ) -> Generator[tuple[FillStep, Normalization], None, np.ndarray]:
     """Algorithm 1 on one plane: yields every fill step; returns the plane in the input's units (float32).
 
-    When the device runs out of memory the plane starts again in overlapping tiles (about half the
-    side each time, down to MIN_TILE pixels; a DenoiseWarning says so); MemoryError when even those fail.
+    On the CPU a plane whose fill would need more than CPU_MEMORY_SHARE of the memory available is
+    tiled from the start (an operating system rarely reports running out of memory: it swaps, or
+    kills the program). When the device runs out of memory the plane starts again in overlapping
+    tiles (about half the side each time, down to MIN_TILE pixels; a DenoiseWarning says so);
+    MemoryError when even those fail.
     """
     data, norm = normalize(plane)
     if np.ptp(data) == 0:  # a constant plane is its own denoised result
         return np.asarray(plane, dtype=np.float32)
     tensor = _to_tensor(data, plan.layout.rgb)
     height, width = plane.shape[:2]
-    tile: tuple[int, int] | None = None  # the whole plane at once, until memory runs out
+    tile = _tile_to_fit_memory(height, width, plan)  # None: the whole plane at once, until memory runs out
     while True:
         step: FillStep | None = None
         failure = ""
@@ -367,6 +371,66 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and any(
         phrase in text for phrase in ("out of memory", "can't allocate memory", "cannot allocate memory")
     )
+
+
+#: Memory one CPU fill takes per pixel of the network's (padded) input, by precision, beyond the
+#: process's baseline: the slope of peak RSS from 512x512 to 1024x1024 (benchmarks/speed.py --isolate,
+#: docs/benchmarks.md); it predicted a 2048x2048 fill within 1% (fp32 20.5 GiB, bf16 13.6 GiB).
+CPU_BYTES_PER_PIXEL = {"fp32": 5200, "bf16": 3400}
+#: Most of the memory available when a plane starts that its CPU fill may plan to use (the rest is
+#: left to napari, the image and other programs).
+CPU_MEMORY_SHARE = 0.75
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the system can give this process now without swapping; None when unknown."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:  # macOS, Windows: psutil comes with napari
+        import psutil
+    except ImportError:
+        return None
+    return int(psutil.virtual_memory().available)
+
+
+def fill_memory(height: int, width: int, precision: str) -> int:
+    """Bytes one CPU fill of a height x width plane is expected to take at its peak."""
+    return padded_side(height) * padded_side(width) * CPU_BYTES_PER_PIXEL[precision]
+
+
+def _tile_to_fit_memory(height: int, width: int, plan: DenoisePlan) -> tuple[int, int] | None:
+    """None when a CPU fill of the whole plane fits CPU_MEMORY_SHARE of the available memory (or the
+    device is not the CPU, or the memory is unknown); else the largest tile, halving the sides as after
+    running out of memory, that fits (MIN_TILE when none does). A DenoiseWarning says so."""
+    available = available_memory() if plan.device.type == "cpu" else None
+    if available is None:
+        return None
+    precision = resolve_precision(plan.config.precision, plan.device, height * width)
+    budget = CPU_MEMORY_SHARE * available
+    need = fill_memory(height, width, precision)
+    if need <= budget:
+        return None
+    tile = (height, width)
+    while fill_memory(*tile, precision) > budget:
+        smaller = _smaller_tile(tile, (height, width))
+        if smaller is None:
+            break
+        tile = smaller
+    if tile == (height, width):  # already at the smallest tile: nothing to gain
+        return None
+    warnings.warn(
+        f"denoising a {height}x{width} plane at once would take about {need / 2**30:.1f} GiB of memory and "
+        f"{available / 2**30:.1f} GiB is available; denoising it in {_tile_count((height, width), tile)} "
+        f"overlapping tiles of {tile[0]}x{tile[1]} pixels instead (the seams are blended)",
+        DenoiseWarning,
+        stacklevel=3,
+    )
+    return tile
 
 
 def _smaller_tile(tile: tuple[int, int], plane: tuple[int, int]) -> tuple[int, int] | None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["SkipNet", "MIN_SIDE", "check_plane_size", "reflect_pad"]
+__all__ = ["SkipNet", "MIN_SIDE", "check_plane_size", "padded_side", "reflect_pad"]
 
 #: Smallest image side the network accepts. Smaller planes carry too little context
 #: for a 5-level hourglass to be meaningful, so we refuse them with a clear error.
@@ -62,6 +62,13 @@ class _Level(nn.Module):
         return self.merge(self.merge_bn(torch.cat([self.skip(x), deeper], dim=1)))
 
 
+def padded_side(side: int, depth: int = 5) -> int:
+    """A side length after the network's internal padding: a multiple of 2**depth, and at least
+    2 * 2**depth so the deepest feature map is 2x2 or larger (reflection padding and BatchNorm need that)."""
+    multiple = 2**depth
+    return max(2 * multiple, -(-side // multiple) * multiple)
+
+
 class SkipNet(nn.Module):
     """DIP skip hourglass; ``in_channels`` counts the image channels plus the mask channels.
 
@@ -100,10 +107,8 @@ class SkipNet(nn.Module):
         return 2**self.depth
 
     def padded_size(self, side: int) -> int:
-        """Side after internal padding: a multiple of 2**depth, and at least 2 * 2**depth so the
-        deepest feature map is 2x2 or larger (reflection padding and BatchNorm need that)."""
-        m = self.multiple
-        return max(2 * m, -(-side // m) * m)
+        """Side after internal padding (see :func:`padded_side`)."""
+        return padded_side(side, self.depth)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != self.in_channels:
