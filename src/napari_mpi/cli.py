@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="shrink larger training images to this shorter side (pixels) when loading")
     pre.add_argument("--history", type=Path, default=None,
                      help="folder for a weights-only copy of every checkpoint, named by step")
-    pre.add_argument("--loss", choices=("mse", "psnr"), default="mse")
+    pre.add_argument("--loss", choices=("mse", "psnr"), default="mse",
+                     help="MSE on hidden pixels (default; measured better, docs/pretraining.md) or its log, as the reference code")
     pre.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     pre.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after this long")
     pre.add_argument("--checkpoint-minutes", type=float, default=5.0)
