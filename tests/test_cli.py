@@ -153,3 +153,15 @@ def test_auto_preset_counts_every_plane_even_when_it_stops_early(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "2/2" in done.stderr and "preset auto" in done.stdout
     assert tifffile.imread(target).shape == (2, 48, 48)
+
+
+def test_reuse_network_runs_a_stack_and_refuses_a_scheduler(zstack, tmp_path):
+    source, data = zstack
+    target = tmp_path / "out.tif"
+    done = run_cli("denoise", str(source), "-o", str(target), "--reuse-network", "--iterations", "30",
+                   "--weights", "random")
+    assert done.returncode == 0, done.stderr
+    assert "the next ones reused its network" in done.stdout
+    assert tifffile.imread(target).shape == data.shape
+    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--reuse-network",
+                                  "--scheduler", "local", *FAST), "cannot be combined with --scheduler")

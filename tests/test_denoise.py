@@ -146,3 +146,40 @@ def test_weights_must_fit_the_image(tmp_path):
         resolve_weights(str(path), 1, "pixel", 0.3)
     assert resolve_weights(str(path), 3, "channel", 0.3).channels == 3
     assert resolve_weights("random", 1, "pixel", 0.3) is None
+
+
+def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
+    """A time-lapse of a still sample: the same clean image, fresh noise in every plane. (Measured on this
+    sample: -0.16 dB at 128x128 but -1.4 dB at 64x64, where the first plane's network has memorised more
+    of its noise; +0.5 dB on the real FMD time-lapse, docs/benchmarks.md.)"""
+    from napari_mpi._sample_data import clean_fluorescence, expected_counts, noisy_fluorescence
+
+    clean = clean_fluorescence((128, 128), seed=0)
+    stack = np.stack([noisy_fluorescence(clean, seed=1 + t) for t in range(4)])
+    reference = expected_counts(clean).astype(np.float64)
+    data_range = float(reference.max() - reference.min())
+    alone_events, reuse_events = [], []
+    alone = napari_mpi.denoise(stack, weights="random", progress=alone_events.append)  # fast preset: 200
+    reused = napari_mpi.denoise(stack, weights="random", reuse_network=True,
+                                progress=reuse_events.append)
+    assert len(alone_events) == 4 * 200
+    assert len(reuse_events) == 200 + 3 * (14 + 20)  # 7% of the iterations as steps, then 20 predictions
+    assert [e.iterations for e in reuse_events if e.plane > 0] == [34] * 102 and reuse_events[-1].fraction == 1.0
+    alone_psnr = np.mean([psnr(plane, reference, data_range) for plane in alone])
+    reused_psnr = np.mean([psnr(plane, reference, data_range) for plane in reused])
+    noisy_psnr = np.mean([psnr(plane, reference, data_range) for plane in stack])
+    assert reused_psnr > noisy_psnr + 3.0
+    assert reused_psnr > alone_psnr - 0.5, (reused_psnr, alone_psnr)
+    np.testing.assert_array_equal(reused[0], alone[0])  # the first plane is filled as before
+
+
+def test_reusing_the_network_is_refused_where_it_cannot_work():
+    with pytest.raises(ValueError, match="auto preset .* cannot reuse one network"):
+        napari_mpi.prepare((2, 40, 40), np.float32, preset="auto", reuse_network=True)
+    with pytest.raises(ValueError, match="reuse_network must be True or False"):
+        napari_mpi.prepare((2, 40, 40), np.float32, reuse_network="yes")
+    from napari_mpi.distributed import distributed_steps
+
+    plan = napari_mpi.prepare((2, 40, 40), np.float32, reuse_network=True, weights="random")
+    with pytest.raises(ValueError, match="cannot spread them over Dask workers"):
+        next(distributed_steps(np.zeros((2, 40, 40), np.float32), plan, client=None, out=np.zeros((2, 40, 40))))

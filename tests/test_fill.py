@@ -222,3 +222,36 @@ def test_auto_fill_denoises_reports_and_is_reproducible(camera_crop):
     assert torch.equal(runs[0][-1].estimate, runs[1][-1].estimate)
     gain = psnr(last.estimate[0].numpy(), camera_crop) - psnr(noisy, camera_crop)
     assert gain >= 3.0
+
+
+def test_a_carried_network_continues_with_few_steps_then_predictions():
+    from napari_mpi.fill import REUSE_PREDICTIONS, CarriedNetwork, continuation_steps
+
+    config = FillConfig(iterations=20, seed=0, precision="fp32")
+    carried = CarriedNetwork()
+    first = list(iterative_fill(_noisy(0), config, device="cpu", carried=carried))
+    assert len(first) == 20 and carried.model is not None and carried.channels == 1
+    model = carried.model
+    before = [p.detach().clone() for p in model.parameters()]
+    adam_steps = carried.optimizer.state[next(model.parameters())]["step"].item()
+
+    image = _noisy(1)
+    steps = list(iterative_fill(image, config, device="cpu", carried=carried))
+    assert continuation_steps(20) == 1 and len(steps) == 1 + REUSE_PREDICTIONS
+    assert {s.iterations for s in steps} == {1 + REUSE_PREDICTIONS}
+    assert carried.model is model  # the same network went on training ...
+    assert carried.optimizer.state[next(model.parameters())]["step"].item() == adam_steps + 1  # ... one step
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    estimate = steps[-1].estimate
+    # bias-corrected mean of predictions (in (0, 1): the network ends in a sigmoid) where a mask hid a
+    # pixel; the noisy value only where none did
+    noisy_kept = estimate == image[0]
+    assert noisy_kept.float().mean() < 0.01
+    assert ((estimate[~noisy_kept] > 0) & (estimate[~noisy_kept] < 1)).all()
+
+
+def test_a_carried_network_is_refused_by_the_auto_preset():
+    from napari_mpi.fill import CarriedNetwork
+
+    with pytest.raises(ValueError, match="cannot reuse one network"):
+        next(iterative_fill(_noisy(0), config_for("auto"), device="cpu", carried=CarriedNetwork()))

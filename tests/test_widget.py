@@ -349,6 +349,24 @@ def test_auto_preset_chooses_beta_itself_and_reports_its_decision(viewer_widget,
     assert widget.beta.isEnabled()
 
 
+def test_reuse_network_box_runs_a_stack_with_fewer_iterations_and_not_with_auto(viewer_widget, qtbot, notes):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.stack([noisy(seed=2 * z) for z in range(3)]), name="stack")
+    widget.iterations.setValue(30)
+    widget.reuse.setChecked(True)
+    assert widget.parameters()["reuse_network"] is True
+    run = widget.start()
+    assert not widget.reuse.isEnabled()  # no changes while it runs
+    wait_finished(qtbot, run)
+    assert run.state == "done" and widget.reuse.isEnabled()
+    layer = viewer.layers["stack denoised"]
+    assert layer.metadata["reuse_network"] is True and np.isfinite(layer.data).all()
+    widget.preset_combo.setCurrentText("Auto")  # Auto decides per plane: the box is off for it
+    assert not widget.reuse.isEnabled() and widget.parameters()["reuse_network"] is False
+    widget.preset_combo.setCurrentText("Fast")
+    assert widget.reuse.isEnabled() and widget.parameters()["reuse_network"] is True
+
+
 def test_lazy_layer_is_denoised_plane_by_plane_into_a_disk_backed_output(viewer_widget, qtbot, notes):
     import threading
 

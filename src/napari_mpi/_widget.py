@@ -104,6 +104,12 @@ TIPS = {
         "Pick the axis that holds separate fluorescence channels (e.g. C in a ZCYX layer) so that each\n"
         "channel is denoised on its own as a gray image. RGB layers are handled as colour automatically."
     ),
+    "reuse": (
+        "For z-stacks and time-lapses whose neighbouring planes look alike: each plane after the first continues\n"
+        "from the previous plane's network with ~7% of the iterations (Fast: 14 steps + 20 predictions).\n"
+        "Measured ~8x faster and +0.6 dB on such a stack; planes that differ (separate fields of view,\n"
+        "channels) lose ~1.3 dB. Not with Auto."
+    ),
     "follow": "Move the viewer's sliders to the plane being denoised, so you can watch it improve.",
     "run": (
         "Denoise the chosen layer in the background; napari stays usable.\n"
@@ -316,7 +322,7 @@ class _Run:
         if self.follow and event.plane != self._followed_plane and self.plan.layout.n_planes > 1:
             self._followed_plane = event.plane
             self._move_dims_to(event.index)
-        done = event.plane * event.iterations + event.iteration
+        done = round(event.fraction * self.pbar.total)  # planes reusing the network have fewer iterations
         self.pbar.update(done - self._pbar_n)
         self._pbar_n = done
         self._widget_call("_show_progress", progress_text(event), event.fraction)
@@ -586,6 +592,11 @@ class MPIDenoiseWidget(QWidget):
         self.advanced.setVisible(False)
         layout.addWidget(self.advanced)
 
+        self.reuse = QCheckBox("Reuse the network from plane to plane (faster)")
+        self.reuse.setChecked(False)
+        self.reuse.setToolTip(TIPS["reuse"])
+        layout.addWidget(self.reuse)
+
         self.follow = QCheckBox("Show the plane being denoised")
         self.follow.setChecked(True)
         self.follow.setToolTip(TIPS["follow"])
@@ -611,7 +622,7 @@ class MPIDenoiseWidget(QWidget):
 
         self._parameter_widgets = [
             self.layer_combo, self.preset_combo, self.mask_ratio, self.beta, self.iterations,
-            self.lr, self.seed, self.device, self.channel_axis,
+            self.lr, self.seed, self.device, self.channel_axis, self.reuse,
         ]
         self.preset_combo.currentTextChanged.connect(self._on_preset)
         self.beta.valueChanged.connect(self._on_value_edited)
@@ -628,8 +639,10 @@ class MPIDenoiseWidget(QWidget):
         values = PRESETS.get(label.lower())
         if values is None:  # Custom: keep the current values
             self.beta.setEnabled(True)
+            self.reuse.setEnabled(True)
             return
         self.beta.setEnabled(not values.get("selfsup", False))  # Auto chooses beta itself
+        self.reuse.setEnabled(not values.get("selfsup", False))  # and decides per plane
         for widget, value in ((self.beta, values["beta"]), (self.iterations, values["iterations"])):
             widget.blockSignals(True)
             widget.setValue(value)
@@ -756,6 +769,7 @@ class MPIDenoiseWidget(QWidget):
             device=self.device.currentText(),
             channel_axis=self.channel_axis.currentData(),
             rgb=bool(layer.rgb) if layer is not None else False,
+            reuse_network=self.reuse.isChecked() and not PRESETS.get(preset, {}).get("selfsup", False),
         )
 
     def _on_run_clicked(self) -> None:
@@ -812,6 +826,7 @@ class MPIDenoiseWidget(QWidget):
             widget.setEnabled(not running)
         if PRESETS.get(self.preset_combo.currentText().lower(), {}).get("selfsup"):
             self.beta.setEnabled(False)  # Auto chooses beta itself
+            self.reuse.setEnabled(False)  # and decides per plane
         self.run_button.setText("Cancel" if running else "Denoise")
         self.run_button.setEnabled(running or self.chosen_layer() is not None)
         self.progress_bar.setVisible(running)

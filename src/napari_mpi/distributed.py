@@ -123,6 +123,9 @@ def distributed_steps(
     """
     distributed = _require_distributed()
     layout = plan.layout
+    if plan.reuse_network:
+        raise ValueError("reusing the network across planes runs them one after the other: it cannot spread them "
+                         "over Dask workers; drop one of the two")
     if tuple(image.shape) != layout.shape:
         raise ValueError(f"image shape {tuple(image.shape)} does not match the plan's {layout.shape}")
     window = window or 2 * max(1, sum(client.nthreads().values()))
