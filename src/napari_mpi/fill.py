@@ -85,9 +85,9 @@ AUTO_MEMORISATION_RISE = 0.08
 #: Planes after the first, when a stack's planes reuse one network (``CarriedNetwork``): this fraction
 #: of the preset's iterations as training steps (fast: 14 of 200), then REUSE_PREDICTIONS forward
 #: passes without a step (~0.28 of a step's cost each) that add predictions to the running mean. Measured
-#: with benchmarks/stack_sharing.py (docs/benchmarks.md, "Stacks"): 8.5x the planes per second of
-#: denoising each plane alone, +0.59 dB on a 32-plane synthetic z-stack whose neighbouring planes look
-#: alike; -1.3 dB on planes as different as separate fields of view.
+#: with benchmarks/stack_sharing.py (docs/benchmarks.md, "Stacks") against each plane alone: 7.7x the
+#: speed and +0.59 dB on a 32-plane synthetic z-stack, 5.8x and -0.12 dB on a real 10-frame time-lapse
+#: (256x256); -1.3 dB on planes as different as separate fields of view.
 REUSE_STEP_FRACTION = 0.07
 REUSE_PREDICTIONS = 20
 
@@ -405,8 +405,14 @@ class _RunningMean:
     def update(self, prediction: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         self.mean.add_(hidden * (1.0 - self.beta) * (prediction - self.mean))
         self.count.add_(hidden)
-        scale = (1.0 - torch.pow(self.beta, self.count)).clamp_min(1e-12)
-        return torch.where(self.count > 0, self.mean / scale, self.x)
+        return _bias_corrected(self.mean, self.beta, self.count, self.x)
+
+
+def _bias_corrected(means: torch.Tensor, betas: torch.Tensor | float, count: torch.Tensor,
+                    fallback: torch.Tensor) -> torch.Tensor:
+    """Running means started at 0, divided by 1 - beta^count; ``fallback`` where count is 0."""
+    scale = 1.0 - torch.pow(betas, count)
+    return torch.where(count > 0, means / scale.clamp_min(1e-12), fallback)
 
 
 class _SelfSupervision:
@@ -446,18 +452,13 @@ class _SelfSupervision:
             (error * self.trained).sum(), (hidden * self.trained).sum(),
         ]))
 
-    def _corrected(self, means: torch.Tensor, betas: torch.Tensor | float) -> torch.Tensor:
-        """Running means divided by 1 - beta^k; the noisy value where a pixel was never hidden yet."""
-        scale = 1.0 - torch.pow(betas, self.count)
-        return torch.where(self.count > 0, means / scale.clamp_min(1e-12), self.x[0])
-
     def corrected(self) -> torch.Tensor:
         """All bias-corrected running means, (len(AUTO_BETAS), C, H, W)."""
-        return self._corrected(self.means, self.betas)
+        return _bias_corrected(self.means, self.betas, self.count, self.x[0])
 
     def estimate(self) -> torch.Tensor:
         """The bias-corrected running mean of the chosen beta, (C, H, W)."""
-        return self._corrected(self.means[self.choice], AUTO_BETAS[self.choice])
+        return _bias_corrected(self.means[self.choice], AUTO_BETAS[self.choice], self.count, self.x[0])
 
     def check(self, iteration: int) -> AutoReport:
         """Choose beta by held-out error and decide whether to stop (one device sync)."""
