@@ -130,9 +130,9 @@ class SharedNetwork:
 
 
 def run(strategy: str, planes: list[torch.Tensor], args: argparse.Namespace) -> list[np.ndarray]:
+    """Normalised estimates of the planes by ``warm``, ``shared`` or ``shared+tune`` (``reuse`` is
+    ``napari_mpi.denoise`` itself, run in ``main``)."""
     order = torch.Generator().manual_seed(0)
-    if strategy == "reuse":
-        raise AssertionError("reuse runs through napari_mpi.denoise (see main)")
     if strategy == "warm":
         shared = SharedNetwork(planes, beta=0.9)
         for _ in range(200):
@@ -162,6 +162,9 @@ def run(strategy: str, planes: list[torch.Tensor], args: argparse.Namespace) -> 
     return [shared.estimate(n) for n in range(len(planes))]
 
 
+FORWARD_COST = 0.28  # measured: a forward pass in training mode, no backward, at 128x128 and 256x256
+
+
 def cost_per_plane(strategy: str, args: argparse.Namespace, planes: int) -> float:
     """Iteration-equivalents per plane (a forward-only prediction counted as FORWARD_COST of a step)."""
     if strategy in ("warm", "reuse"):
@@ -169,9 +172,6 @@ def cost_per_plane(strategy: str, args: argparse.Namespace, planes: int) -> floa
     if strategy == "shared":
         return args.visits + FORWARD_COST * args.preds
     return args.visits + args.tune
-
-
-FORWARD_COST = 0.28  # measured: a forward pass in training mode, no backward, at 128x128 and 256x256
 
 
 def main(argv=None) -> int:

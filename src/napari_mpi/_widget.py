@@ -635,21 +635,28 @@ class MPIDenoiseWidget(QWidget):
         self.advanced_toggle.setArrowType(Qt.ArrowType.DownArrow if shown else Qt.ArrowType.RightArrow)
 
     # -- presets -------------------------------------------------------------------------
+    @property
+    def _auto_chosen(self) -> bool:
+        """The chosen preset decides per plane itself (Auto)."""
+        return bool(PRESETS.get(self.preset_combo.currentText().lower(), {}).get("selfsup"))
+
+    def _grey_out_for_auto(self) -> None:
+        """Auto chooses beta itself and decides per plane: beta and network reuse are off for it."""
+        for widget in (self.beta, self.reuse):
+            widget.setEnabled(not self._auto_chosen)
+
     def _on_preset(self, label: str) -> None:
+        self._grey_out_for_auto()
         values = PRESETS.get(label.lower())
         if values is None:  # Custom: keep the current values
-            self.beta.setEnabled(True)
-            self.reuse.setEnabled(True)
             return
-        self.beta.setEnabled(not values.get("selfsup", False))  # Auto chooses beta itself
-        self.reuse.setEnabled(not values.get("selfsup", False))  # and decides per plane
         for widget, value in ((self.beta, values["beta"]), (self.iterations, values["iterations"])):
             widget.blockSignals(True)
             widget.setValue(value)
             widget.blockSignals(False)
 
     def _on_value_edited(self, *_: Any) -> None:
-        if self.preset_combo.currentText() == "Auto":
+        if self._auto_chosen:
             return  # Auto with another iteration cap (its beta cannot be edited)
         label = "Custom"
         for name, values in PRESETS.items():
@@ -762,14 +769,14 @@ class MPIDenoiseWidget(QWidget):
         return dict(
             preset=preset if preset in PRESETS else "fast",
             mask_ratio=round(self.mask_ratio.value(), 4),
-            beta=None if PRESETS.get(preset, {}).get("selfsup") else round(self.beta.value(), 6),
+            beta=None if self._auto_chosen else round(self.beta.value(), 6),
             iterations=int(self.iterations.value()),
             lr=round(self.lr.value(), 8),
             seed=int(self.seed.value()),
             device=self.device.currentText(),
             channel_axis=self.channel_axis.currentData(),
             rgb=bool(layer.rgb) if layer is not None else False,
-            reuse_network=self.reuse.isChecked() and not PRESETS.get(preset, {}).get("selfsup", False),
+            reuse_network=self.reuse.isChecked() and not self._auto_chosen,
         )
 
     def _on_run_clicked(self) -> None:
@@ -824,9 +831,8 @@ class MPIDenoiseWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         for widget in self._parameter_widgets:
             widget.setEnabled(not running)
-        if PRESETS.get(self.preset_combo.currentText().lower(), {}).get("selfsup"):
-            self.beta.setEnabled(False)  # Auto chooses beta itself
-            self.reuse.setEnabled(False)  # and decides per plane
+        if not running:
+            self._grey_out_for_auto()
         self.run_button.setText("Cancel" if running else "Denoise")
         self.run_button.setEnabled(running or self.chosen_layer() is not None)
         self.progress_bar.setVisible(running)

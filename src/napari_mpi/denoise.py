@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from .fill import (
-    DEFAULT_PRESET, MIN_TILE, TILE_OVERLAP, AutoReport, CarriedNetwork, FillConfig, FillStep, config_for, iterative_fill,
-    resolve_device, resolve_precision, tile_starts, tiled_fill,
+    DEFAULT_PRESET, MIN_TILE, TILE_OVERLAP, AutoReport, CarriedNetwork, FillConfig, FillStep, check_reuse, config_for,
+    iterative_fill, resolve_device, resolve_precision, tile_starts, tiled_fill,
 )
 from .network import check_plane_size, padded_side
 from .planes import Normalization, PlaneLayout, check_dtype, check_values, normalize, plane_layout
@@ -141,9 +141,8 @@ def prepare(
     check_plane_size(*layout.plane_shape[:2])
     if not isinstance(reuse_network, bool):
         raise ValueError(f"reuse_network must be True or False, got {reuse_network!r}")
-    if reuse_network and config.selfsup:
-        raise ValueError("the auto preset decides per plane and cannot reuse one network across planes; "
-                         "choose the fast or quality preset to reuse it")
+    if reuse_network:
+        check_reuse(config)
     channels = 3 if rgb else 1
     checkpoint = resolve_weights(weights, channels, mask_mode, config.mask_ratio)
     return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis, reuse_network)
@@ -223,7 +222,8 @@ def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:
     The unit of work for Dask workers (:mod:`napari_mpi.distributed`): same plan, same result.
     """
     state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
-    fill = _fill_plane(np.asarray(plane), plan, state)
+    plane = np.asarray(plane)
+    fill = _fill_plane(plane, plan, state, None, _tile_to_fit_memory(*plane.shape[:2], plan))
     try:
         while True:
             try:
@@ -235,15 +235,13 @@ def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:
 
 
 def _fill_plane(
-    plane: np.ndarray, plan: DenoisePlan, state: dict | None, carried: CarriedNetwork | None = None,
-    tile: tuple[int, int] | None | str = "plan",
+    plane: np.ndarray, plan: DenoisePlan, state: dict | None, carried: CarriedNetwork | None,
+    tile: tuple[int, int] | None,
 ) -> Generator[tuple[FillStep, Normalization], None, np.ndarray]:
     """Algorithm 1 on one plane: yields every fill step; returns the plane in the input's units (float32).
 
-    ``tile``: the tile size to start with (None: the whole plane); "plan" (default) decides here: on
-    the CPU a plane whose fill would need more than CPU_MEMORY_SHARE of the memory available is
-    tiled from the start (an operating system rarely reports running out of memory: it swaps, or
-    kills the program). When the device runs out of memory the plane starts again in overlapping
+    ``tile``: the tile size to start with, from :func:`_tile_to_fit_memory` (None: the whole plane, until
+    memory runs out); ``carried``: the previous plane's network, when planes reuse it. When the device runs out of memory the plane starts again in overlapping
     tiles (about half the side each time, down to MIN_TILE pixels; a DenoiseWarning says so);
     MemoryError when even those fail.
     """
@@ -252,9 +250,6 @@ def _fill_plane(
         return np.asarray(plane, dtype=np.float32)
     tensor = _to_tensor(data, plan.layout.rgb)
     height, width = plane.shape[:2]
-    if tile == "plan":
-        tile = _tile_to_fit_memory(height, width, plan)
-    # None: the whole plane at once, until memory runs out
     while True:
         step: FillStep | None = None
         failure = ""
@@ -434,7 +429,9 @@ def fill_memory(height: int, width: int, precision: str) -> int:
 def _tile_to_fit_memory(height: int, width: int, plan: DenoisePlan) -> tuple[int, int] | None:
     """None when a CPU fill of the whole plane fits CPU_MEMORY_SHARE of the available memory (or the
     device is not the CPU, or the memory is unknown); else the largest tile, halving the sides as after
-    running out of memory, that fits (MIN_TILE when none does). A DenoiseWarning says so."""
+    running out of memory, that fits (MIN_TILE when none does). A DenoiseWarning says so. Planned before
+    the fill because an operating system rarely reports running out of memory: it swaps, or kills the
+    program."""
     available = available_memory() if plan.device.type == "cpu" else None
     if available is None:
         return None

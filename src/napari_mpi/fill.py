@@ -35,6 +35,7 @@ __all__ = [
     "REUSE_STEP_FRACTION",
     "REUSE_PREDICTIONS",
     "continuation_steps",
+    "check_reuse",
     "config_for",
     "iterative_fill",
     "TiledStep",
@@ -97,6 +98,13 @@ def continuation_steps(iterations: int) -> int:
     return max(1, round(REUSE_STEP_FRACTION * iterations))
 
 
+def check_reuse(config: FillConfig) -> None:
+    """ValueError when planes of this fill cannot reuse one network (the auto preset decides per plane)."""
+    if config.selfsup:
+        raise ValueError("the auto preset decides per plane and cannot reuse one network across planes; "
+                         "choose the fast or quality preset to reuse it")
+
+
 @dataclass
 class CarriedNetwork:
     """The network and Adam state one plane's fill hands to the next plane's (a stack's planes reusing
@@ -107,10 +115,14 @@ class CarriedNetwork:
     #: the masks go on from the previous plane's: planes of a still scene reseeded alike would get the
     #: same masks over the same content, and predictions that agree with each other's errors
     generator: torch.Generator | None = None
-    channels: int = 0
+
+    @property
+    def channels(self) -> int:
+        """Image channels of the carried network (0 when empty)."""
+        return self.model.out_channels if self.model is not None else 0
 
     def clear(self) -> None:
-        self.model, self.optimizer, self.generator, self.channels = None, None, None, 0
+        self.model, self.optimizer, self.generator = None, None, None
 
 
 @dataclass(frozen=True)
@@ -338,23 +350,23 @@ def iterative_fill(
     check_plane_size(height, width)
     if not torch.isfinite(image).all():
         raise ValueError("image contains NaN or infinite values; replace them before denoising")
-    if carried is not None and config.selfsup:
-        raise ValueError("the auto preset decides per plane and cannot reuse one network across planes; "
-                         "choose the fast or quality preset to reuse it")
+    if carried is not None:
+        check_reuse(config)
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev, height * width)
-    continuing = (carried is not None and carried.model is not None and carried.channels == channels
+    continuing = (carried is not None and carried.channels == channels
                   and next(carried.model.parameters()).device == dev)
     if continuing:
         model, optimizer, generator = carried.model, carried.optimizer, carried.generator
-        steps, iterations = continuation_steps(config.iterations), continuation_steps(config.iterations) + REUSE_PREDICTIONS
+        steps = continuation_steps(config.iterations)
+        iterations = steps + REUSE_PREDICTIONS
     else:
         model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
         optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         generator = make_generator(config.seed, dev)
         steps = iterations = config.iterations
         if carried is not None:
-            carried.model, carried.optimizer, carried.generator, carried.channels = model, optimizer, generator, channels
+            carried.model, carried.optimizer, carried.generator = model, optimizer, generator
     model.train()  # BatchNorm statistics of this image, as in the reference
 
     x = image.to(dev, torch.float32).unsqueeze(0)
