@@ -127,3 +127,17 @@ def test_shipped_weights_load_and_fit():
         info = json.loads(path.with_suffix(".json").read_text())
         for key in ("data", "steps", "batch", "crop", "hardware", "sha256"):
             assert key in info, (path.name, key)
+
+
+def test_a_checkpoint_of_another_width_loads_and_fills(tmp_path):
+    """Checkpoints describe their own network: one made at another width than the default still works."""
+    from napari_mpi.fill import build_model
+    from napari_mpi.network import SkipNet, architecture_of
+
+    narrow = SkipNet(2, 1, width=24, skip_width=8)
+    path = save_checkpoint(tmp_path / "narrow.pt", narrow.state_dict(), channels=1, mask_mode="pixel",
+                           mask_ratios=(0.3, 0.3))
+    ckpt = load_checkpoint(path)
+    model = build_model(1, ckpt.state_dict, seed=0, device=torch.device("cpu"))
+    assert architecture_of(model.state_dict())["width"] == 24
+    assert napari_mpi.denoise(np.random.rand(40, 40), iterations=2, weights=ckpt).shape == (40, 40)

@@ -21,7 +21,7 @@ from typing import Callable, Iterator, Literal
 import torch
 
 from .masking import MaskMode, draw_mask, make_generator, masked_mse
-from .network import SkipNet, check_plane_size
+from .network import SkipNet, architecture_of, check_plane_size
 
 __all__ = [
     "FillConfig",
@@ -297,13 +297,13 @@ _INIT_LOCK = threading.Lock()
 
 
 def build_model(channels: int, state_dict: dict[str, torch.Tensor] | None, seed: int, device: torch.device) -> SkipNet:
-    """A SkipNet for ``channels`` image channels (input = image + mask), with the given weights
-    or a seeded random initialisation."""
+    """A SkipNet for ``channels`` image channels (input = image + mask), with the given weights (and
+    the width they were trained at) or a seeded random initialisation of the default network."""
     # torch's global generator is shared by all threads: planes denoised in parallel threads (Dask
     # workers in one process) would interleave their draws and get other weights than a serial run
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = SkipNet(2 * channels, channels)
+        model = SkipNet(2 * channels, channels, **(architecture_of(state_dict) if state_dict is not None else {}))
     if state_dict is not None:
         model.load_state_dict(state_dict)
     return model.to(device)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["SkipNet", "MIN_SIDE", "check_plane_size", "padded_side", "reflect_pad"]
+__all__ = ["SkipNet", "MIN_SIDE", "architecture_of", "check_plane_size", "padded_side", "reflect_pad"]
 
 #: Smallest image side the network accepts. Smaller planes carry too little context
 #: for a 5-level hourglass to be meaningful, so we refuse them with a clear error.
@@ -120,6 +120,18 @@ class SkipNet(nn.Module):
         ph, pw = self.padded_size(h), self.padded_size(w)
         x = reflect_pad(x, ph - h, pw - w)
         return self.head(self.body(x))[..., :h, :w]
+
+
+def architecture_of(state_dict: dict[str, torch.Tensor]) -> dict[str, int]:
+    """``width``, ``skip_width`` and ``depth`` of the SkipNet a state dict was saved from, so a
+    checkpoint describes its own network (files made before the default width changed still load)."""
+    try:
+        width = int(state_dict["head.0.weight"].shape[1])
+        skip_width = int(state_dict["body.skip.0.weight"].shape[0])
+    except (KeyError, IndexError, AttributeError) as exc:
+        raise ValueError(f"not the state of a napari-mpi SkipNet (no {exc})") from exc
+    depth = sum(1 for key in state_dict if key.endswith("skip.0.weight"))
+    return {"width": width, "skip_width": skip_width, "depth": depth}
 
 
 def reflect_pad(x: torch.Tensor, extra_h: int, extra_w: int) -> torch.Tensor:

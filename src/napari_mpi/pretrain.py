@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .masking import MaskMode, draw_mask, make_generator, masked_mse
-from .network import SkipNet
+from .network import SkipNet, architecture_of
 from .weights import read_payload, save_checkpoint
 
 __all__ = ["PretrainConfig", "PretrainStep", "ImageCorpus", "pretrain", "masked_loss"]
@@ -193,14 +193,16 @@ def pretrain(
     dev = torch.device(device)
     out = Path(out)
     torch.manual_seed(config.seed)
-    model = SkipNet(2 * config.channels, config.channels).to(dev)
+    payload = read_payload(resume) if resume is not None else None
+    # a resumed run keeps the width it was started with, even after the default network changed
+    architecture = architecture_of(payload["state_dict"]) if payload is not None else {}
+    model = SkipNet(2 * config.channels, config.channels, **architecture).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.9), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=config.steps or _UNPLANNED, eta_min=config.min_lr
     )
     start, elapsed_before = 0, 0.0
-    if resume is not None:
-        payload = read_payload(resume)
+    if payload is not None:
         training = payload.get("training")
         if not training:
             raise ValueError(f"{resume} holds no training state (a shipped checkpoint?): cannot resume from it")
@@ -240,6 +242,7 @@ def pretrain(
             "loss": config.loss,
             "last_loss": loss,
             "precision": config.precision,
+            "network": architecture_of(model.state_dict()),
             "seconds": round(elapsed_before + time.monotonic() - t0, 1),
             "hardware": hardware,
             "torch": str(torch.__version__),

@@ -152,14 +152,14 @@ def read_payload(path: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load the network weights of a shipped or ``napari-mpi pretrain`` checkpoint (as float32)."""
-    from .network import SkipNet
+    from .network import SkipNet, architecture_of
 
     payload = read_payload(path)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
     channels = int(payload["channels"])
     try:  # refuse here, before any run starts, a file made for another network
-        SkipNet(2 * channels, channels).load_state_dict(state)
-    except RuntimeError as exc:
+        SkipNet(2 * channels, channels, **architecture_of(state)).load_state_dict(state)
+    except (RuntimeError, ValueError) as exc:
         raise ValueError(
             f"{path} does not hold weights for napari-mpi's network with {channels} channel(s) "
             f"({str(exc).splitlines()[0].rstrip(':')}); make one with 'napari-mpi pretrain'"

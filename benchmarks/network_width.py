@@ -1,0 +1,104 @@
+"""How wide must the network be? Fill PSNR and seconds per iteration against the network's width.
+
+Issue 5 asks for a CPU iteration at 1x512x512 of at most 0.25x the eager fp32 step at equal quality.
+The profiler puts the convolutions at only a third of a bf16 step, so cutting overhead cannot get
+there; fewer channels can. This script runs the fast preset (random initialisation, same seeds) with
+SkipNet(width=w, skip_width=s) for each ``--widths w/s`` pair and reports the mean PSNR per dataset
+and the seconds per iteration at ``--time-side``. With ``--seeds N`` it also scores the mean of the
+outputs of N fills with different seeds (a cheap ensemble when the network is narrow).
+
+    python benchmarks/network_width.py --widths 64/64 48/48 32/32 --crop 128 --limit 6 --out runs/width/w.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from datasets import load, machine_info, require_data_root
+from quality import metrics
+
+import napari_mpi
+import napari_mpi.fill as fill
+from napari_mpi.network import SkipNet
+
+
+def use_width(width: int, skip_width: int) -> None:
+    """Make the fill build SkipNet(width, skip_width) for the next runs."""
+    fill.SkipNet = functools.partial(SkipNet, width=width, skip_width=skip_width)
+
+
+def seconds_per_iteration(side: int, precision: str, iterations: int) -> float:
+    image = np.random.default_rng(0).random((side, side), dtype=np.float32)
+    napari_mpi.denoise(image[:64, :64], iterations=3, precision=precision)  # warm up
+    start = time.perf_counter()
+    napari_mpi.denoise(image, iterations=iterations, precision=precision)
+    return (time.perf_counter() - start) / iterations
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--widths", nargs="+", default=["64/64", "48/48", "32/32"], help="width/skip_width pairs")
+    parser.add_argument("--datasets", nargs="+", default=["fmd-confocal", "kodak-poisson30", "kodak-gauss25"])
+    parser.add_argument("--crop", type=int, default=128)
+    parser.add_argument("--limit", type=int, default=6)
+    parser.add_argument("--iterations", type=int, nargs="+", default=[200], help="fill lengths to score")
+    parser.add_argument("--seeds", type=int, default=1, help="also score the mean of 2..N seeds' outputs")
+    parser.add_argument("--time-side", type=int, default=512)
+    parser.add_argument("--time-iterations", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    root = require_data_root(args.data)
+    samples = {name: list(load(name, root, crop=args.crop, limit=args.limit)) for name in args.datasets}
+    results: dict = {"machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
+    for pair in args.widths:
+        width, skip_width = (int(v) for v in pair.split("/"))
+        use_width(width, skip_width)
+        params = sum(p.numel() for p in fill.build_model(1, None, 0, torch.device("cpu")).parameters())
+        row: dict = {"width": width, "skip_width": skip_width, "params": params}
+        if args.time_side:
+            for precision in ("fp32", "bf16"):
+                row[f"s_per_it_{precision}"] = seconds_per_iteration(args.time_side, precision, args.time_iterations)
+        for name, items in samples.items():
+            # scores[(iterations, k)]: PSNR of the mean of the first k seeds' estimates after that many steps
+            scores: dict[tuple[int, int], list[float]] = {}
+            for sample in items:
+                snapshots: dict[int, list[np.ndarray]] = {n: [] for n in args.iterations}
+                for seed in range(args.seeds):
+                    def keep(event):
+                        if event.iteration in snapshots:
+                            snapshots[event.iteration].append(event.estimate())
+
+                    # the fill has no schedule: the estimate after n steps of a longer run is the n-step result
+                    napari_mpi.denoise(sample.noisy, rgb=sample.kind == "rgb", iterations=max(args.iterations),
+                                       seed=seed, progress=keep)
+                for iterations, estimates in snapshots.items():
+                    for k in range(1, args.seeds + 1):
+                        psnr = metrics(np.mean(estimates[:k], axis=0), sample.clean, sample.kind, sample.compare)[0]
+                        scores.setdefault((iterations, k), []).append(psnr)
+            for (iterations, k), psnrs in scores.items():
+                key = f"{name}@{iterations}" + (f"x{k}" if k > 1 else "")
+                row[key] = float(np.mean(psnrs))
+                row[f"{key}/per_image"] = psnrs
+        results["rows"].append(row)
+        summary = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items() if "/" not in k}
+        print(json.dumps(summary), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
