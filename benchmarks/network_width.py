@@ -13,7 +13,6 @@ outputs of N fills with different seeds (a cheap ensemble when the network is na
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import sys
 import time
@@ -27,20 +26,25 @@ from datasets import load, machine_info, require_data_root
 from quality import metrics
 
 import napari_mpi
-import napari_mpi.fill as fill
+from napari_mpi.fill import build_model
 from napari_mpi.network import SkipNet
+from napari_mpi.weights import Checkpoint
 
 
-def use_width(width: int, skip_width: int) -> None:
-    """Make the fill build SkipNet(width, skip_width) for the next runs."""
-    fill.SkipNet = functools.partial(SkipNet, width=width, skip_width=skip_width)
+def random_weights(channels: int, width: int, skip_width: int, seed: int) -> Checkpoint:
+    """The seeded random initialisation the fill makes itself (``build_model``), at another width: the fill
+    builds the network a checkpoint's state dict describes."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        state = SkipNet(2 * channels, channels, width=width, skip_width=skip_width).state_dict()
+    return Checkpoint(state, channels, "pixel" if channels == 1 else "channel", (0.0, 1.0))
 
 
-def seconds_per_iteration(side: int, precision: str, iterations: int) -> float:
+def seconds_per_iteration(side: int, precision: str, iterations: int, weights: Checkpoint) -> float:
     image = np.random.default_rng(0).random((side, side), dtype=np.float32)
-    napari_mpi.denoise(image[:64, :64], iterations=3, precision=precision)  # warm up
+    napari_mpi.denoise(image[:64, :64], iterations=3, precision=precision, weights=weights)  # warm up
     start = time.perf_counter()
-    napari_mpi.denoise(image, iterations=iterations, precision=precision)
+    napari_mpi.denoise(image, iterations=iterations, precision=precision, weights=weights)
     return (time.perf_counter() - start) / iterations
 
 
@@ -65,25 +69,27 @@ def main(argv=None) -> int:
     results: dict = {"machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": []}
     for pair in args.widths:
         width, skip_width = (int(v) for v in pair.split("/"))
-        use_width(width, skip_width)
-        params = sum(p.numel() for p in fill.build_model(1, None, 0, torch.device("cpu")).parameters())
+        gray = random_weights(1, width, skip_width, 0)
+        params = sum(p.numel() for p in build_model(1, gray.state_dict, 0, torch.device("cpu")).parameters())
         row: dict = {"width": width, "skip_width": skip_width, "params": params}
         if args.time_side:
             for precision in ("fp32", "bf16"):
-                row[f"s_per_it_{precision}"] = seconds_per_iteration(args.time_side, precision, args.time_iterations)
+                row[f"s_per_it_{precision}"] = seconds_per_iteration(args.time_side, precision, args.time_iterations, gray)
         for name, items in samples.items():
             # scores[(iterations, k)]: PSNR of the mean of the first k seeds' estimates after that many steps
             scores: dict[tuple[int, int], list[float]] = {}
             for sample in items:
                 snapshots: dict[int, list[np.ndarray]] = {n: [] for n in args.iterations}
                 for seed in range(args.seeds):
-                    def keep(event):
+                    def keep(event, snapshots=snapshots):
                         if event.iteration in snapshots:
                             snapshots[event.iteration].append(event.estimate())
 
                     # the fill has no schedule: the estimate after n steps of a longer run is the n-step result
+                    channels = 3 if sample.kind == "rgb" else 1
                     napari_mpi.denoise(sample.noisy, rgb=sample.kind == "rgb", iterations=max(args.iterations),
-                                       seed=seed, progress=keep)
+                                       seed=seed, progress=keep,
+                                       weights=random_weights(channels, width, skip_width, seed))
                 for iterations, estimates in snapshots.items():
                     for k in range(1, args.seeds + 1):
                         psnr = metrics(np.mean(estimates[:k], axis=0), sample.clean, sample.kind, sample.compare)[0]

@@ -10,6 +10,7 @@ max) of the rest reported. 1-channel sizes use the per-pixel mask, 3-channel siz
     python benchmarks/speed.py --sizes 1x256x256 --repeats 5 --precisions fp32 --threads 2
     python benchmarks/speed.py --device cuda --out speed.json --md speed.md
     python benchmarks/speed.py --sizes 1x2048x2048 --repeats 2 --isolate       # + peak RSS of a fresh process
+    python benchmarks/speed.py --sizes 1x512x512 --precisions fp32 --network 64/64   # the paper's network
 
 The output names the torch version, its thread count, the CPU model (and GPU, if used): compare
 timings only from the same machine and the same load.
@@ -61,11 +62,28 @@ def peak_rss_mib() -> float | None:
         return None
 
 
-def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: int, device: str, seed: int = 0) -> dict:
+def network_state(channels: int, network: str | None) -> dict | None:
+    """A random state dict of SkipNet(width, skip_width) for ``network`` = "WIDTH/SKIP" (the fill builds the
+    network a state dict describes); None = the default network."""
+    if network is None:
+        return None
+    import torch
+
+    from napari_mpi.network import SkipNet
+
+    width, skip_width = (int(v) for v in network.split("/"))
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return SkipNet(2 * channels, channels, width=width, skip_width=skip_width).state_dict()
+
+
+def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: int, device: str, seed: int = 0,
+              network: str | None = None) -> dict:
     """Per-iteration wall-clock seconds of one fill on random data."""
     import torch
 
     from napari_mpi.fill import FillConfig, iterative_fill, resolve_device
+    from napari_mpi.network import SkipNet, architecture_of
 
     dev = resolve_device(device)
     channels = size[0]
@@ -86,7 +104,9 @@ def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: 
         torch.cuda.reset_peak_memory_stats(dev)
     sync()
     last = time.perf_counter()
-    for step in iterative_fill(image, config, None, dev):
+    state = network_state(channels, network)
+    built = architecture_of(state if state is not None else SkipNet(2 * channels, channels).state_dict())
+    for step in iterative_fill(image, config, state, dev):
         step.loss_tensor.item()  # make sure the step's work is done before the clock is read
         sync()
         now = time.perf_counter()
@@ -97,6 +117,7 @@ def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: 
         "size": "x".join(map(str, size)),
         "precision": precision,
         "device": str(dev),
+        "network": f"{built['width']}/{built['skip_width']}",
         "median_s": statistics.median(kept),
         "min_s": min(kept),
         "max_s": max(kept),
@@ -117,7 +138,7 @@ def isolated(size: tuple[int, int, int], precision: str, args: argparse.Namespac
         out = Path(folder) / "result.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--sizes", "x".join(map(str, size)),
                    "--precisions", precision, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-                   "--device", args.device, "--out", str(out)]
+                   "--device", args.device, "--out", str(out)] + (["--network", args.network] if args.network else [])
         if args.threads:
             command += ["--threads", str(args.threads)]
         child = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -157,9 +178,9 @@ def markdown(results: list[dict], machine: dict) -> str:
         f"({machine.get('cpu_count')} logical CPUs){', GPU: ' + machine['gpu'] if machine.get('gpu') else ''}, "
         f"napari-mpi {machine.get('napari-mpi')}.",
         "",
-        "| size (CxHxW) | precision | device | s / iteration (median) | min – max | fast preset, 200 it (s) "
+        "| size (CxHxW) | network (width/skip) | precision | device | s / iteration (median) | min – max | fast preset, 200 it (s) "
         "| quality preset, 1000 it (s) | peak GPU memory (MiB) | peak RSS (MiB) |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     per_iteration = [r for r in results if "stack" not in r]
     if not per_iteration:
@@ -167,7 +188,7 @@ def markdown(results: list[dict], machine: dict) -> str:
     for r in per_iteration:
         peak = f"{r['peak_gpu_mib']:.0f}" if r.get("peak_gpu_mib") is not None else "–"
         rss = f"{r['peak_rss_mib']:.0f}" if r.get("isolated") and r.get("peak_rss_mib") is not None else "–"
-        lines.append(f"| {r['size']} | {r['precision']} | {r['device']} | {r['median_s']:.4f} | "
+        lines.append(f"| {r['size']} | {r.get('network', '64/64')} | {r['precision']} | {r['device']} | {r['median_s']:.4f} | "
                      f"{r['min_s']:.4f} – {r['max_s']:.4f} | {200 * r['median_s']:.1f} | {1000 * r['median_s']:.1f} "
                      f"| {peak} | {rss} |")
     stacks = [r for r in results if "stack" in r]
@@ -189,6 +210,9 @@ def main(argv=None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="untimed iterations first (default 3)")
     parser.add_argument("--device", default="auto", help='"auto", "cpu", "cuda" or "mps"')
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--network", default=None,
+                        help='time SkipNet(width, skip_width) given as "WIDTH/SKIP" (e.g. the paper\'s "64/64") '
+                             "instead of the default network")
     parser.add_argument("--stack", default=None, help="also time napari_mpi.denoise on a ZxHxW random stack")
     parser.add_argument("--stack-iterations", type=int, default=200, help="iterations per plane (default 200)")
     parser.add_argument("--isolate", action="store_true",
@@ -215,7 +239,7 @@ def main(argv=None) -> int:
             if args.isolate:
                 result = dict(isolated(size, precision, args), isolated=True)
             else:
-                result = time_fill(size, precision, args.repeats, args.warmup, args.device)
+                result = time_fill(size, precision, args.repeats, args.warmup, args.device, network=args.network)
             results.append(result)
             print(f"{result['size']:>12s} {precision}: {result['median_s']:.3f} s / iteration "
                   f"(min {result['min_s']:.3f}, max {result['max_s']:.3f}, first {result['first_s']:.3f})"
