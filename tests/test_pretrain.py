@@ -141,3 +141,8 @@ def test_a_checkpoint_of_another_width_loads_and_fills(tmp_path):
     model = build_model(1, ckpt.state_dict, seed=0, device=torch.device("cpu"))
     assert architecture_of(model.state_dict())["width"] == 24
     assert napari_mpi.denoise(np.random.rand(40, 40), iterations=2, weights=ckpt).shape == (40, 40)
+    # the run's metadata (and a CLI run's resume fingerprint) name the network that made the output
+    assert napari_mpi.prepare((40, 40), np.float32, weights=ckpt).describe()["network"] == {
+        "width": 24, "skip_width": 8, "depth": 5}
+    assert napari_mpi.prepare((40, 40), np.float32, weights="random").describe()["network"] == architecture_of(
+        SkipNet(2, 1).state_dict())

@@ -22,7 +22,7 @@ from .fill import (
     DEFAULT_PRESET, MIN_TILE, TILE_OVERLAP, AutoReport, CarriedNetwork, FillConfig, FillStep, check_reuse, config_for,
     iterative_fill, resolve_device, resolve_precision, tile_starts, tiled_fill,
 )
-from .network import check_plane_size, padded_side
+from .network import DEFAULT_DEPTH, DEFAULT_SKIP_WIDTH, DEFAULT_WIDTH, architecture_of, check_plane_size, padded_side
 from .planes import Normalization, PlaneLayout, check_dtype, check_values, normalize, plane_layout
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
@@ -48,6 +48,13 @@ class DenoisePlan:
     #: planes after the first continue from the previous plane's network (fewer steps; see fill.CarriedNetwork)
     reuse_network: bool = False
 
+    @property
+    def network(self) -> dict[str, int]:
+        """Width, skip width and depth of the network the fill builds: the checkpoint's, else the default."""
+        if self.checkpoint is not None:
+            return architecture_of(self.checkpoint.state_dict)
+        return {"width": DEFAULT_WIDTH, "skip_width": DEFAULT_SKIP_WIDTH, "depth": DEFAULT_DEPTH}
+
     def describe(self) -> dict[str, Any]:
         """Parameters as plain values, for metadata and logs."""
         from . import __version__
@@ -66,6 +73,7 @@ class DenoisePlan:
             "reuse_network": self.reuse_network,
             "device": str(self.device),
             "weights": self.checkpoint.name if self.checkpoint is not None else "random initialisation",
+            "network": self.network,
             "rgb": self.layout.rgb,
             "channel_axis": self.channel_axis,
             "plane_by_plane_axes": list(self.layout.iter_axes),

@@ -16,11 +16,20 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["SkipNet", "MIN_SIDE", "architecture_of", "check_plane_size", "padded_side", "reflect_pad"]
+__all__ = [
+    "SkipNet", "MIN_SIDE", "DEFAULT_WIDTH", "DEFAULT_SKIP_WIDTH", "DEFAULT_DEPTH", "architecture_of", "check_plane_size",
+    "padded_side", "reflect_pad",
+]
 
 #: Smallest image side the network accepts. Smaller planes carry too little context
 #: for a 5-level hourglass to be meaningful, so we refuse them with a clear error.
 MIN_SIDE = 8
+
+
+#: The network built when no checkpoint says otherwise. The paper's is 64 / 64 / 5.
+DEFAULT_WIDTH = 64
+DEFAULT_SKIP_WIDTH = 64
+DEFAULT_DEPTH = 5
 
 
 def check_plane_size(height: int, width: int) -> None:
@@ -86,7 +95,8 @@ class SkipNet(nn.Module):
         Number of stride-2 levels (the paper: 5).
     """
 
-    def __init__(self, in_channels: int, out_channels: int, width: int = 64, skip_width: int = 64, depth: int = 5):
+    def __init__(self, in_channels: int, out_channels: int, width: int = DEFAULT_WIDTH,
+                 skip_width: int = DEFAULT_SKIP_WIDTH, depth: int = DEFAULT_DEPTH):
         super().__init__()
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
