@@ -5,7 +5,7 @@ from napari_mpi.network import MIN_SIDE, SkipNet
 
 
 def test_parameter_count_matches_the_paper_network():
-    count = sum(p.numel() for p in SkipNet(2, 1).parameters())
+    count = sum(p.numel() for p in SkipNet(2, 1, width=64, skip_width=64).parameters())
     assert 735_000 <= count <= 755_000  # the paper's DIP skip net: ~745k
 
 

@@ -404,10 +404,11 @@ def _is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-#: Memory one CPU fill takes per pixel of the network's (padded) input, by precision, beyond the
-#: process's baseline: the slope of peak RSS from 512x512 to 1024x1024 (benchmarks/speed.py --isolate,
-#: docs/benchmarks.md); it predicted a 2048x2048 fill within 1% (fp32 20.5 GiB, bf16 13.6 GiB).
-CPU_BYTES_PER_PIXEL = {"fp32": 5200, "bf16": 3400}
+#: Memory one CPU fill of the default network takes per pixel of its (padded) input, by precision, beyond
+#: the process's baseline: the slope of peak RSS from 512x512 to 1024x1024 (benchmarks/speed.py --isolate,
+#: docs/benchmarks.md). Other networks scale it by their width + skip width: the paper's 64/64 network
+#: measured 5200 / 3400, which predicted a 2048x2048 fill within 1% (fp32 20.5 GiB, bf16 13.6 GiB).
+CPU_BYTES_PER_PIXEL = {"fp32": 3900, "bf16": 2550}
 #: Most of the memory available when a plane starts that its CPU fill may plan to use (the rest is
 #: left to napari, the image and other programs).
 CPU_MEMORY_SHARE = 0.75
@@ -429,9 +430,13 @@ def available_memory() -> int | None:
     return int(psutil.virtual_memory().available)
 
 
-def fill_memory(height: int, width: int, precision: str) -> int:
-    """Bytes one CPU fill of a height x width plane is expected to take at its peak."""
-    return padded_side(height) * padded_side(width) * CPU_BYTES_PER_PIXEL[precision]
+def fill_memory(height: int, width: int, precision: str, network: dict[str, int] | None = None) -> int:
+    """Bytes one CPU fill of a height x width plane is expected to take at its peak, with the default
+    network or the one ``network`` describes (``DenoisePlan.network``)."""
+    scale = 1.0
+    if network is not None:
+        scale = (network["width"] + network["skip_width"]) / (DEFAULT_WIDTH + DEFAULT_SKIP_WIDTH)
+    return int(padded_side(height) * padded_side(width) * CPU_BYTES_PER_PIXEL[precision] * scale)
 
 
 def _tile_to_fit_memory(height: int, width: int, plan: DenoisePlan) -> tuple[int, int] | None:
@@ -445,11 +450,11 @@ def _tile_to_fit_memory(height: int, width: int, plan: DenoisePlan) -> tuple[int
         return None
     precision = resolve_precision(plan.config.precision, plan.device, height * width)
     budget = CPU_MEMORY_SHARE * available
-    need = fill_memory(height, width, precision)
+    need = fill_memory(height, width, precision, plan.network)
     if need <= budget:
         return None
     tile = (height, width)
-    while fill_memory(*tile, precision) > budget:
+    while fill_memory(*tile, precision, plan.network) > budget:
         smaller = _smaller_tile(tile, (height, width))
         if smaller is None:
             break

@@ -26,9 +26,11 @@ __all__ = [
 MIN_SIDE = 8
 
 
-#: The network built when no checkpoint says otherwise. The paper's is 64 / 64 / 5.
-DEFAULT_WIDTH = 64
-DEFAULT_SKIP_WIDTH = 64
+#: The network built when no checkpoint says otherwise. The paper's is 64 / 64 / 5; 48 channels filled as
+#: well at the fast preset (FMD and kodak crops, within ~0.1 dB) in 0.53-0.58x the time per iteration (docs/benchmarks.md, "Network
+#: width"), while 40 or fewer channels, or narrower skip branches, lost 0.2-0.5 dB on the kodak crops.
+DEFAULT_WIDTH = 48
+DEFAULT_SKIP_WIDTH = 48
 DEFAULT_DEPTH = 5
 
 
@@ -88,9 +90,9 @@ class SkipNet(nn.Module):
     out_channels : int
         Channels of the prediction (image channels).
     width : int
-        Channels of every down/up convolution (the paper: 64).
+        Channels of every down/up convolution (the paper: 64; default ``DEFAULT_WIDTH``).
     skip_width : int
-        Channels of each level's 1x1 skip branch (the paper: 64).
+        Channels of each level's 1x1 skip branch (the paper: 64; default ``DEFAULT_SKIP_WIDTH``).
     depth : int
         Number of stride-2 levels (the paper: 5).
     """
