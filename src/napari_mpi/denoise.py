@@ -355,8 +355,8 @@ def denoise(
     reuse_network : bool
         For z-stacks and time-lapses whose neighbouring planes look alike: each plane after the first
         continues from the previous plane's network with ~7% of the iterations (fast: 14 steps + 20
-        predictions): measured 6-8x faster at -0.1 to +0.6 dB on such stacks; planes that differ
-        (separate fields of view, stains) lose 0.7-1.3 dB. Not with the auto preset.
+        predictions): measured 5-8x faster at +0.0 to +0.3 dB on such stacks; planes that differ
+        (separate fields of view, stains) lose 0.7-1.7 dB. Not with the auto preset.
 
     Returns
     -------
