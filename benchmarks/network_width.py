@@ -79,18 +79,26 @@ def main(argv=None) -> int:
             # scores[(iterations, k)]: PSNR of the mean of the first k seeds' estimates after that many steps
             scores: dict[tuple[int, int], list[float]] = {}
             for sample in items:
-                snapshots: dict[int, list[np.ndarray]] = {n: [] for n in args.iterations}
+                # snapshots[n][seed][plane]: the estimate after n steps (stacks are filled plane by plane)
+                snapshots: dict[int, list[dict[int, np.ndarray]]] = {n: [] for n in args.iterations}
                 for seed in range(args.seeds):
+                    for per_seed in snapshots.values():
+                        per_seed.append({})
+
                     def keep(event, snapshots=snapshots):
                         if event.iteration in snapshots:
-                            snapshots[event.iteration].append(event.estimate())
+                            snapshots[event.iteration][-1][event.plane] = event.estimate()
 
                     # the fill has no schedule: the estimate after n steps of a longer run is the n-step result
                     channels = 3 if sample.kind == "rgb" else 1
                     napari_mpi.denoise(sample.noisy, rgb=sample.kind == "rgb", iterations=max(args.iterations),
                                        seed=seed, progress=keep,
                                        weights=random_weights(channels, width, skip_width, seed))
-                for iterations, estimates in snapshots.items():
+                for iterations, per_seed in snapshots.items():
+                    estimates = [
+                        planes[0] if len(planes) == 1 else np.stack([planes[i] for i in sorted(planes)])
+                        for planes in per_seed
+                    ]
                     for k in range(1, args.seeds + 1):
                         psnr = metrics(np.mean(estimates[:k], axis=0), sample.clean, sample.kind, sample.compare)[0]
                         scores.setdefault((iterations, k), []).append(psnr)
