@@ -27,8 +27,9 @@ MIN_SIDE = 8
 
 
 #: The network built when no checkpoint says otherwise. The paper's is 64 / 64 / 5; 48 channels filled as
-#: well at the fast preset (FMD and kodak crops, within ~0.1 dB) in 0.53-0.58x the time per iteration (docs/benchmarks.md, "Network
-#: width"), while 40 or fewer channels, or narrower skip branches, lost 0.2-0.5 dB on the kodak crops.
+#: well at the fast preset (FMD and kodak crops, within ~0.1 dB) in 0.53-0.58x the time per iteration
+#: (docs/benchmarks.md, "Network width"), while 40 or fewer channels, or narrower skip branches, lost
+#: 0.2-0.5 dB on the kodak crops.
 DEFAULT_WIDTH = 48
 DEFAULT_SKIP_WIDTH = 48
 DEFAULT_DEPTH = 5
