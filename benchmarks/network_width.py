@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--limit", type=int, default=6)
     parser.add_argument("--iterations", type=int, nargs="+", default=[200], help="fill lengths to score")
+    parser.add_argument("--lr", type=float, default=None, help="the fill's learning rate (default: the preset's)")
     parser.add_argument("--seeds", type=int, default=1, help="also score the mean of 2..N seeds' outputs")
     parser.add_argument("--time-side", type=int, default=512)
     parser.add_argument("--time-iterations", type=int, default=5)
@@ -92,7 +93,7 @@ def main(argv=None) -> int:
                     # the fill has no schedule: the estimate after n steps of a longer run is the n-step result
                     channels = 3 if sample.kind == "rgb" else 1
                     napari_mpi.denoise(sample.noisy, rgb=sample.kind == "rgb", iterations=max(args.iterations),
-                                       seed=seed, progress=keep,
+                                       seed=seed, progress=keep, lr=args.lr,
                                        weights=random_weights(channels, width, skip_width, seed))
                 for iterations, per_seed in snapshots.items():
                     estimates = [
