@@ -67,14 +67,10 @@ def network_state(channels: int, network: str | None) -> dict | None:
     network a state dict describes); None = the default network."""
     if network is None:
         return None
-    import torch
-
-    from napari_mpi.network import SkipNet
+    from network_width import random_weights
 
     width, skip_width = (int(v) for v in network.split("/"))
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return SkipNet(2 * channels, channels, width=width, skip_width=skip_width).state_dict()
+    return random_weights(channels, width, skip_width, seed=0).state_dict
 
 
 def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: int, device: str, seed: int = 0,
