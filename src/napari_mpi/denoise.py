@@ -249,9 +249,9 @@ def _fill_plane(
     """Algorithm 1 on one plane: yields every fill step; returns the plane in the input's units (float32).
 
     ``tile``: the tile size to start with, from :func:`_tile_to_fit_memory` (None: the whole plane, until
-    memory runs out); ``carried``: the previous plane's network, when planes reuse it. When the device runs out of memory the plane starts again in overlapping
-    tiles (about half the side each time, down to MIN_TILE pixels; a DenoiseWarning says so);
-    MemoryError when even those fail.
+    memory runs out); ``carried``: the previous plane's network, when planes reuse it. When the device
+    runs out of memory the plane starts again in overlapping tiles (about half the side each time, down
+    to MIN_TILE pixels; a DenoiseWarning says so); MemoryError when even those fail.
     """
     data, norm = normalize(plane)
     if np.ptp(data) == 0:  # a constant plane is its own denoised result

@@ -86,9 +86,10 @@ AUTO_MEMORISATION_RISE = 0.08
 #: Planes after the first, when a stack's planes reuse one network (``CarriedNetwork``): this fraction
 #: of the preset's iterations as training steps (fast: 14 of 200), then REUSE_PREDICTIONS forward
 #: passes without a step (~0.28 of a step's cost each) that add predictions to the running mean. Measured
-#: with benchmarks/stack_sharing.py (docs/benchmarks.md, "Stacks") against each plane alone: 7.7x the
-#: speed and +0.59 dB on a 32-plane synthetic z-stack, 5.8x and -0.12 dB on a real 10-frame time-lapse
-#: (256x256); -1.3 dB on planes as different as separate fields of view.
+#: with benchmarks/stack_sharing.py (docs/benchmarks.md, "Stacks") against each plane alone, with the
+#: default 48-channel network: 7.8x the speed and +0.18 dB on a 32-plane synthetic z-stack, 5.3x and
+#: +0.04 dB on a real 10-frame time-lapse (256x256); -1.65 dB on planes as different as separate fields
+#: of view.
 REUSE_STEP_FRACTION = 0.07
 REUSE_PREDICTIONS = 20
 
