@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +49,38 @@ def seconds_per_iteration(side: int, precision: str, iterations: int, weights: C
     return (time.perf_counter() - start) / iterations
 
 
+def snapshot_scores(items, iterations: list[int], seeds: int, lr: float | None,
+                    weights_for: Callable[[int, int], Checkpoint | str | None]) -> dict[tuple[int, int], list[float]]:
+    """PSNR per image of the fill's estimate after each of ``iterations`` steps, for the mean of the first k
+    of ``seeds`` seeds' estimates: ``{(iterations, k): [psnr per image]}``. ``weights_for(channels, seed)``
+    gives the network's start. One fill of max(iterations) steps per image and seed: the fill has no schedule,
+    so the estimate after n steps of a longer run is the n-step result."""
+    scores: dict[tuple[int, int], list[float]] = {}
+    for sample in items:
+        # snapshots[n][seed][plane]: the estimate after n steps (stacks are filled plane by plane)
+        snapshots: dict[int, list[dict[int, np.ndarray]]] = {n: [] for n in iterations}
+        channels = 3 if sample.kind == "rgb" else 1
+        for seed in range(seeds):
+            for per_seed in snapshots.values():
+                per_seed.append({})
+
+            def keep(event, snapshots=snapshots):
+                if event.iteration in snapshots:
+                    snapshots[event.iteration][-1][event.plane] = event.estimate()
+
+            napari_mpi.denoise(sample.noisy, rgb=sample.kind == "rgb", iterations=max(iterations), seed=seed,
+                               progress=keep, lr=lr, weights=weights_for(channels, seed))
+        for n, per_seed in snapshots.items():
+            estimates = [
+                planes[0] if len(planes) == 1 else np.stack([planes[i] for i in sorted(planes)])
+                for planes in per_seed
+            ]
+            for k in range(1, seeds + 1):
+                psnr = metrics(np.mean(estimates[:k], axis=0), sample.clean, sample.kind, sample.compare)[0]
+                scores.setdefault((n, k), []).append(psnr)
+    return scores
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--widths", nargs="+", default=["64/64", "48/48", "32/32"], help="width/skip_width pairs")
@@ -77,32 +110,8 @@ def main(argv=None) -> int:
             for precision in ("fp32", "bf16"):
                 row[f"s_per_it_{precision}"] = seconds_per_iteration(args.time_side, precision, args.time_iterations, gray)
         for name, items in samples.items():
-            # scores[(iterations, k)]: PSNR of the mean of the first k seeds' estimates after that many steps
-            scores: dict[tuple[int, int], list[float]] = {}
-            for sample in items:
-                # snapshots[n][seed][plane]: the estimate after n steps (stacks are filled plane by plane)
-                snapshots: dict[int, list[dict[int, np.ndarray]]] = {n: [] for n in args.iterations}
-                for seed in range(args.seeds):
-                    for per_seed in snapshots.values():
-                        per_seed.append({})
-
-                    def keep(event, snapshots=snapshots):
-                        if event.iteration in snapshots:
-                            snapshots[event.iteration][-1][event.plane] = event.estimate()
-
-                    # the fill has no schedule: the estimate after n steps of a longer run is the n-step result
-                    channels = 3 if sample.kind == "rgb" else 1
-                    napari_mpi.denoise(sample.noisy, rgb=sample.kind == "rgb", iterations=max(args.iterations),
-                                       seed=seed, progress=keep, lr=args.lr,
-                                       weights=random_weights(channels, width, skip_width, seed))
-                for iterations, per_seed in snapshots.items():
-                    estimates = [
-                        planes[0] if len(planes) == 1 else np.stack([planes[i] for i in sorted(planes)])
-                        for planes in per_seed
-                    ]
-                    for k in range(1, args.seeds + 1):
-                        psnr = metrics(np.mean(estimates[:k], axis=0), sample.clean, sample.kind, sample.compare)[0]
-                        scores.setdefault((iterations, k), []).append(psnr)
+            scores = snapshot_scores(items, args.iterations, args.seeds, args.lr,
+                                     lambda channels, seed, w=width, s=skip_width: random_weights(channels, w, s, seed))
             for (iterations, k), psnrs in scores.items():
                 key = f"{name}@{iterations}" + (f"x{k}" if k > 1 else "")
                 row[key] = float(np.mean(psnrs))

@@ -11,6 +11,7 @@ max) of the rest reported. 1-channel sizes use the per-pixel mask, 3-channel siz
     python benchmarks/speed.py --device cuda --out speed.json --md speed.md
     python benchmarks/speed.py --sizes 1x2048x2048 --repeats 2 --isolate       # + peak RSS of a fresh process
     python benchmarks/speed.py --sizes 1x512x512 --precisions fp32 --network 64/64   # the paper's network
+    python benchmarks/speed.py --device cuda --cuda-graphs on,off --stack 32x512x512 --stack-reuse off,on
 
 The output names the torch version, its thread count, the CPU model (and GPU, if used): compare
 timings only from the same machine and the same load.
@@ -19,6 +20,7 @@ timings only from the same machine and the same load.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import subprocess
@@ -74,12 +76,15 @@ def network_state(channels: int, network: str | None) -> dict | None:
 
 
 def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: int, device: str, seed: int = 0,
-              network: str | None = None) -> dict:
-    """Per-iteration wall-clock seconds of one fill on random data."""
+              network: str | None = None, cuda_graph: bool = True) -> dict:
+    """Per-iteration wall-clock seconds of one fill on random data (``cuda_graph``: ``fill.CUDA_GRAPHS``)."""
     import torch
 
+    from napari_mpi import fill
     from napari_mpi.fill import FillConfig, iterative_fill, resolve_device
     from napari_mpi.network import SkipNet, architecture_of
+
+    fill.CUDA_GRAPHS = cuda_graph
 
     dev = resolve_device(device)
     channels = size[0]
@@ -114,6 +119,7 @@ def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: 
         "precision": precision,
         "device": str(dev),
         "network": f"{built['width']}/{built['skip_width']}",
+        "cuda_graph": cuda_graph if dev.type == "cuda" else None,
         "median_s": statistics.median(kept),
         "min_s": min(kept),
         "max_s": max(kept),
@@ -128,13 +134,14 @@ def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: 
     }
 
 
-def isolated(size: tuple[int, int, int], precision: str, args: argparse.Namespace) -> dict:
+def isolated(size: tuple[int, int, int], precision: str, graph: bool, args: argparse.Namespace) -> dict:
     """``time_fill`` in a fresh Python process, so that its peak RSS is this size's alone."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--sizes", "x".join(map(str, size)),
                    "--precisions", precision, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-                   "--device", args.device, "--out", str(out)] + (["--network", args.network] if args.network else [])
+                   "--device", args.device, "--out", str(out), "--cuda-graphs", "on" if graph else "off"]
+        command += ["--network", args.network] if args.network else []
         if args.threads:
             command += ["--threads", str(args.threads)]
         child = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -143,24 +150,32 @@ def isolated(size: tuple[int, int, int], precision: str, args: argparse.Namespac
         return json.loads(out.read_text())["results"][0]
 
 
-def time_stack(shape: tuple[int, int, int], iterations: int, precision: str, device: str, seed: int = 0) -> dict:
-    """Planes per second of ``napari_mpi.denoise`` on a (planes, H, W) random stack, as a user runs it."""
+def time_stack(shape: tuple[int, int, int], iterations: int, precision: str, device: str, seed: int = 0,
+               reuse: bool = False, cuda_graph: bool = True) -> dict:
+    """Planes per second of ``napari_mpi.denoise`` on a (planes, H, W) random stack, as a user runs it
+    (``reuse``: the planes reuse one network, ``reuse_network=True``)."""
     import numpy as np
     import torch
 
     import napari_mpi
+    from napari_mpi import fill
+
+    fill.CUDA_GRAPHS = cuda_graph
 
     stack = np.random.default_rng(seed).random(shape, dtype=np.float32)
     napari_mpi.denoise(stack[:1], iterations=3, device=device, precision=precision)  # warm-up (kernels, caches)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    napari_mpi.denoise(stack, iterations=iterations, device=device, precision=precision, seed=seed)
+    napari_mpi.denoise(stack, iterations=iterations, device=device, precision=precision, seed=seed,
+                       reuse_network=reuse)
     seconds = time.perf_counter() - start
     return {
         "stack": "x".join(map(str, shape)),
         "iterations": iterations,
         "precision": precision,
+        "reuse_network": reuse,
+        "cuda_graph": cuda_graph if torch.cuda.is_available() and device != "cpu" else None,
         "device": device,
         "seconds": seconds,
         "planes_per_s": shape[0] / seconds,
@@ -174,9 +189,9 @@ def markdown(results: list[dict], machine: dict) -> str:
         f"({machine.get('cpu_count')} logical CPUs){', GPU: ' + machine['gpu'] if machine.get('gpu') else ''}, "
         f"napari-mpi {machine.get('napari-mpi')}.",
         "",
-        "| size (CxHxW) | network (width/skip) | precision | device | s / iteration (median) | min – max | fast preset, 200 it (s) "
-        "| quality preset, 1000 it (s) | peak GPU memory (MiB) | peak RSS (MiB) |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| size (CxHxW) | network (width/skip) | precision | device | CUDA graph | s / iteration (median) | min – max "
+        "| fast preset, 200 it (s) | quality preset, 1000 it (s) | peak GPU memory (MiB) | peak RSS (MiB) |",
+        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     per_iteration = [r for r in results if "stack" not in r]
     if not per_iteration:
@@ -184,18 +199,31 @@ def markdown(results: list[dict], machine: dict) -> str:
     for r in per_iteration:
         peak = f"{r['peak_gpu_mib']:.0f}" if r.get("peak_gpu_mib") is not None else "–"
         rss = f"{r['peak_rss_mib']:.0f}" if r.get("isolated") and r.get("peak_rss_mib") is not None else "–"
-        lines.append(f"| {r['size']} | {r.get('network', '64/64')} | {r['precision']} | {r['device']} | {r['median_s']:.4f} | "
+        lines.append(f"| {r['size']} | {r.get('network', '64/64')} | {r['precision']} | {r['device']} "
+                     f"| {_yes_no(r.get('cuda_graph'))} | {r['median_s']:.4f} | "
                      f"{r['min_s']:.4f} – {r['max_s']:.4f} | {200 * r['median_s']:.1f} | {1000 * r['median_s']:.1f} "
                      f"| {peak} | {rss} |")
     stacks = [r for r in results if "stack" in r]
     if stacks:
-        lines += ["", "| stack (ZxHxW) | iterations | precision | device | seconds | planes / s | peak GPU memory (MiB) |",
-                  "|---|---:|---|---|---:|---:|---:|"]
+        lines += ["", ("| stack (ZxHxW) | iterations | network reused | precision | device | CUDA graph | seconds "
+                       "| planes / s | peak GPU memory (MiB) |"), "|---|---:|---|---|---|---|---:|---:|---:|"]
         for r in stacks:
             peak = f"{r['peak_gpu_mib']:.0f}" if r.get("peak_gpu_mib") is not None else "–"
-            lines.append(f"| {r['stack']} | {r['iterations']} | {r['precision']} | {r['device']} | {r['seconds']:.1f} "
+            lines.append(f"| {r['stack']} | {r['iterations']} | {_yes_no(r.get('reuse_network'))} | {r['precision']} "
+                         f"| {r['device']} | {_yes_no(r.get('cuda_graph'))} | {r['seconds']:.1f} "
                          f"| {r['planes_per_s']:.3f} | {peak} |")
     return "\n".join(lines) + "\n"
+
+
+def _yes_no(flag: bool | None) -> str:
+    return "–" if flag is None else "yes" if flag else "no"
+
+
+def _on_off(text: str, option: str) -> list[bool]:
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in ("on", "off") for v in values):
+        raise SystemExit(f"{option} takes a comma-separated list of on / off, got {text!r}")
+    return [v == "on" for v in values]
 
 
 def main(argv=None) -> int:
@@ -211,6 +239,10 @@ def main(argv=None) -> int:
                              "instead of the default network")
     parser.add_argument("--stack", default=None, help="also time napari_mpi.denoise on a ZxHxW random stack")
     parser.add_argument("--stack-iterations", type=int, default=200, help="iterations per plane (default 200)")
+    parser.add_argument("--stack-reuse", default="off",
+                        help="comma-separated on / off: time the stack with its planes reusing one network, or not")
+    parser.add_argument("--cuda-graphs", default="on",
+                        help="comma-separated on / off: replay the fill step from a CUDA graph (fill.CUDA_GRAPHS)")
     parser.add_argument("--isolate", action="store_true",
                         help="time each size and precision in a fresh process and report its peak RSS")
     parser.add_argument("--out", default=None, help="write the results as JSON")
@@ -230,23 +262,26 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     machine = machine_info()
     results = []
-    for size in sizes:
-        for precision in precisions:
-            if args.isolate:
-                result = dict(isolated(size, precision, args), isolated=True)
-            else:
-                result = time_fill(size, precision, args.repeats, args.warmup, args.device, network=args.network)
-            results.append(result)
-            print(f"{result['size']:>12s} {precision}: {result['median_s']:.3f} s / iteration "
-                  f"(min {result['min_s']:.3f}, max {result['max_s']:.3f}, first {result['first_s']:.3f})"
-                  + (f", peak RSS {result['peak_rss_mib']:.0f} MiB" if result.get("isolated") else ""),
-                  file=sys.stderr, flush=True)
+    graphs = _on_off(args.cuda_graphs, "--cuda-graphs")
+    reuses = _on_off(args.stack_reuse, "--stack-reuse")
+    for size, precision, graph in itertools.product(sizes, precisions, graphs):
+        if args.isolate:
+            result = dict(isolated(size, precision, graph, args), isolated=True)
+        else:
+            result = time_fill(size, precision, args.repeats, args.warmup, args.device, network=args.network,
+                               cuda_graph=graph)
+        results.append(result)
+        print(f"{result['size']:>12s} {precision} graph {graph}: {result['median_s']:.4f} s / iteration "
+              f"(min {result['min_s']:.4f}, max {result['max_s']:.4f}, first {result['first_s']:.3f})"
+              + (f", peak RSS {result['peak_rss_mib']:.0f} MiB" if result.get("isolated") else ""),
+              file=sys.stderr, flush=True)
     if args.stack:
         shape = tuple(int(v) for v in args.stack.lower().split("x"))
-        for precision in precisions:
-            result = time_stack(shape, args.stack_iterations, precision, args.device)
+        for precision, graph, reuse in itertools.product(precisions, graphs, reuses):
+            result = time_stack(shape, args.stack_iterations, precision, args.device, reuse=reuse, cuda_graph=graph)
             results.append(result)
-            print(f"stack {result['stack']} {precision}: {result['planes_per_s']:.3f} planes/s", file=sys.stderr, flush=True)
+            print(f"stack {result['stack']} {precision} graph {graph} reuse {reuse}: {result['planes_per_s']:.3f} "
+                  "planes/s", file=sys.stderr, flush=True)
     text = markdown(results, machine)
     print(text)
     if args.md:

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 import napari_mpi
-from napari_mpi.fill import available_devices, resolve_device, resolve_precision
+from napari_mpi import fill
+from napari_mpi.fill import available_devices, continuation_steps, resolve_device, resolve_precision
 
 from .conftest import psnr
 
@@ -44,6 +45,56 @@ def test_gpu_memory_is_freed_after_a_run(camera_crop):
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == allocated
     assert torch.cuda.memory_reserved() <= reserved + (2 << 20)  # the cache was emptied (one small block may stay)
+
+
+
+@pytest.fixture
+def replays(monkeypatch) -> list[int]:
+    """Counts the replays of the captured fill step."""
+    counted: list[int] = []
+    replay = fill._CudaGraphStep.__call__
+
+    def counting(self, keep, weight):
+        counted.append(1)
+        return replay(self, keep, weight)
+
+    monkeypatch.setattr(fill._CudaGraphStep, "__call__", counting)
+    return counted
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_the_cuda_graph_trains_like_the_eager_step(camera_crop, replays, monkeypatch, precision):
+    noisy = camera_crop + np.random.default_rng(0).normal(0, 25 / 255, camera_crop.shape).astype(np.float32)
+    graphed = napari_mpi.denoise(noisy, iterations=60, device="cuda", seed=0, precision=precision)
+    assert len(replays) == 60 - fill.CUDA_GRAPH_WARMUP
+    monkeypatch.setattr(fill, "CUDA_GRAPHS", False)
+    eager = napari_mpi.denoise(noisy, iterations=60, device="cuda", seed=0, precision=precision)
+    assert len(replays) == 60 - fill.CUDA_GRAPH_WARMUP  # none more: the switch turns it off
+    # same masks, same arithmetic up to the order of floating-point sums
+    assert abs(psnr(graphed, camera_crop) - psnr(eager, camera_crop)) < 0.1
+    assert float(np.abs(graphed - eager).mean()) < 0.005
+
+
+
+def test_the_auto_preset_replays_the_graph_with_its_held_out_pixels(camera_crop, replays):
+    noisy = camera_crop + np.random.default_rng(1).normal(0, 25 / 255, camera_crop.shape).astype(np.float32)
+    out = napari_mpi.denoise(noisy, preset="auto", device="cuda", seed=0)
+    assert replays and psnr(out, camera_crop) - psnr(noisy, camera_crop) >= 4.0
+
+def test_a_stack_reusing_its_network_replays_one_graph_and_frees_it(camera_crop, replays):
+    stack = np.stack([camera_crop, camera_crop[::-1], camera_crop[:, ::-1]])
+    torch.cuda.synchronize()
+    allocated = torch.cuda.memory_allocated()
+    out = napari_mpi.denoise(stack, iterations=40, device="cuda", reuse_network=True)
+    assert len(replays) == (40 - fill.CUDA_GRAPH_WARMUP) + 2 * continuation_steps(40)
+    assert np.isfinite(out).all() and out.shape == stack.shape
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == allocated  # the graph's memory pool went with the run
+
+
+def test_short_fills_stay_eager(camera_crop, replays):
+    napari_mpi.denoise(camera_crop, iterations=fill.CUDA_GRAPH_MIN_STEPS - 1, device="cuda")
+    assert replays == []
 
 
 OUT_OF_MEMORY = """
