@@ -368,8 +368,9 @@ def iterative_fill(
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev, height * width)
     continuing = (carried is not None and carried.channels == channels
-                  and next(carried.model.parameters()).device == dev)
-    graphs = CUDA_GRAPHS and dev.type == "cuda"
+                  and _same_device(next(carried.model.parameters()).device, dev))
+    # a new network captures its training step when there are enough steps to repay the capture
+    capture = not continuing and CUDA_GRAPHS and dev.type == "cuda" and config.iterations >= CUDA_GRAPH_MIN_STEPS
     if continuing:
         model, optimizer, generator = carried.model, carried.optimizer, carried.generator
         steps = continuation_steps(config.iterations)
@@ -377,7 +378,7 @@ def iterative_fill(
     else:
         model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
         # capturable: Adam's step count lives on the GPU, so that a CUDA graph can replay the update
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **({"capturable": True} if graphs else {}))
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **({"capturable": True} if capture else {}))
         generator = make_generator(config.seed, dev)
         steps = iterations = config.iterations
         if carried is not None:
@@ -391,7 +392,6 @@ def iterative_fill(
         x = graph.x
     else:
         graph = None
-    graphs = graphs and (graph is not None or steps >= CUDA_GRAPH_MIN_STEPS)
     estimate = x[0].clone()
     # no cast cache: a captured step must recast the weights that Adam changed in place
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16",
@@ -400,7 +400,7 @@ def iterative_fill(
     # a continuing plane has few predictions per pixel: their bias-corrected mean, without the noisy start
     running = _RunningMean(x, config.beta) if continuing else None
     report: AutoReport | None = None
-    warmup = torch.cuda.Stream(dev) if graphs and graph is None else None
+    warmup = torch.cuda.Stream(dev) if capture else None  # the steps before the capture run on a side stream
 
     for iteration in range(1, iterations + 1):
         keep = draw_mask(x.shape, config.mask_ratio, config.mask_mode, generator, dev)
@@ -437,6 +437,14 @@ def iterative_fill(
         yield FillStep(iteration, iterations, estimate, loss, report)
         if report is not None and report.stopped:
             return
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    """``torch.device("cuda") != torch.device("cuda:0")``, though both may name the same GPU."""
+    def index(d: torch.device) -> int:
+        return d.index if d.index is not None else torch.cuda.current_device() if d.type == "cuda" else 0
+
+    return a.type == b.type and index(a) == index(b)
 
 
 def _train_step(model: SkipNet, optimizer: torch.optim.Optimizer, x: torch.Tensor, keep: torch.Tensor,
