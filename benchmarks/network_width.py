@@ -50,7 +50,8 @@ def seconds_per_iteration(side: int, precision: str, iterations: int, weights: C
 
 
 def snapshot_scores(items, iterations: list[int], seeds: int, lr: float | None,
-                    weights_for: Callable[[int, int], Checkpoint | str | None]) -> dict[tuple[int, int], list[float]]:
+                    weights_for: Callable[[int, int], Checkpoint | str | None],
+                    beta: float | None = None) -> dict[tuple[int, int], list[float]]:
     """PSNR per image of the fill's estimate after each of ``iterations`` steps, for the mean of the first k
     of ``seeds`` seeds' estimates: ``{(iterations, k): [psnr per image]}``. ``weights_for(channels, seed)``
     gives the network's start. One fill of max(iterations) steps per image and seed: the fill has no schedule,
@@ -69,7 +70,7 @@ def snapshot_scores(items, iterations: list[int], seeds: int, lr: float | None,
                     snapshots[event.iteration][-1][event.plane] = event.estimate()
 
             napari_mpi.denoise(sample.noisy, rgb=sample.kind == "rgb", iterations=max(iterations), seed=seed,
-                               progress=keep, lr=lr, weights=weights_for(channels, seed))
+                               progress=keep, lr=lr, beta=beta, weights=weights_for(channels, seed))
         for n, per_seed in snapshots.items():
             estimates = [
                 planes[0] if len(planes) == 1 else np.stack([planes[i] for i in sorted(planes)])

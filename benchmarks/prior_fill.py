@@ -33,6 +33,7 @@ def main(argv=None) -> int:
     parser.add_argument("--rgb", type=Path, action="append", default=[], help="RGB checkpoint (repeatable)")
     parser.add_argument("--random", default="48/48", help="width/skip of the random start to compare with ('' = none)")
     parser.add_argument("--lrs", type=float, nargs="+", default=[2e-3])
+    parser.add_argument("--beta", type=float, default=None, help="the running mean's weight (default: the fast preset's)")
     parser.add_argument("--iterations", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--datasets", nargs="+", default=["fmd-confocal", "kodak-poisson30", "kodak-gauss25"])
     parser.add_argument("--crop", type=int, default=128)
@@ -67,12 +68,12 @@ def main(argv=None) -> int:
                     return random_weights(channels, spec[0], spec[1], seed)
                 return spec[0] if channels == 1 else spec[1]
 
-            row: dict = {"start": label, "lr": lr}
+            row: dict = {"start": label, "lr": lr, "beta": args.beta}
             for name, items in samples.items():
                 channels = 3 if items and items[0].kind == "rgb" else 1
                 if weights_for(channels, 0) is None:
                     continue  # no checkpoint for this dataset's channels
-                for (n, _), psnrs in snapshot_scores(items, args.iterations, 1, lr, weights_for).items():
+                for (n, _), psnrs in snapshot_scores(items, args.iterations, 1, lr, weights_for, args.beta).items():
                     row[f"{name}@{n}"] = float(np.mean(psnrs))
                     row[f"{name}@{n}/per_image"] = psnrs
             results["rows"].append(row)

@@ -148,6 +148,20 @@ def test_weights_must_fit_the_image(tmp_path):
     assert resolve_weights("random", 1, "pixel", 0.3) is None
 
 
+def test_the_plan_runs_the_presets_pretrained_length_only_from_pretrained_weights():
+    from napari_mpi.fill import preset_iterations
+    from napari_mpi.weights import default_checkpoint_path
+
+    gray = napari_mpi.prepare((64, 64), np.float32)
+    shipped = default_checkpoint_path(1, "pixel", gray.config.mask_ratio) is not None
+    assert (gray.checkpoint is not None) == shipped
+    assert gray.config.iterations == preset_iterations("fast", shipped)
+    assert napari_mpi.prepare((64, 64), np.float32, weights="random").config.iterations == 200
+    assert napari_mpi.prepare((64, 64), np.float32, mask_ratio=0.9).checkpoint is None  # outside its ratios
+    assert napari_mpi.prepare((64, 64, 3), np.float32, rgb=True).config.iterations == 200  # no RGB prior ships
+    assert napari_mpi.prepare((64, 64), np.float32, iterations=30).config.iterations == 30
+
+
 def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     """A time-lapse of a still sample: the same clean image, fresh noise in every plane. (Measured on this
     sample: -0.16 dB at 128x128 but -1.4 dB at 64x64, where the first plane's network has memorised more

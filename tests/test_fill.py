@@ -120,6 +120,15 @@ def test_presets():
         config_for("best")
 
 
+def test_presets_run_fewer_iterations_from_pretrained_weights():
+    from napari_mpi.fill import preset_iterations
+
+    assert config_for("fast", pretrained=True).iterations == preset_iterations("fast", True) == 100
+    assert config_for("quality", pretrained=True).iterations == preset_iterations("quality", True) < 1000
+    assert config_for("fast", pretrained=True, iterations=7).iterations == 7  # a user's choice wins
+    assert preset_iterations("auto", True) == preset_iterations("auto", False)  # Auto stops by itself
+
+
 def test_nan_and_small_planes_are_refused():
     with pytest.raises(ValueError, match="NaN"):
         next(iterative_fill(torch.full((1, 32, 32), float("nan")), FillConfig(), device="cpu"))

@@ -112,8 +112,10 @@ def test_default_weights_are_picked_by_channels_mode_and_ratio(tmp_path, monkeyp
     monkeypatch.setattr(weights_module, "shipped_checkpoints", lambda: sorted(made.values()))
     assert default_checkpoint(1, "pixel", 0.3).path == made["gray-low"]
     assert default_checkpoint(1, "pixel", 0.9).path == made["gray-high"]
-    assert default_checkpoint(1, "pixel", 0.7).path == made["gray-high"]
-    assert default_checkpoint(3, "channel", 0.5).path == made["rgb"]
+    assert default_checkpoint(1, "pixel", 0.75).path == made["gray-high"]  # within RATIO_TOLERANCE of its range
+    assert default_checkpoint(1, "pixel", 0.65) is None  # too far from either range: a random start
+    assert default_checkpoint(3, "channel", 0.33).path == made["rgb"]
+    assert default_checkpoint(3, "channel", 0.5) is None
     assert default_checkpoint(3, "pixel", 0.3) is None
     assert json.loads(made["rgb"].with_suffix(".json").read_text())["mask_ratios"] == [0.3, 0.3]
 
@@ -127,6 +129,15 @@ def test_shipped_weights_load_and_fit():
         info = json.loads(path.with_suffix(".json").read_text())
         for key in ("data", "steps", "batch", "crop", "hardware", "sha256"):
             assert key in info, (path.name, key)
+
+
+def test_the_shipped_gray_weights_serve_the_default_mask_ratio():
+    from napari_mpi.fill import DEFAULT_MASK_RATIO
+
+    path = weights_module.default_checkpoint_path(1, "pixel", DEFAULT_MASK_RATIO)
+    assert path is not None and path.name == "gray-pixel.pt"
+    low, high = load_checkpoint(path).mask_ratios
+    assert low <= DEFAULT_MASK_RATIO <= high
 
 
 def test_a_checkpoint_of_another_width_loads_and_fills(tmp_path):

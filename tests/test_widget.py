@@ -19,6 +19,8 @@ import napari_mpi._widget as widget_module
 from importlib import import_module
 from napari_mpi._widget import MPIDenoiseWidget, _denoise_job, format_duration, progress_text
 from napari_mpi.denoise import DenoiseProgress
+from napari_mpi.fill import preset_iterations
+from napari_mpi.weights import default_checkpoint_path
 
 from .widget_support import (  # noqa: F401 (fixtures)
     RUN_TIMEOUT_MS, _one_torch_thread, messages, noisy, notes, viewer_widget, wait_finished,
@@ -73,11 +75,18 @@ def test_opens_through_manifest_and_in_layers_filter_menu(viewer_widget):
     manifest = PluginManifest.from_distribution("napari-mpi")
     filter_menu = manifest.contributions.menus["napari/layers/filter"]
     assert [item.command for item in filter_menu] == ["napari-mpi.denoise_widget"]
-    # presets fill in beta and iterations; editing them switches to Custom
+    # presets fill in beta and iterations (fewer from the shipped pre-trained network, which gray images at
+    # ordinary mask ratios start from); editing them switches to Custom
     assert widget.preset_combo.currentText() == "Fast"
-    assert (widget.beta.value(), widget.iterations.value()) == (0.9, 200)
+    pretrained = default_checkpoint_path(1, "pixel", widget.mask_ratio.value()) is not None
+    assert (widget.beta.value(), widget.iterations.value()) == (0.9, preset_iterations("fast", pretrained))
+    widget.mask_ratio.setValue(0.9)  # no shipped checkpoint serves it: a random start, the paper's 200
+    assert (widget.preset_combo.currentText(), widget.iterations.value()) == ("Fast", 200)
     widget.preset_combo.setCurrentText("Quality")
     assert (widget.beta.value(), widget.iterations.value()) == (0.99, 1000)
+    widget.mask_ratio.setValue(0.3)
+    assert (widget.preset_combo.currentText(), widget.iterations.value()) == (
+        "Quality", preset_iterations("quality", pretrained))
     widget.iterations.setValue(300)
     assert widget.preset_combo.currentText() == "Custom"
     assert not widget.advanced.isVisibleTo(widget)  # the advanced section starts collapsed

@@ -40,7 +40,16 @@ from qtpy.QtWidgets import (
 )
 
 from .denoise import DenoisePlan, DenoiseProgress, DenoiseWarning, denoise_steps, prepare
-from .fill import DEFAULT_MASK_RATIO, DEFAULT_PRESET, PRESETS, AutoReport, FillConfig, available_devices
+from .fill import (
+    DEFAULT_MASK_RATIO,
+    DEFAULT_PRESET,
+    PRESETS,
+    AutoReport,
+    FillConfig,
+    available_devices,
+    preset_iterations,
+)
+from .weights import default_checkpoint_path
 
 __all__ = ["MPIDenoiseWidget", "REDRAW_INTERVAL"]
 
@@ -63,9 +72,10 @@ TIPS = {
         "The input layer is never changed: the result goes to a new layer '<name> denoised'."
     ),
     "preset": (
-        "Fast: 200 iterations, beta 0.9. A good result in a fraction of the time; start here.\n"
-        "Quality: 1000 iterations, beta 0.99. About 5x slower and a little cleaner (fewer residual\n"
-        "grains, smoother flat regions); worth it for the final figure or when Fast still looks grainy.\n"
+        "Fast: beta 0.9 and 100 iterations for gray images (which start from the shipped pre-trained\n"
+        "network), 200 for colour. A good result in a fraction of the time; start here.\n"
+        "Quality: beta 0.99 and 500 iterations for gray images, 1000 for colour. About 5x slower and a\n"
+        "little cleaner (fewer residual grains, smoother flat regions); worth it for the final figure.\n"
         "Auto (experimental): decides for each image, without a clean reference, when to stop (at most\n"
         "'Iterations') and how many predictions to average: it holds back 10% of the pixels from training\n"
         "and stops when the network starts to learn the noise itself. Often quicker; not yet better than Fast.\n"
@@ -80,11 +90,13 @@ TIPS = {
     ),
     "beta": (
         "Averaging weight of the running estimate (0-0.999). Higher averages more predictions:\n"
-        "smoother, but it needs more iterations to settle (0.9 with ~200 iterations, 0.99 with ~1000).\n"
+        "smoother, but it needs more iterations to settle (0.9 with Fast's iterations, 0.99 with Quality's).\n"
         "Lower it for a quick preview with few iterations."
     ),
     "iterations": (
-        "Fill steps per plane; the time grows in proportion.\n"
+        "Fill steps per plane; the time grows in proportion. The presets set it, fewer when the plane\n"
+        "starts from the shipped pre-trained network (gray images, mask ratio up to 0.65), which learns\n"
+        "faster and would start to reproduce the noise with as many steps as a random start needs.\n"
         "Raise it when the result still looks grainy; lower it for a quick preview."
     ),
     "lr": (
@@ -625,6 +637,7 @@ class MPIDenoiseWidget(QWidget):
             self.lr, self.seed, self.device, self.channel_axis, self.reuse,
         ]
         self.preset_combo.currentTextChanged.connect(self._on_preset)
+        self.mask_ratio.valueChanged.connect(self._on_start_changed)
         self.beta.valueChanged.connect(self._on_value_edited)
         self.iterations.valueChanged.connect(self._on_value_edited)
         self.preset_combo.setCurrentText(DEFAULT_PRESET.capitalize())
@@ -645,12 +658,27 @@ class MPIDenoiseWidget(QWidget):
         for widget in (self.beta, self.reuse):
             widget.setEnabled(not self._auto_chosen)
 
+    def _pretrained_start(self) -> bool:
+        """Whether Denoise would start from shipped pre-trained weights (they depend on gray / colour and
+        the mask ratio), which sets the presets' iterations."""
+        layer = self.chosen_layer()
+        rgb = bool(layer.rgb) if layer is not None else False
+        ratio = self.mask_ratio.value()
+        return default_checkpoint_path(3 if rgb else 1, "channel" if rgb else "pixel", ratio) is not None
+
+    def _on_start_changed(self, *_: Any) -> None:
+        """Another layer or mask ratio may change the start, and so a fixed preset's iterations."""
+        label = self.preset_combo.currentText()
+        if label.lower() in PRESETS and not self._auto_chosen:
+            self._on_preset(label)
+
     def _on_preset(self, label: str) -> None:
         self._grey_out_for_auto()
         values = PRESETS.get(label.lower())
         if values is None:  # Custom: keep the current values
             return
-        for widget, value in ((self.beta, values["beta"]), (self.iterations, values["iterations"])):
+        iterations = preset_iterations(label, self._pretrained_start())
+        for widget, value in ((self.beta, values["beta"]), (self.iterations, iterations)):
             widget.blockSignals(True)
             widget.setValue(value)
             widget.blockSignals(False)
@@ -659,10 +687,12 @@ class MPIDenoiseWidget(QWidget):
         if self._auto_chosen:
             return  # Auto with another iteration cap (its beta cannot be edited)
         label = "Custom"
+        pretrained = self._pretrained_start()
         for name, values in PRESETS.items():
             if values.get("selfsup"):
                 continue
-            if math.isclose(self.beta.value(), values["beta"]) and self.iterations.value() == values["iterations"]:
+            iterations = preset_iterations(name, pretrained)
+            if math.isclose(self.beta.value(), values["beta"]) and self.iterations.value() == iterations:
                 label = name.capitalize()
         if self.preset_combo.currentText() != label:
             self.preset_combo.blockSignals(True)
@@ -758,6 +788,7 @@ class MPIDenoiseWidget(QWidget):
         found = self.channel_axis.findData(previous)
         self.channel_axis.setCurrentIndex(found if found >= 0 else 0)
         self.channel_axis.blockSignals(False)
+        self._on_start_changed()
         if self._run is None:
             self.run_button.setEnabled(layer is not None)
 

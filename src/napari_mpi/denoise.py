@@ -142,10 +142,9 @@ def prepare(
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
     mask_mode = "channel" if rgb else "pixel"
-    config = config_for(
-        preset, mask_ratio=mask_ratio, beta=beta, iterations=iterations, lr=lr,
-        mask_mode=mask_mode, seed=int(seed), precision=precision,
-    )
+    options = dict(mask_ratio=mask_ratio, beta=beta, iterations=iterations, lr=lr, mask_mode=mask_mode,
+                   seed=int(seed), precision=precision)
+    config = config_for(preset, **options)
     check_plane_size(*layout.plane_shape[:2])
     if not isinstance(reuse_network, bool):
         raise ValueError(f"reuse_network must be True or False, got {reuse_network!r}")
@@ -153,6 +152,8 @@ def prepare(
         check_reuse(config)
     channels = 3 if rgb else 1
     checkpoint = resolve_weights(weights, channels, mask_mode, config.mask_ratio)
+    if checkpoint is not None:  # a pre-trained start needs fewer iterations (fill.PRESETS)
+        config = config_for(preset, pretrained=True, **options)
     return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis, reuse_network)
 
 

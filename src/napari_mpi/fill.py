@@ -36,6 +36,7 @@ __all__ = [
     "REUSE_STEP_FRACTION",
     "REUSE_PREDICTIONS",
     "continuation_steps",
+    "preset_iterations",
     "check_reuse",
     "config_for",
     "iterative_fill",
@@ -57,13 +58,16 @@ Precision = Literal["auto", "fp32", "bf16"]
 DEFAULT_MASK_RATIO = 0.3
 
 #: Named settings. "fast" = 200 iterations with beta 0.9 and "quality" = 1000 with 0.99 are the
-#: paper's (Sec. 4.1). "auto" (experimental) decides per image, without the clean image, when to stop
-#: (at most 300 iterations) and which beta to use (``FillConfig.selfsup``). Measured in
-#: docs/benchmarks.md: +0.85 dB over "fast" with GPU pre-trained weights, but 0.06-0.37 dB under it on
-#: fluorescence with the random initialisation that ships, so "fast" stays the default.
+#: paper's (Sec. 4.1), for a random start. From pre-trained weights the fill reaches its best in about
+#: half the iterations and then starts to learn the noise, so a preset runs "pretrained_iterations" when
+#: it starts from a checkpoint (measured with benchmarks/prior_fill.py, docs/benchmarks.md "Pre-trained
+#: start": the shipped gray weights at 100 iterations beat a random start at 200 by 0.06-0.5 dB).
+#: "auto" (experimental) decides per image, without the clean image, when to stop (at most 300
+#: iterations) and which beta to use (``FillConfig.selfsup``); it scored under "fast" on fluorescence
+#: both from a random start and from the shipped weights, so "fast" stays the default.
 PRESETS: dict[str, dict[str, float | int | bool]] = {
-    "fast": {"iterations": 200, "beta": 0.9},
-    "quality": {"iterations": 1000, "beta": 0.99},
+    "fast": {"iterations": 200, "beta": 0.9, "pretrained_iterations": 100},
+    "quality": {"iterations": 1000, "beta": 0.99, "pretrained_iterations": 500},
     "auto": {"iterations": 300, "beta": 0.9, "selfsup": True},
 }
 #: The preset used when none is named.
@@ -94,10 +98,10 @@ AUTO_MEMORISATION_RISE = 0.08
 REUSE_STEP_FRACTION = 0.07
 REUSE_PREDICTIONS = 20
 
-#: On a CUDA GPU an eager step of this small network is bound by kernel launches, not arithmetic (session 2,
-#: H200: 14-20 ms per 512x512 step eager, 8 ms replayed from a CUDA graph). So a fill of at least
-#: CUDA_GRAPH_MIN_STEPS training steps runs its first CUDA_GRAPH_WARMUP steps eagerly (on a side stream, as
-#: capture requires), captures the training step once and replays it. The masks are still drawn eagerly from
+#: On a CUDA GPU an eager step of this small network is bound by kernel launches, not arithmetic (H100, 48/48
+#: network, 512x512: 16 ms per step eager, 8.5 ms replayed from a CUDA graph; docs/benchmarks.md). So a fill
+#: of at least CUDA_GRAPH_MIN_STEPS training steps runs its first CUDA_GRAPH_WARMUP steps eagerly (on a side
+#: stream, as capture requires), captures the training step once and replays it. The masks are still drawn eagerly from
 #: the fill's own generator, so the graph trains on the same masks as the eager path. False = always eager.
 CUDA_GRAPHS = True
 CUDA_GRAPH_MIN_STEPS = 20
@@ -204,17 +208,27 @@ def config_for(
     beta: float | None = None,
     iterations: int | None = None,
     lr: float | None = None,
+    pretrained: bool = False,
     **fixed: object,
 ) -> FillConfig:
-    """A FillConfig from a preset name, with any of its values overridden (None = keep the preset's)."""
+    """A FillConfig from a preset name, with any of its values overridden (None = keep the preset's);
+    ``pretrained``: the fill starts from pre-trained weights (see PRESETS)."""
     key = preset.lower()
     if key not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     values: dict[str, object] = dict(PRESETS[key])
+    values["iterations"] = preset_iterations(key, pretrained)
+    values.pop("pretrained_iterations", None)
     overrides = {"mask_ratio": mask_ratio, "beta": beta, "iterations": iterations, "lr": lr}
     values.update({k: v for k, v in overrides.items() if v is not None})
     values.update(fixed)
     return FillConfig(**values)  # type: ignore[arg-type]
+
+
+def preset_iterations(preset: str, pretrained: bool) -> int:
+    """The iterations a preset runs from a random start, or from pre-trained weights."""
+    values = PRESETS[preset.lower()]
+    return int(values.get("pretrained_iterations", values["iterations"]) if pretrained else values["iterations"])
 
 
 @dataclass
@@ -292,7 +306,8 @@ def resolve_precision(precision: Precision, device: torch.device, pixels: int | 
       AVX-512-BF16 CPU at equal PSNR), fp32 elsewhere (older CPUs emulate bf16 slowly);
     - CUDA: an eager step of this small network is bound by kernel launches up to ~512x512, where
       autocast's extra casts made bf16 ~10-30% slower than fp32 on an H200; at 2048x2048 bf16 was
-      13% faster and used 27% less memory. So bf16 from 1024x1024 ``pixels`` up, where supported;
+      13% faster and used 27% less memory. So bf16 from 1024x1024 ``pixels`` up, where supported.
+      (With the CUDA graph, bf16 was 8% faster at 512x512 too on an H100; its PSNR there is not yet measured.)
     - MPS: fp32 (autocast support varies).
     """
     if precision != "auto":
@@ -487,9 +502,9 @@ def _capture(model: SkipNet, optimizer: torch.optim.Optimizer, x: torch.Tensor,
     torch build cannot capture it. Running out of memory is not caught: the caller tiles the plane."""
     try:
         return _CudaGraphStep(model, optimizer, x, autocast)
-    except torch.OutOfMemoryError:
-        raise
     except RuntimeError as exc:
+        if isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc):
+            raise
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         warnings.warn(f"could not capture the fill step in a CUDA graph ({reason}); going on without it (slower)",
                       RuntimeWarning, stacklevel=3)

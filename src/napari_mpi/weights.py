@@ -33,6 +33,7 @@ __all__ = [
     "save_checkpoint",
     "shipped_checkpoints",
     "default_checkpoint",
+    "default_checkpoint_path",
     "resolve_weights",
     "sha256_of",
 ]
@@ -189,9 +190,13 @@ def _describe(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def default_checkpoint(channels: int, mask_mode: MaskMode, mask_ratio: float) -> Checkpoint | None:
-    """The shipped checkpoint for this channel count and mask mode whose trained mask-ratio range
-    is closest to ``mask_ratio`` (0 distance inside the range); None when none ships."""
+#: A shipped checkpoint serves the mask ratios it was trained on, and this far beyond them.
+RATIO_TOLERANCE = 0.05
+
+
+def default_checkpoint_path(channels: int, mask_mode: MaskMode, mask_ratio: float) -> Path | None:
+    """The shipped checkpoint for this channel count and mask mode whose trained mask-ratio range is
+    closest to ``mask_ratio``, if within RATIO_TOLERANCE of it; None (a random start) otherwise."""
     best: tuple[float, Path] | None = None
     for path in shipped_checkpoints():
         info = _describe(path)
@@ -199,11 +204,15 @@ def default_checkpoint(channels: int, mask_mode: MaskMode, mask_ratio: float) ->
             continue
         low, high = info.get("mask_ratios", [0.0, 1.0])
         distance = max(low - mask_ratio, mask_ratio - high, 0.0)
-        if best is None or distance < best[0]:
+        if distance <= RATIO_TOLERANCE + 1e-9 and (best is None or distance < best[0]):
             best = (distance, path)
-    if best is None:
-        return None
-    return load_checkpoint(best[1])
+    return best[1] if best is not None else None
+
+
+def default_checkpoint(channels: int, mask_mode: MaskMode, mask_ratio: float) -> Checkpoint | None:
+    """The shipped checkpoint ``default_checkpoint_path`` picks, loaded; None when none fits."""
+    path = default_checkpoint_path(channels, mask_mode, mask_ratio)
+    return load_checkpoint(path) if path is not None else None
 
 
 def resolve_weights(weights: WeightsSpec, channels: int, mask_mode: MaskMode, mask_ratio: float) -> Checkpoint | None:
