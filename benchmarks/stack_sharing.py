@@ -165,9 +165,15 @@ def run(strategy: str, planes: list[torch.Tensor], args: argparse.Namespace) -> 
 FORWARD_COST = 0.28  # measured: a forward pass in training mode, no backward, at 128x128 and 256x256
 
 
-def cost_per_plane(strategy: str, args: argparse.Namespace, planes: int) -> float:
-    """Iteration-equivalents per plane (a forward-only prediction counted as FORWARD_COST of a step)."""
-    if strategy in ("warm", "reuse"):
+def cost_per_plane(strategy: str, args: argparse.Namespace, planes: int, iterations: int = 200) -> float:
+    """Iteration-equivalents per plane (a forward-only prediction counted as FORWARD_COST of a step);
+    ``iterations``: the first plane's (the fast preset's for the start used)."""
+    if strategy == "reuse":
+        from napari_mpi.fill import REUSE_PREDICTIONS, continuation_steps
+
+        later = continuation_steps(iterations) + FORWARD_COST * REUSE_PREDICTIONS
+        return (iterations + (planes - 1) * later) / planes
+    if strategy == "warm":
         return (200 + (planes - 1) * (args.steps + FORWARD_COST * args.preds)) / planes
     if strategy == "shared":
         return args.visits + FORWARD_COST * args.preds
@@ -184,6 +190,8 @@ def main(argv=None) -> int:
     parser.add_argument("--preds", type=int, default=20, help="warm / shared: forward-only predictions per plane")
     parser.add_argument("--visits", type=int, default=20, help="shared: training steps per plane")
     parser.add_argument("--tune", type=int, default=14, help="shared+tune: steps per plane after the shared phase")
+    parser.add_argument("--weights", default="random",
+                        help='start of the "alone" and "reuse" rows: "random" (sessions 1-4) or "default" (the shipped prior)')
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", type=Path)
@@ -195,17 +203,18 @@ def main(argv=None) -> int:
     planes = [torch.from_numpy(np.ascontiguousarray(data))[None, None].float() for data, _ in normalised]
 
     start = time.perf_counter()
-    alone = napari_mpi.denoise(noisy, preset="fast", weights="random")  # plane by plane, as users run it
+    alone = napari_mpi.denoise(noisy, preset="fast", weights=args.weights)  # plane by plane, as users run it
     alone_seconds = time.perf_counter() - start
     alone_psnr = np.array([psnr(o, c) for o, c in zip(alone, clean)])
+    iterations = napari_mpi.prepare(noisy.shape[1:], noisy.dtype, weights=args.weights).config.iterations
     results = [{"strategy": "alone (fast preset)", "psnr": alone_psnr.mean(), "seconds": alone_seconds,
-                "cost_per_plane": 200.0}]
+                "cost_per_plane": float(iterations)}]
     print(f"{args.stack}, {len(planes)} planes of {args.crop}²: alone {alone_psnr.mean():.2f} dB, {alone_seconds:.0f} s",
           file=sys.stderr, flush=True)
     for strategy in args.strategies.split(","):
         start = time.perf_counter()
         if strategy == "reuse":
-            outputs = napari_mpi.denoise(noisy, preset="fast", weights="random", reuse_network=True)
+            outputs = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, reuse_network=True)
         else:
             outputs = [norm.invert(e) for e, (_, norm) in zip(run(strategy, planes, args), normalised)]
         seconds = time.perf_counter() - start
@@ -213,7 +222,7 @@ def main(argv=None) -> int:
         gap = values - alone_psnr
         results.append({"strategy": strategy, "psnr": values.mean(), "gap_mean": gap.mean(), "gap_worst": gap.min(),
                         "seconds": seconds, "speedup": alone_seconds / seconds,
-                        "cost_per_plane": cost_per_plane(strategy, args, len(planes))})
+                        "cost_per_plane": cost_per_plane(strategy, args, len(planes), iterations)})
         print(f"  {strategy}: {values.mean():.2f} dB ({gap.mean():+.2f}, worst plane {gap.min():+.2f}), "
               f"{seconds:.0f} s = {alone_seconds / seconds:.1f}x", file=sys.stderr, flush=True)
     print("| strategy | iterations / plane | mean PSNR | vs alone: mean | worst plane | seconds | speed-up |")

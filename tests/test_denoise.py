@@ -173,12 +173,16 @@ def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     reference = expected_counts(clean).astype(np.float64)
     data_range = float(reference.max() - reference.min())
     alone_events, reuse_events = [], []
-    alone = napari_mpi.denoise(stack, weights="random", progress=alone_events.append)  # fast preset: 200
-    reused = napari_mpi.denoise(stack, weights="random", reuse_network=True,
-                                progress=reuse_events.append)
-    assert len(alone_events) == 4 * 200
-    assert len(reuse_events) == 200 + 3 * (14 + 20)  # 7% of the iterations as steps, then 20 predictions
-    assert [e.iterations for e in reuse_events if e.plane > 0] == [34] * 102 and reuse_events[-1].fraction == 1.0
+    from napari_mpi.fill import REUSE_PREDICTIONS, continuation_steps
+
+    alone = napari_mpi.denoise(stack, progress=alone_events.append)  # the fast preset, default weights
+    reused = napari_mpi.denoise(stack, reuse_network=True, progress=reuse_events.append)
+    first = len(alone_events) // 4
+    later = continuation_steps(first) + REUSE_PREDICTIONS  # 14% of the iterations as steps, then predictions
+    assert len(alone_events) == 4 * first == 4 * napari_mpi.prepare((128, 128), np.float32).config.iterations
+    assert len(reuse_events) == first + 3 * later
+    assert [e.iterations for e in reuse_events if e.plane > 0] == [later] * (3 * later)
+    assert reuse_events[-1].fraction == 1.0
     alone_psnr = np.mean([psnr(plane, reference, data_range) for plane in alone])
     reused_psnr = np.mean([psnr(plane, reference, data_range) for plane in reused])
     noisy_psnr = np.mean([psnr(plane, reference, data_range) for plane in stack])

@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--keep-dtype", action="store_true", help="write the input's integer type (rounded) instead of float32")
     den.add_argument("--reuse-network", action="store_true",
                      help="z-stacks / time-lapses whose neighbouring planes look alike: each plane continues from the "
-                          "previous plane's network with ~7%% of the iterations (5-8x faster; not with --preset auto)")
+                          "previous plane's network with ~14%% of the iterations (4-7x faster; not with --preset auto)")
     den.add_argument("--resume", action="store_true",
                      help="continue an interrupted run into the same output, skipping the planes it finished")
     den.add_argument("--scheduler", default=None,

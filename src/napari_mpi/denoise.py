@@ -355,9 +355,9 @@ def denoise(
         ``napari_mpi.stores.create_tiff(...)`` for stacks bigger than memory (float32 recommended).
     reuse_network : bool
         For z-stacks and time-lapses whose neighbouring planes look alike: each plane after the first
-        continues from the previous plane's network with ~7% of the iterations (fast: 14 steps + 20
-        predictions): measured 5-8x faster at +0.0 to +0.3 dB on such stacks; planes that differ
-        (separate fields of view, stains) lose 0.7-1.7 dB. Not with the auto preset.
+        continues from the previous plane's network with ~14% of the iterations (fast, gray: 14 steps + 20
+        predictions): measured 4-7x faster at +0.35 dB on such stacks; planes that differ (separate
+        fields of view, stains) lose 0.7-1.7 dB. Not with the auto preset.
 
     Returns
     -------

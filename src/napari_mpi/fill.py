@@ -89,13 +89,13 @@ AUTO_MEMORISATION_RISE = 0.08
 
 
 #: Planes after the first, when a stack's planes reuse one network (``CarriedNetwork``): this fraction
-#: of the preset's iterations as training steps (fast: 14 of 200), then REUSE_PREDICTIONS forward
-#: passes without a step (~0.28 of a step's cost each) that add predictions to the running mean. Measured
-#: with benchmarks/stack_sharing.py (docs/benchmarks.md, "Stacks") against each plane alone, with the
-#: default 48-channel network: 7.8x the speed and +0.18 dB on a 32-plane synthetic z-stack, 5.3x and
-#: +0.04 dB on a real 10-frame time-lapse (256x256); -1.65 dB on planes as different as separate fields
-#: of view.
-REUSE_STEP_FRACTION = 0.07
+#: of the plane's iterations as training steps (fast from the shipped gray weights: 14 of 100; from a
+#: random start: 28 of 200), then REUSE_PREDICTIONS forward passes without a step (~0.28 of a step's cost
+#: each) that add predictions to the running mean. Measured with benchmarks/stack_sharing.py
+#: (docs/benchmarks.md, "Stacks") against each plane alone: from the shipped weights, 14 steps gave +0.35 dB
+#: and 4.0x on a real 10-frame time-lapse (128x128) where 7 steps lost 0.37 dB; from a random start, 14 of
+#: 200 steps gave 5.3-7.8x at +0.04 to +0.26 dB. Planes as different as separate fields of view lose ~1.7 dB.
+REUSE_STEP_FRACTION = 0.14
 REUSE_PREDICTIONS = 20
 
 #: On a CUDA GPU an eager step of this small network is bound by kernel launches, not arithmetic (H100, 48/48
