@@ -246,10 +246,11 @@ def test_a_carried_network_continues_with_few_steps_then_predictions():
 
     image = _noisy(1)
     steps = list(iterative_fill(image, config, device="cpu", carried=carried))
-    assert continuation_steps(20) == 1 and len(steps) == 1 + REUSE_PREDICTIONS
-    assert {s.iterations for s in steps} == {1 + REUSE_PREDICTIONS}
+    trained = continuation_steps(20)
+    assert 1 <= trained < 20 and len(steps) == trained + REUSE_PREDICTIONS
+    assert {s.iterations for s in steps} == {trained + REUSE_PREDICTIONS}
     assert carried.model is model  # the same network went on training ...
-    assert carried.optimizer.state[next(model.parameters())]["step"].item() == adam_steps + 1  # ... one step
+    assert carried.optimizer.state[next(model.parameters())]["step"].item() == adam_steps + trained  # ... a few steps
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     estimate = steps[-1].estimate
     # bias-corrected mean of predictions (in (0, 1): the network ends in a sigmoid) where a mask hid a
