@@ -47,7 +47,6 @@ def test_gpu_memory_is_freed_after_a_run(camera_crop):
     assert torch.cuda.memory_reserved() <= reserved + (2 << 20)  # the cache was emptied (one small block may stay)
 
 
-
 @pytest.fixture
 def replays(monkeypatch) -> list[int]:
     """Counts the replays of the captured fill step."""
@@ -75,11 +74,11 @@ def test_the_cuda_graph_trains_like_the_eager_step(camera_crop, replays, monkeyp
     assert float(np.abs(graphed - eager).mean()) < 0.005
 
 
-
 def test_the_auto_preset_replays_the_graph_with_its_held_out_pixels(camera_crop, replays):
     noisy = camera_crop + np.random.default_rng(1).normal(0, 25 / 255, camera_crop.shape).astype(np.float32)
     out = napari_mpi.denoise(noisy, preset="auto", device="cuda", seed=0)
     assert replays and psnr(out, camera_crop) - psnr(noisy, camera_crop) >= 4.0
+
 
 def test_a_stack_reusing_its_network_replays_one_graph_and_frees_it(camera_crop, replays):
     stack = np.stack([camera_crop, camera_crop[::-1], camera_crop[:, ::-1]])

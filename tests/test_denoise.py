@@ -164,8 +164,9 @@ def test_the_plan_runs_the_presets_pretrained_length_only_from_pretrained_weight
 
 def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     """A time-lapse of a still sample: the same clean image, fresh noise in every plane. (Measured on this
-    sample: -0.16 dB at 128x128 but -1.4 dB at 64x64, where the first plane's network has memorised more
-    of its noise; +0.5 dB on the real FMD time-lapse, docs/benchmarks.md.)"""
+    sample from a random start with 7% steps: -0.16 dB at 128x128 but -1.4 dB at 64x64, where the first
+    plane's network has memorised more of its noise; on the real FMD time-lapse from the shipped prior
+    with 14% steps, +0.35 dB at 128x128, docs/benchmarks.md.)"""
     from napari_mpi._sample_data import clean_fluorescence, expected_counts, noisy_fluorescence
 
     clean = clean_fluorescence((128, 128), seed=0)
