@@ -44,7 +44,7 @@ rm -f "$OUT/gray.log" "$OUT/rgb.log"
 
 stamp "2. speed"
 if [ "$QUICK" = 1 ]; then SIZES=1x64x64; STACK=2x64x64; REP=(--repeats 3 --warmup 1); STACK_IT=5; else
-  SIZES=1x512x512,1x2048x2048; STACK=32x512x512; REP=(--repeats 40 --warmup 10); STACK_IT=200; fi
+  SIZES=1x512x512,1x2048x2048; STACK=16x512x512; REP=(--repeats 40 --warmup 10); STACK_IT=100; fi
 timeout -k 5 90 $PY benchmarks/speed.py --device "$DEVICE" --sizes $SIZES --precisions fp32,bf16 --cuda-graphs on,off \
     "${REP[@]}" --out "$OUT/speed.json" --md "$OUT/speed.md" >>"$LOG" 2>&1
 echo "speed exit $?" | tee -a "$LOG"

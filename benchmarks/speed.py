@@ -150,10 +150,11 @@ def isolated(size: tuple[int, int, int], precision: str, graph: bool, args: argp
         return json.loads(out.read_text())["results"][0]
 
 
-def time_stack(shape: tuple[int, int, int], iterations: int, precision: str, device: str, seed: int = 0,
+def time_stack(shape: tuple[int, int, int], iterations: int | None, precision: str, device: str, seed: int = 0,
                reuse: bool = False, cuda_graph: bool = True) -> dict:
     """Planes per second of ``napari_mpi.denoise`` on a (planes, H, W) random stack, as a user runs it
-    (``reuse``: the planes reuse one network, ``reuse_network=True``)."""
+    (``reuse``: the planes reuse one network, ``reuse_network=True``; ``iterations`` None: the fast preset's
+    count for the start the default weights give)."""
     import numpy as np
     import torch
 
@@ -172,7 +173,7 @@ def time_stack(shape: tuple[int, int, int], iterations: int, precision: str, dev
     seconds = time.perf_counter() - start
     return {
         "stack": "x".join(map(str, shape)),
-        "iterations": iterations,
+        "iterations": napari_mpi.prepare(shape, stack.dtype, iterations=iterations).config.iterations,
         "precision": precision,
         "reuse_network": reuse,
         "cuda_graph": cuda_graph if torch.cuda.is_available() and device != "cpu" else None,
@@ -238,7 +239,8 @@ def main(argv=None) -> int:
                         help='time SkipNet(width, skip_width) given as "WIDTH/SKIP" (e.g. the paper\'s "64/64") '
                              "instead of the default network")
     parser.add_argument("--stack", default=None, help="also time napari_mpi.denoise on a ZxHxW random stack")
-    parser.add_argument("--stack-iterations", type=int, default=200, help="iterations per plane (default 200)")
+    parser.add_argument("--stack-iterations", type=int, default=None,
+                        help="iterations per plane (default: the fast preset's, 100 from the shipped gray prior)")
     parser.add_argument("--stack-reuse", default="off",
                         help="comma-separated on / off: time the stack with its planes reusing one network, or not")
     parser.add_argument("--cuda-graphs", default="on",
