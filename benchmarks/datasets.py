@@ -47,6 +47,7 @@ __all__ = [
     "DEFAULT_DATASETS",
     "data_root",
     "require_data_root",
+    "parse_study_args",
     "load",
     "center_crop",
     "machine_info",
@@ -90,6 +91,20 @@ def require_data_root(explicit: str | os.PathLike | None = None) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+
+
+def parse_study_args(parser, argv=None):
+    """Add the options every study script takes (--threads, --data, --out), parse ``argv`` and apply
+    --threads (``torch.set_num_threads``; 0 = torch's choice)."""
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--data", default=None)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    return args
 
 
 def machine_info() -> dict:

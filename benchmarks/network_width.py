@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load, machine_info, require_data_root
+from datasets import load, machine_info, parse_study_args, require_data_root
 from quality import metrics
 
 import napari_mpi
@@ -93,12 +93,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, default=1, help="also score the mean of 2..N seeds' outputs")
     parser.add_argument("--time-side", type=int, default=512)
     parser.add_argument("--time-iterations", type=int, default=5)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_study_args(parser, argv)
     root = require_data_root(args.data)
     samples = {name: list(load(name, root, crop=args.crop, limit=args.limit)) for name in args.datasets}
     results: dict = {"machine": machine_info(), "args": {k: str(v) for k, v in vars(args).items()}, "rows": []}

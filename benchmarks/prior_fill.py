@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load, machine_info, require_data_root
+from datasets import load, machine_info, parse_study_args, require_data_root
 from network_width import random_weights, snapshot_scores
 
 from napari_mpi.weights import Checkpoint, load_checkpoint
@@ -38,12 +37,7 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["fmd-confocal", "kodak-poisson30", "kodak-gauss25"])
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--limit", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_study_args(parser, argv)
     root = require_data_root(args.data)
     samples = {name: list(load(name, root, crop=args.crop, limit=args.limit)) for name in args.datasets}
     gray: list[Checkpoint] = [load_checkpoint(p) for p in args.gray]

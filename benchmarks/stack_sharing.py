@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import center_crop, load, machine_info, require_data_root
+from datasets import center_crop, load, machine_info, parse_study_args, require_data_root
 
 import napari_mpi
 from napari_mpi.fill import DEFAULT_MASK_RATIO, build_model
@@ -192,12 +192,7 @@ def main(argv=None) -> int:
     parser.add_argument("--tune", type=int, default=14, help="shared+tune: steps per plane after the shared phase")
     parser.add_argument("--weights", default="random",
                         help='start of the "alone" and "reuse" rows: "random" (sessions 1-4) or "default" (the shipped prior)')
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = parse_study_args(parser, argv)
     noisy, clean = load_stack(args.stack, args.planes, args.crop, args.data)
     normalised = [normalize(plane) for plane in noisy]
     planes = [torch.from_numpy(np.ascontiguousarray(data))[None, None].float() for data, _ in normalised]
