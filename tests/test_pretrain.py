@@ -53,6 +53,33 @@ def test_resume_with_another_recipe_is_refused(picture_folder, tmp_path):
         next(pretrain(picture_folder, path, other, resume=path))
 
 
+def test_init_trains_on_from_finished_weights_with_a_fresh_schedule(picture_folder, tmp_path):
+    first = tmp_path / "first.pt"
+    list(pretrain(picture_folder, first, CONFIG))
+    with pytest.raises(ValueError, match="not both"):
+        next(pretrain(picture_folder, tmp_path / "x.pt", CONFIG, resume=first, init=first))
+    rgb = PretrainConfig(**{**CONFIG.__dict__, "channels": 3, "mask_mode": "channel"})
+    with pytest.raises(ValueError, match="1 channel"):
+        next(pretrain(picture_folder, tmp_path / "x.pt", rgb, init=first))
+
+    longer = tmp_path / "longer.pt"
+    steps = list(pretrain(picture_folder, longer, CONFIG, init=first))
+    assert [s.step for s in steps] == [1, 2, 3, 4]
+    assert steps[0].lr == pytest.approx(CONFIG.lr, rel=0.5)  # the schedule starts again
+    payload = read_payload(longer)
+    assert payload["metadata"]["initialised_from"] == "first.pt" and payload["metadata"]["earlier_steps"] == 4
+    # it trained on from the first run's weights: after 4 steps it is nearer to them than a fresh run is
+    fresh = tmp_path / "fresh.pt"
+    list(pretrain(picture_folder, fresh, PretrainConfig(**{**CONFIG.__dict__, "seed": 1})))
+    start = read_payload(first)["state_dict"]
+
+    def distance(path) -> float:
+        state = read_payload(path)["state_dict"]
+        return sum(float((state[k].float() - start[k].float()).abs().sum()) for k in start if start[k].is_floating_point())
+
+    assert distance(longer) < 0.5 * distance(fresh)
+
+
 def test_auto_steps_fit_the_schedule_to_the_time_and_resume_keeps_the_plan(picture_folder, tmp_path, monkeypatch):
     import importlib
 

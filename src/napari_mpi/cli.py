@@ -68,7 +68,7 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    run = pretrain(args.images, args.out, config, resume=args.resume, max_minutes=args.max_minutes, device=device,
+    run = pretrain(args.images, args.out, config, resume=args.resume, init=args.init, max_minutes=args.max_minutes, device=device,
                    history=args.history)
     with _progress_bar(total=config.steps or None, unit="step") as bar:
         for record in run:
@@ -366,6 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after this long")
     pre.add_argument("--checkpoint-minutes", type=float, default=5.0)
     pre.add_argument("--resume", type=Path, default=None, help="continue a run from its checkpoint")
+    pre.add_argument("--init", type=Path, default=None,
+                     help="start from these weights (a finished run or a shipped file) with a fresh schedule")
     pre.add_argument("--device", default="auto")
     pre.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     pre.add_argument("--seed", type=int, default=0)

@@ -22,7 +22,7 @@ import torch
 
 from .masking import MaskMode, draw_mask, make_generator, masked_mse
 from .network import SkipNet, architecture_of
-from .weights import read_payload, save_checkpoint
+from .weights import load_checkpoint, read_payload, save_checkpoint
 
 __all__ = ["PretrainConfig", "PretrainStep", "ImageCorpus", "pretrain", "masked_loss"]
 
@@ -176,6 +176,7 @@ def pretrain(
     config: PretrainConfig,
     *,
     resume: str | Path | None = None,
+    init: str | Path | None = None,
     max_minutes: float | None = None,
     device: torch.device | str = "cpu",
     history: str | Path | None = None,
@@ -187,21 +188,41 @@ def pretrain(
     schedule is planned to end as the time runs out (the planned length is saved with the checkpoint,
     so a resumed run continues that schedule). ``history`` keeps a weights-only fp16 copy of every
     checkpoint, ``<out stem>-<step>.pt``, to measure what more steps buy.
+
+    ``init`` starts from the weights of another checkpoint (a finished run, or a shipped file) with a fresh
+    optimiser and schedule: a finished cosine schedule cannot be resumed, but its weights can train on
+    (a warm restart) when a longer run is affordable.
     """
     if config.steps == 0 and max_minutes is None and resume is None:
         raise ValueError("automatic steps (steps=0) need a time budget (max_minutes)")
+    if init is not None and resume is not None:
+        raise ValueError("give either resume (continue a run) or init (start from its weights), not both")
     dev = torch.device(device)
     out = Path(out)
     torch.manual_seed(config.seed)
     payload = read_payload(resume) if resume is not None else None
     # a resumed run keeps the width it was started with, even after the default network changed
-    architecture = architecture_of(payload["state_dict"]) if payload is not None else {}
+    start_weights = load_checkpoint(init) if init is not None else None
+    if start_weights is not None and start_weights.channels != config.channels:
+        raise ValueError(f"{init} has {start_weights.channels} channel(s); this run trains {config.channels}")
+    earlier_steps = 0
+    if start_weights is not None:
+        earlier = start_weights.metadata
+        earlier_steps = int(earlier.get("steps", 0)) + int(earlier.get("earlier_steps", 0))
+    if payload is not None:
+        architecture = architecture_of(payload["state_dict"])
+    elif start_weights is not None:
+        architecture = architecture_of(start_weights.state_dict)
+    else:
+        architecture = {}
     model = SkipNet(2 * config.channels, config.channels, **architecture).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.9), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=config.steps or _UNPLANNED, eta_min=config.min_lr
     )
     start, elapsed_before = 0, 0.0
+    if start_weights is not None:
+        model.load_state_dict(start_weights.state_dict)
     if payload is not None:
         training = payload.get("training")
         if not training:
@@ -247,6 +268,8 @@ def pretrain(
             "hardware": hardware,
             "torch": str(torch.__version__),
         }
+        if init is not None:
+            metadata.update(initialised_from=Path(init).name, earlier_steps=earlier_steps)
         common = dict(channels=config.channels, mask_mode=config.mask_mode, mask_ratios=config.mask_ratios,
                       metadata=metadata)
         save_checkpoint(
