@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--beta", type=float, default=None, help="the running mean's weight (default: the fast preset's)")
     parser.add_argument("--iterations", type=int, nargs="+", default=[50, 100, 200])
     parser.add_argument("--datasets", nargs="+", default=["fmd-confocal", "kodak-poisson30", "kodak-gauss25"])
+    parser.add_argument("--seeds", type=int, default=1, help="also score the mean of the first 2..N seeds' outputs")
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--limit", type=int, default=6)
     args = parse_study_args(parser, argv)
@@ -67,9 +68,11 @@ def main(argv=None) -> int:
                 channels = 3 if items and items[0].kind == "rgb" else 1
                 if weights_for(channels, 0) is None:
                     continue  # no checkpoint for this dataset's channels
-                for (n, _), psnrs in snapshot_scores(items, args.iterations, 1, lr, weights_for, args.beta).items():
-                    row[f"{name}@{n}"] = float(np.mean(psnrs))
-                    row[f"{name}@{n}/per_image"] = psnrs
+                for (n, k), psnrs in snapshot_scores(items, args.iterations, args.seeds, lr, weights_for,
+                                                     args.beta).items():
+                    key = f"{name}@{n}" if k == 1 else f"{name}@{n}x{k}seeds"
+                    row[key] = float(np.mean(psnrs))
+                    row[f"{key}/per_image"] = psnrs
             results["rows"].append(row)
             print(json.dumps({k: (round(v, 2) if "@" in k else v) for k, v in row.items() if "/" not in k}),
                   flush=True)

@@ -335,8 +335,7 @@ def mpi_method(preset: str, options: MpiOptions) -> Callable[[Sample], tuple[np.
         try:  # what "auto" precision became on this machine
             from napari_mpi.fill import resolve_precision
 
-            height, width = plan.layout.plane_shape[:2]
-            info["precision_used"] = resolve_precision(plan.config.precision, plan.device, height * width)
+            info["precision_used"] = resolve_precision(plan.config.precision, plan.device)
         except (ImportError, AttributeError, TypeError):
             pass
         return out, info

@@ -449,7 +449,7 @@ def _tile_to_fit_memory(height: int, width: int, plan: DenoisePlan) -> tuple[int
     available = available_memory() if plan.device.type == "cpu" else None
     if available is None:
         return None
-    precision = resolve_precision(plan.config.precision, plan.device, height * width)
+    precision = resolve_precision(plan.config.precision, plan.device)
     budget = CPU_MEMORY_SHARE * available
     need = fill_memory(height, width, precision, plan.network)
     if need <= budget:

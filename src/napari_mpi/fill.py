@@ -300,22 +300,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise ValueError(f"unknown device {device!r}; use 'auto', 'cpu', 'cuda' or 'mps'") from exc
 
 
-def resolve_precision(precision: Precision, device: torch.device, pixels: int | None = None) -> Literal["fp32", "bf16"]:
+def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp32", "bf16"]:
     """Pick the arithmetic for "auto", by measurement (docs/benchmarks.md):
 
     - CPU: bf16 autocast where the hardware computes bf16 natively (~1.5x faster per iteration on an
       AVX-512-BF16 CPU at equal PSNR), fp32 elsewhere (older CPUs emulate bf16 slowly);
-    - CUDA: an eager step of this small network is bound by kernel launches up to ~512x512, where
-      autocast's extra casts made bf16 ~10-30% slower than fp32 on an H200; at 2048x2048 bf16 was
-      13% faster and used 27% less memory. So bf16 from 1024x1024 ``pixels`` up, where supported.
-      (With the CUDA graph, bf16 was 8% faster at 512x512 too on an H100; its PSNR there is not yet measured.)
+    - CUDA: bf16 where supported. With the step in a CUDA graph it was 5-8% faster than fp32 at 512x512
+      and 2048x2048 on an H100, with 26% less memory, and scored -0.007 dB on average (worst -0.08) on
+      12 noisy 512x512 pictures. (Eager, below ~1024x1024, its casts cost more than they save, but
+      only fills too short for the graph run eagerly.)
     - MPS: fp32 (autocast support varies).
     """
     if precision != "auto":
         return precision
     if device.type == "cuda":
-        large = pixels is not None and pixels >= 1024 * 1024
-        return "bf16" if large and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
         return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
     return "fp32"
@@ -382,7 +381,7 @@ def iterative_fill(
     if carried is not None:
         check_reuse(config)
     dev = resolve_device(device)
-    precision = resolve_precision(config.precision, dev, height * width)
+    precision = resolve_precision(config.precision, dev)
     continuing = (carried is not None and carried.channels == channels
                   and _same_device(next(carried.model.parameters()).device, dev))
     # a new network captures its training step when there are enough steps to repay the capture
