@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-import napari_mpi  # noqa: E402
+import napari_mpi
 
 PICTURES = ("camera", "moon", "brick", "grass", "gravel", "astronaut")
 

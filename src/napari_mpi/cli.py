@@ -68,8 +68,8 @@ def _pretrain(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    run = pretrain(args.images, args.out, config, resume=args.resume, init=args.init, max_minutes=args.max_minutes, device=device,
-                   history=args.history)
+    run = pretrain(args.images, args.out, config, resume=args.resume, init=args.init, max_minutes=args.max_minutes,
+                   device=device, history=args.history)
     with _progress_bar(total=config.steps or None, unit="step") as bar:
         for record in run:
             if bar.n == 0:

@@ -61,8 +61,9 @@ DEFAULT_MASK_RATIO = 0.3
 #: paper's (Sec. 4.1), for a random start. From pre-trained weights the fill reaches its best in about
 #: half the iterations and then starts to learn the noise, so a preset runs "pretrained_iterations" when
 #: it starts from a checkpoint (measured with benchmarks/prior_fill.py, docs/benchmarks.md "Pre-trained
-#: start": the shipped gray weights at 100 iterations beat a random start at 200 by +0.04 to +0.65 dB on
-#: four gray sets; at beta 0.99, 500 from them beat the random start's 1000 on 128x128 crops).
+#: start": session 5's gray weights at 100 iterations beat a random start at 200 by +0.04 to +0.65 dB on
+#: four gray sets, and 100 stayed the best length for session 6's longer-trained ones; at beta 0.99, 500
+#: from them beat the random start's 1000 on 128x128 crops).
 #: "auto" (experimental) decides per image, without the clean image, when to stop (at most 300
 #: iterations) and which beta to use (``FillConfig.selfsup``); it scored under "fast" on fluorescence
 #: both from a random start and from the shipped weights, so "fast" stays the default.

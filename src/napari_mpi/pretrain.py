@@ -201,7 +201,6 @@ def pretrain(
     out = Path(out)
     torch.manual_seed(config.seed)
     payload = read_payload(resume) if resume is not None else None
-    # a resumed run keeps the width it was started with, even after the default network changed
     start_weights = load_checkpoint(init) if init is not None else None
     if start_weights is not None and start_weights.channels != config.channels:
         raise ValueError(f"{init} has {start_weights.channels} channel(s); this run trains {config.channels}")
@@ -209,6 +208,7 @@ def pretrain(
     if start_weights is not None:
         earlier = start_weights.metadata
         earlier_steps = int(earlier.get("steps", 0)) + int(earlier.get("earlier_steps", 0))
+    # a resumed (or warm-started) run keeps the width it was started with, even after the default network changed
     if payload is not None:
         architecture = architecture_of(payload["state_dict"])
     elif start_weights is not None:
