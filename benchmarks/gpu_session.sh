@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on a lent GPU machine (../shared/GPU.md), in the order that file asks for:
 #   1. pre-training of the gray model for $PRETRAIN_MIN minutes with the default network, alone on the GPU,
-#      warm-started (--init) from $INIT when that file exists (session 5's finished run), "auto" steps (the
+#      warm-started (--init) from $INIT when that file exists (default: the shipped gray weights, which travel
+#      with the checkout; session 6 started from session 5's run in .gpu-data/init), "auto" steps (the
 #      cosine schedule is fitted to the time), checkpoints into $OUT every minute so that a killed call still
 #      returns weights, with a weights-only copy of each in history.tar. Alongside it (its timing does not
 #      matter, only PSNR): bf16 against fp32 fills on scikit-image's pictures (benchmarks/gpu_precision.py);
@@ -17,7 +18,7 @@ set -u
 OUT=${OUT:-/tmp/gpu-out}
 DEVICE=${DEVICE:-cuda}
 PRETRAIN_MIN=${PRETRAIN_MIN:-5.5}
-INIT=${INIT:-.gpu-data/init/gray-pixel-run5.pt}
+INIT=${INIT:-src/napari_mpi/weights/gray-pixel.pt}
 QUICK=${QUICK:-0}
 TESTS=${TESTS:-0}
 PY=${PY:-python3}
