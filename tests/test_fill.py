@@ -121,10 +121,15 @@ def test_presets():
 
 
 def test_presets_run_fewer_iterations_from_pretrained_weights():
-    from napari_mpi.fill import preset_iterations
+    from napari_mpi.fill import preset_beta, preset_iterations
 
     assert config_for("fast", pretrained=True).iterations == preset_iterations("fast", True) == 100
     assert config_for("quality", pretrained=True).iterations == preset_iterations("quality", True) < 1000
+    # Quality from the prior averages less (beta 0.95) than the paper's 0.99 from a random start
+    assert config_for("quality", pretrained=True).beta == preset_beta("quality", True) == 0.95
+    assert config_for("quality").beta == preset_beta("quality", False) == 0.99
+    assert config_for("quality", pretrained=True, beta=0.9).beta == 0.9  # a user's choice wins
+    assert preset_beta("fast", True) == preset_beta("fast", False) == 0.9
     assert config_for("fast", pretrained=True, iterations=7).iterations == 7  # a user's choice wins
     assert preset_iterations("auto", True) == preset_iterations("auto", False)  # Auto stops by itself
 

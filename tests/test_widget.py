@@ -19,7 +19,7 @@ import napari_mpi._widget as widget_module
 from importlib import import_module
 from napari_mpi._widget import MPIDenoiseWidget, _denoise_job, format_duration, progress_text
 from napari_mpi.denoise import DenoiseProgress
-from napari_mpi.fill import preset_iterations
+from napari_mpi.fill import preset_beta, preset_iterations
 from napari_mpi.weights import default_checkpoint_path
 
 from .widget_support import (  # noqa: F401 (fixtures)
@@ -85,8 +85,8 @@ def test_opens_through_manifest_and_in_layers_filter_menu(viewer_widget):
     widget.preset_combo.setCurrentText("Quality")
     assert (widget.beta.value(), widget.iterations.value()) == (0.99, 1000)
     widget.mask_ratio.setValue(0.3)
-    assert (widget.preset_combo.currentText(), widget.iterations.value()) == (
-        "Quality", preset_iterations("quality", pretrained))
+    assert (widget.preset_combo.currentText(), widget.beta.value(), widget.iterations.value()) == (
+        "Quality", preset_beta("quality", pretrained), preset_iterations("quality", pretrained))
     widget.iterations.setValue(300)
     assert widget.preset_combo.currentText() == "Custom"
     assert not widget.advanced.isVisibleTo(widget)  # the advanced section starts collapsed

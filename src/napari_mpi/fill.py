@@ -62,14 +62,16 @@ DEFAULT_MASK_RATIO = 0.3
 #: half the iterations and then starts to learn the noise, so a preset runs "pretrained_iterations" when
 #: it starts from a checkpoint (measured with benchmarks/prior_fill.py, docs/benchmarks.md "Pre-trained
 #: start": session 5's gray weights at 100 iterations beat a random start at 200 by +0.04 to +0.65 dB on
-#: four gray sets, and 100 stayed the best length for session 6's longer-trained ones; at beta 0.99, 500
-#: from them beat the random start's 1000 on 128x128 crops).
+#: four gray sets, and 100 stayed the best length for session 6's longer-trained ones). From them "quality"
+#: runs 150 iterations at beta 0.95 ("pretrained_beta"): +0.14 dB on FMD and +0.11 on Poisson photos over
+#: "fast" (256x256, 8 images each, per image -0.70 to +0.45) at 1.5x the time, where the paper's beta 0.99
+#: over 500 iterations learnt the noise and scored 0.3-4 dB under "fast", on crops and whole frames alike.
 #: "auto" (experimental) decides per image, without the clean image, when to stop (at most 300
 #: iterations) and which beta to use (``FillConfig.selfsup``); it scored under "fast" on fluorescence
 #: both from a random start and from the shipped weights, so "fast" stays the default.
 PRESETS: dict[str, dict[str, float | int | bool]] = {
     "fast": {"iterations": 200, "beta": 0.9, "pretrained_iterations": 100},
-    "quality": {"iterations": 1000, "beta": 0.99, "pretrained_iterations": 500},
+    "quality": {"iterations": 1000, "beta": 0.99, "pretrained_iterations": 150, "pretrained_beta": 0.95},
     "auto": {"iterations": 300, "beta": 0.9, "selfsup": True},
 }
 #: The preset used when none is named.
@@ -220,7 +222,9 @@ def config_for(
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     values: dict[str, object] = dict(PRESETS[key])
     values["iterations"] = preset_iterations(key, pretrained)
+    values["beta"] = preset_beta(key, pretrained)
     values.pop("pretrained_iterations", None)
+    values.pop("pretrained_beta", None)
     overrides = {"mask_ratio": mask_ratio, "beta": beta, "iterations": iterations, "lr": lr}
     values.update({k: v for k, v in overrides.items() if v is not None})
     values.update(fixed)
@@ -231,6 +235,12 @@ def preset_iterations(preset: str, pretrained: bool) -> int:
     """The iterations a preset runs from a random start, or from pre-trained weights."""
     values = PRESETS[preset.lower()]
     return int(values.get("pretrained_iterations", values["iterations"]) if pretrained else values["iterations"])
+
+
+def preset_beta(preset: str, pretrained: bool) -> float:
+    """The running mean's weight a preset uses from a random start, or from pre-trained weights."""
+    values = PRESETS[preset.lower()]
+    return float(values.get("pretrained_beta", values["beta"]) if pretrained else values["beta"])
 
 
 @dataclass
