@@ -12,17 +12,15 @@ without it (PSNR, SSIM), by wrapping the network that ``napari_mpi.fill.build_mo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load, machine_info, parse_study_args, require_data_root
+from datasets import load, parse_study_args, report_variants, require_data_root
 from quality import metrics
 
 import napari_mpi
@@ -73,7 +71,9 @@ def main(argv=None) -> int:
             for variant in args.variants.split(","):
                 def build(channels, state_dict, seed, device, variant=variant):
                     model = original(channels, state_dict, seed, device)
-                    return model if variant == "plain" else RandomOrientation(model, seed, flips_only=variant == "flips")
+                    if variant == "plain":
+                        return model
+                    return RandomOrientation(model, seed, flips_only=variant == "flips")
 
                 fill.build_model = build
                 try:
@@ -85,20 +85,9 @@ def main(argv=None) -> int:
                 psnr, ssim = metrics(out, sample.clean, sample.kind, sample.compare)[:2]
                 row[variant] = {"psnr": psnr, "ssim": ssim, "seconds": seconds}
             rows.append(row)
-            print(dataset, sample.name, "  ".join(f"{v} {row[v]['psnr']:.2f}" for v in args.variants.split(",")), flush=True)
-    variants = args.variants.split(",")
-    for dataset in args.datasets:
-        sub = [r for r in rows if r["dataset"] == dataset]
-        base = np.array([r["plain"]["psnr"] for r in sub]) if "plain" in variants else None
-        for v in variants:
-            values = np.array([r[v]["psnr"] for r in sub])
-            extra = "" if base is None or v == "plain" else \
-                f"  vs plain {np.mean(values - base):+.3f} (worst {np.min(values - base):+.3f}, best {np.max(values - base):+.3f})"
-            print(f"{dataset} {v}: mean PSNR {values.mean():.3f} over {len(sub)}{extra}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"machine": machine_info(), "args": vars(args) | {"out": str(args.out)},
-                                              "rows": rows}, indent=1, default=str))
+            scores = "  ".join(f"{v} {row[v]['psnr']:.2f}" for v in args.variants.split(","))
+            print(dataset, sample.name, scores, flush=True)
+    report_variants(rows, args.variants.split(","), args.out, args)
     return 0
 
 

@@ -16,7 +16,6 @@ channel. This compares, per image:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load, machine_info, parse_study_args, require_data_root
+from datasets import load, parse_study_args, report_variants, require_data_root
 from quality import metrics
 
 import napari_mpi
@@ -80,21 +79,9 @@ def main(argv=None) -> int:
                 psnr, ssim = metrics(out, sample.clean, sample.kind, sample.compare)[:2]
                 row[variant] = {"psnr": psnr, "ssim": ssim, "seconds": seconds}
             rows.append(row)
-            print(dataset, sample.name, "  ".join(f"{v} {row[v]['psnr']:.2f} ({row[v]['seconds']:.0f} s)" for v in variants),
-                  flush=True)
-    for dataset in args.datasets:
-        sub = [r for r in rows if r["dataset"] == dataset]
-        if not sub:
-            continue
-        base = np.array([r[variants[0]]["psnr"] for r in sub])
-        for v in variants:
-            values = np.array([r[v]["psnr"] for r in sub])
-            print(f"{dataset} {v}: mean PSNR {values.mean():.3f} over {len(sub)}, vs {variants[0]} "
-                  f"{np.mean(values - base):+.3f} (worst {np.min(values - base):+.3f})")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps({"machine": machine_info(), "args": vars(args) | {"out": str(args.out)},
-                                              "rows": rows}, indent=1, default=str))
+            scores = "  ".join(f"{v} {row[v]['psnr']:.2f} ({row[v]['seconds']:.0f} s)" for v in variants)
+            print(dataset, sample.name, scores, flush=True)
+    report_variants(rows, variants, args.out, args)
     return 0
 
 

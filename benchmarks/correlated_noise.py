@@ -22,6 +22,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datasets import load, parse_study_args, require_data_root
+from quality import metrics
 
 import napari_mpi
 
@@ -46,10 +47,6 @@ def scale_ratio(image: np.ndarray) -> float:
     return float(np.mean([_haar_sigma(_bin2(p)) / max(_haar_sigma(p), 1e-12) for p in planes]))
 
 
-def psnr(clean: np.ndarray, estimate: np.ndarray) -> float:
-    return float(10 * np.log10(1.0 / np.mean((clean.astype(np.float64) - estimate) ** 2)))
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=["fmd-confocal", "fmd-nd", "gigadb", "kodak-poisson30"])
@@ -70,8 +67,8 @@ def main(argv=None) -> int:
             clean = sample.clean.astype(np.float64)
             noise = gaussian_filter(rng.normal(0, 1, clean.shape), 1.0)
             noisy = (clean + noise * (0.1 / noise.std())).astype(np.float32)
-            scores = {p: psnr(clean, napari_mpi.denoise(noisy, mask_ratio=p)) for p in (0.3, 0.85)}
-            print(f"{sample.name}: ratio {scale_ratio(noisy):.2f}, noisy {psnr(clean, noisy):.2f} dB, "
+            scores = {p: metrics(napari_mpi.denoise(noisy, mask_ratio=p), clean, "gray")[0] for p in (0.3, 0.85)}
+            print(f"{sample.name}: ratio {scale_ratio(noisy):.2f}, noisy {metrics(noisy, clean, 'gray')[0]:.2f} dB, "
                   + ", ".join(f"mask ratio {p}: {v:.2f} dB" for p, v in scores.items()), flush=True)
     return 0
 

@@ -143,6 +143,26 @@ def machine_info() -> dict:
     return info
 
 
+def report_variants(rows: list[dict], variants: list[str], out: Path | None, args) -> None:
+    """For a study that scored several variants per image (rows of ``{"dataset", "image", variant: {"psnr",
+    ...}}``): print each dataset's mean PSNR per variant and its gap to the first variant (mean, worst,
+    best image), and write the rows with the machine and the arguments to ``out`` as JSON."""
+    import json
+
+    for dataset in dict.fromkeys(r["dataset"] for r in rows):
+        sub = [r for r in rows if r["dataset"] == dataset]
+        base = np.array([r[variants[0]]["psnr"] for r in sub])
+        for v in variants:
+            values = np.array([r[v]["psnr"] for r in sub])
+            gap = values - base
+            print(f"{dataset} {v}: mean PSNR {values.mean():.3f} over {len(sub)}, vs {variants[0]} {gap.mean():+.3f} "
+                  f"(worst {gap.min():+.3f}, best {gap.max():+.3f})")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        record = {"machine": machine_info(), "args": vars(args) | {"out": str(out)}, "rows": rows}
+        Path(out).write_text(json.dumps(record, indent=1, default=str))
+
+
 def center_crop(image: np.ndarray, crop: int | None, kind: str) -> np.ndarray:
     """Centre crop of the spatial axes (H, W) to at most ``crop`` x ``crop``; None/0 = no crop."""
     if not crop:
