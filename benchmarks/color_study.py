@@ -1,16 +1,19 @@
-"""Colour photos without an RGB prior: denoise them as three gray planes, from the shipped gray weights?
+"""Colour photos without an RGB prior: how should they use the shipped gray weights?
 
-No RGB checkpoint ships (the one trained beat no random start), so colour images fill from a random
-start with the paper's 200 iterations and trail BM3D by >1 dB on kodak24 with Gaussian noise (issue 7).
-CBM3D's trick is to work in a luminance / opponent colour space, where most structure sits in one
-channel. This compares, per image:
+No RGB checkpoint ships (the one trained beat no random start), so until session 7 colour images filled from a
+random start with the paper's 200 iterations and trailed BM3D by >1 dB on kodak24 with Gaussian noise (issue 7).
+This compares, per image:
 
-- ``rgb``: the default today (the RGB network from a random start, the fast preset's 200 iterations);
-- ``opponent``: an orthonormal opponent transform (so i.i.d. noise stays i.i.d. with the same sigma),
-  each of the three planes denoised with the gray default (shipped weights, 100 iterations), then back;
+- ``rgb`` / ``rgbN``: the RGB network from a random start, the fast preset's 200 (or N) iterations;
+- ``inflated`` / ``inflatedN`` / ``inflatedNbB``: the gray weights spread over the colour channels
+  (``Checkpoint.as_colour``, the default start for colour since session 7), 100 (or N) iterations, beta 0.9 (or B);
+- ``rgb-quality`` / ``inflated-quality``: the quality preset from either start;
+- ``opponent``: CBM3D's trick, an orthonormal opponent transform (so i.i.d. noise stays i.i.d. with the same
+  sigma), each of the three planes denoised with the gray default (shipped weights, 100 iterations), then back;
 - ``channels``: each of R, G, B denoised with the gray default.
 
-    python benchmarks/color_study.py --datasets kodak-gauss25 --crop 256 --limit 6 --out runs/color/c.json
+    python benchmarks/color_study.py --datasets kodak-gauss25 --crop 256 --limit 6 --variants rgb,inflated200 \
+        --out runs/color/c.json
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from datasets import load, parse_study_args, report_variants, require_data_root
 from quality import metrics
 
 import napari_mpi
+from napari_mpi.weights import Checkpoint, default_checkpoint
 
 #: rows: luminance, red-blue, green-magenta; orthonormal, so OPPONENT.T inverts it
 OPPONENT = np.array([
@@ -47,9 +51,22 @@ def from_gray_planes(planes: np.ndarray, matrix: np.ndarray | None) -> np.ndarra
     return np.moveaxis(restored, 0, -1).astype(np.float32)
 
 
+def inflated_checkpoint() -> Checkpoint:
+    """The shipped gray weights as an RGB network (``Checkpoint.as_colour``)."""
+    return default_checkpoint(1, "pixel", 0.3).as_colour()
+
+
 def denoise(noisy: np.ndarray, variant: str) -> np.ndarray:
-    if variant == "rgb":
-        return napari_mpi.denoise(noisy, rgb=True)
+    if variant in ("rgb-quality", "inflated-quality"):  # the quality preset from either start
+        weights = "random" if variant == "rgb-quality" else inflated_checkpoint()
+        return napari_mpi.denoise(noisy, rgb=True, weights=weights, preset="quality")
+    if variant.startswith("rgb"):  # e.g. rgb300: the RGB network from a random start, 300 iterations
+        count = variant.removeprefix("rgb")
+        return napari_mpi.denoise(noisy, rgb=True, weights="random", iterations=int(count) if count else None)
+    if variant.startswith("inflated"):  # e.g. inflated300b0.95: the gray prior as RGB, 300 iterations, beta 0.95
+        count, _, beta = variant.removeprefix("inflated").partition("b")
+        return napari_mpi.denoise(noisy, rgb=True, weights=inflated_checkpoint(), iterations=int(count or 100),
+                                  beta=float(beta) if beta else None)
     matrix = OPPONENT if variant == "opponent" else None
     planes = as_gray_planes(noisy, matrix)
     # each plane alone (not as a stack): a stack would share one normalisation-free network across planes

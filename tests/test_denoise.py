@@ -146,19 +146,50 @@ def test_weights_must_fit_the_image(tmp_path):
         resolve_weights(str(path), 1, "pixel", 0.3)
     assert resolve_weights(str(path), 3, "channel", 0.3).channels == 3
     assert resolve_weights("random", 1, "pixel", 0.3) is None
+    gray, _ = _random_weights(tmp_path, channels=1)
+    colour = resolve_weights(str(gray), 3, "channel", 0.3)  # gray weights serve colour, spread over the channels
+    assert colour.channels == 3 and colour.from_gray and "gray weights for colour" in colour.name
 
 
-def test_the_plan_runs_the_presets_pretrained_length_only_from_pretrained_weights():
-    from napari_mpi.fill import preset_iterations
-    from napari_mpi.weights import default_checkpoint_path
+def test_gray_weights_as_colour_start_as_the_gray_network_on_the_channel_mean(tmp_path):
+    """Inflated weights predict, in every channel, what the gray network predicts from the channels' mean (with
+    a mask shared by the channels); the fill then learns the colour from there."""
+    path, gray_net = _random_weights(tmp_path, channels=1, seed=3)
+    colour = load_checkpoint(path).as_colour()
+    colour_net = SkipNet(6, 3)
+    colour_net.load_state_dict(colour.state_dict)
+    gray_net.load_state_dict(load_checkpoint(path).state_dict)  # the same fp16-rounded weights
+    gray_net.eval()
+    colour_net.eval()
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 48, 40)
+    keep = (torch.rand(1, 1, 48, 40) > 0.3).float()
+    with torch.no_grad():
+        as_colour = colour_net(torch.cat([image * keep, keep.expand(1, 3, 48, 40)], dim=1))
+        as_gray = gray_net(torch.cat([(image * keep).mean(1, keepdim=True), keep], dim=1))
+    assert as_colour.shape == (1, 3, 48, 40)
+    torch.testing.assert_close(as_colour, as_gray.expand(1, 3, 48, 40), atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="only gray"):
+        colour.as_colour()
+
+
+def test_the_plan_runs_the_presets_length_for_its_start():
+    from napari_mpi.fill import preset_beta, preset_iterations
+    from napari_mpi.weights import default_start
 
     gray = napari_mpi.prepare((64, 64), np.float32)
-    shipped = default_checkpoint_path(1, "pixel", gray.config.mask_ratio) is not None
-    assert (gray.checkpoint is not None) == shipped
-    assert gray.config.iterations == preset_iterations("fast", shipped)
+    start = default_start(1, "pixel", gray.config.mask_ratio)
+    assert (gray.checkpoint is not None) == (start == "pretrained")
+    assert gray.config.iterations == preset_iterations("fast", start)
     assert napari_mpi.prepare((64, 64), np.float32, weights="random").config.iterations == 200
     assert napari_mpi.prepare((64, 64), np.float32, mask_ratio=0.9).checkpoint is None  # outside its ratios
-    assert napari_mpi.prepare((64, 64, 3), np.float32, rgb=True).config.iterations == 200  # no RGB prior ships
+    colour = napari_mpi.prepare((64, 64, 3), np.float32, rgb=True, preset="quality")  # gray weights, as colour
+    colour_start = default_start(3, "channel", colour.config.mask_ratio)
+    assert colour_start == ("gray_as_colour" if start == "pretrained" else "random")
+    assert (colour.checkpoint is not None) == (colour_start == "gray_as_colour")
+    assert colour.checkpoint is None or colour.checkpoint.from_gray
+    assert (colour.config.iterations, colour.config.beta) == (
+        preset_iterations("quality", colour_start), preset_beta("quality", colour_start))
     assert napari_mpi.prepare((64, 64), np.float32, iterations=30).config.iterations == 30
 
 

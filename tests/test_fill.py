@@ -120,18 +120,23 @@ def test_presets():
         config_for("best")
 
 
-def test_presets_run_fewer_iterations_from_pretrained_weights():
+def test_presets_set_their_length_and_beta_by_the_start():
     from napari_mpi.fill import preset_beta, preset_iterations
 
-    assert config_for("fast", pretrained=True).iterations == preset_iterations("fast", True) == 100
-    assert config_for("quality", pretrained=True).iterations == preset_iterations("quality", True) < 1000
+    assert config_for("fast", start="pretrained").iterations == preset_iterations("fast", "pretrained") == 100
+    assert config_for("quality", start="pretrained").iterations == preset_iterations("quality", "pretrained") < 1000
     # Quality from the prior averages less (beta 0.95) than the paper's 0.99 from a random start
-    assert config_for("quality", pretrained=True).beta == preset_beta("quality", True) == 0.95
-    assert config_for("quality").beta == preset_beta("quality", False) == 0.99
-    assert config_for("quality", pretrained=True, beta=0.9).beta == 0.9  # a user's choice wins
-    assert preset_beta("fast", True) == preset_beta("fast", False) == 0.9
-    assert config_for("fast", pretrained=True, iterations=7).iterations == 7  # a user's choice wins
-    assert preset_iterations("auto", True) == preset_iterations("auto", False)  # Auto stops by itself
+    assert config_for("quality", start="pretrained").beta == preset_beta("quality", "pretrained") == 0.95
+    assert config_for("quality").beta == preset_beta("quality", "random") == 0.99
+    assert config_for("quality", start="pretrained", beta=0.9).beta == 0.9  # a user's choice wins
+    assert preset_beta("fast", "pretrained") == preset_beta("fast", "random") == 0.9
+    assert config_for("fast", start="pretrained", iterations=7).iterations == 7  # a user's choice wins
+    # colour from the gray weights still learns colour: Fast keeps the random start's length, Quality is 1.5x it
+    assert preset_iterations("fast", "gray_as_colour") == preset_iterations("fast", "random") == 200
+    assert (preset_iterations("quality", "gray_as_colour"), preset_beta("quality", "gray_as_colour")) == (300, 0.95)
+    with pytest.raises(ValueError, match="start must be"):
+        preset_iterations("fast", "prior")
+    assert preset_iterations("auto", "pretrained") == preset_iterations("auto", "random")  # Auto stops by itself
 
 
 def test_nan_and_small_planes_are_refused():

@@ -142,7 +142,9 @@ def test_default_weights_are_picked_by_channels_mode_and_ratio(tmp_path, monkeyp
     assert default_checkpoint(1, "pixel", 0.75).path == made["gray-high"]  # within RATIO_TOLERANCE of its range
     assert default_checkpoint(1, "pixel", 0.65) is None  # too far from either range: a random start
     assert default_checkpoint(3, "channel", 0.33).path == made["rgb"]
-    assert default_checkpoint(3, "channel", 0.5) is None
+    colour = default_checkpoint(3, "channel", 0.5)  # no colour checkpoint fits: the gray one, as colour
+    assert colour.path == made["gray-low"] and colour.from_gray and colour.channels == 3
+    assert default_checkpoint(3, "channel", 0.65) is None  # nor a gray one: a random start
     assert default_checkpoint(3, "pixel", 0.3) is None
     assert json.loads(made["rgb"].with_suffix(".json").read_text())["mask_ratios"] == [0.3, 0.3]
 

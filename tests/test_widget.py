@@ -20,7 +20,7 @@ from importlib import import_module
 from napari_mpi._widget import MPIDenoiseWidget, _denoise_job, format_duration, progress_text
 from napari_mpi.denoise import DenoiseProgress
 from napari_mpi.fill import preset_beta, preset_iterations
-from napari_mpi.weights import default_checkpoint_path
+from napari_mpi.weights import default_start
 
 from .widget_support import (  # noqa: F401 (fixtures)
     RUN_TIMEOUT_MS, _one_torch_thread, messages, noisy, notes, viewer_widget, wait_finished,
@@ -78,15 +78,15 @@ def test_opens_through_manifest_and_in_layers_filter_menu(viewer_widget):
     # presets fill in beta and iterations (fewer from the shipped pre-trained network, which gray images at
     # ordinary mask ratios start from); editing them switches to Custom
     assert widget.preset_combo.currentText() == "Fast"
-    pretrained = default_checkpoint_path(1, "pixel", widget.mask_ratio.value()) is not None
-    assert (widget.beta.value(), widget.iterations.value()) == (0.9, preset_iterations("fast", pretrained))
+    start = default_start(1, "pixel", widget.mask_ratio.value())
+    assert (widget.beta.value(), widget.iterations.value()) == (0.9, preset_iterations("fast", start))
     widget.mask_ratio.setValue(0.9)  # no shipped checkpoint serves it: a random start, the paper's 200
     assert (widget.preset_combo.currentText(), widget.iterations.value()) == ("Fast", 200)
     widget.preset_combo.setCurrentText("Quality")
     assert (widget.beta.value(), widget.iterations.value()) == (0.99, 1000)
     widget.mask_ratio.setValue(0.3)
     assert (widget.preset_combo.currentText(), widget.beta.value(), widget.iterations.value()) == (
-        "Quality", preset_beta("quality", pretrained), preset_iterations("quality", pretrained))
+        "Quality", preset_beta("quality", start), preset_iterations("quality", start))
     widget.iterations.setValue(300)
     assert widget.preset_combo.currentText() == "Custom"
     assert not widget.advanced.isVisibleTo(widget)  # the advanced section starts collapsed
@@ -207,12 +207,20 @@ def test_rgb_layer_is_denoised_as_colour(viewer_widget, qtbot):
     assert widget.layer_combo.currentText() == "photo (RGB)"
     assert widget.parameters()["rgb"] is True
     assert widget.channel_axis.count() == 1  # only "none": the colour axis is not a channel axis
+    # colour starts from the gray weights spread over the channels, which still learn colour: its own lengths
+    start = default_start(3, "channel", widget.mask_ratio.value())
+    assert widget.iterations.value() == preset_iterations("fast", start) == 200
+    widget.preset_combo.setCurrentText("Quality")
+    assert (widget.beta.value(), widget.iterations.value()) == (
+        preset_beta("quality", start), preset_iterations("quality", start))
     widget.iterations.setValue(2)
     run = widget.start()
     wait_finished(qtbot, run)
     out = viewer.layers["photo denoised"]
     assert out.rgb and out.data.shape == photo.shape
     assert out.metadata["rgb"] is True and out.metadata["mask_mode"] == "channel"
+    if start == "gray_as_colour":
+        assert out.metadata["weights"] == "gray-pixel.pt (gray weights for colour)"
 
 
 def test_channel_axis_is_offered_and_used(viewer_widget, qtbot):

@@ -46,11 +46,12 @@ from .fill import (
     PRESETS,
     AutoReport,
     FillConfig,
+    Start,
     available_devices,
     preset_beta,
     preset_iterations,
 )
-from .weights import default_checkpoint_path
+from .weights import default_start
 
 __all__ = ["MPIDenoiseWidget", "REDRAW_INTERVAL"]
 
@@ -74,10 +75,11 @@ TIPS = {
     ),
     "preset": (
         "Fast: beta 0.9 and 100 iterations for gray images (which start from the shipped pre-trained\n"
-        "network), 200 for colour. A good result in a fraction of the time; start here.\n"
-        "Quality: for gray images beta 0.95 and 150 iterations from the pre-trained network, 1.5x Fast's time:\n"
-        "+0.1 dB on average on fluorescence and photo crops, though single images can lose. For colour (random\n"
-        "start) the paper's beta 0.99 and 1000 iterations, about 5x slower; on gray crops that scored below Fast.\n"
+        "network), 200 for colour (which start from the same network and still learn colour).\n"
+        "A good result in a fraction of the time; start here.\n"
+        "Quality: beta 0.95 and 1.5x Fast's iterations and time (gray 150, colour 300): on average +0.1 dB on\n"
+        "gray fluorescence and photo crops, though single images can lose, and +0.4 dB on colour photos.\n"
+        "From a random start (mask ratios above 0.65) the paper's beta 0.99 and 1000 iterations, about 5x slower.\n"
         "Auto (experimental): decides for each image, without a clean reference, when to stop (at most\n"
         "'Iterations') and how many predictions to average: it holds back 10% of the pixels from training\n"
         "and stops when the network starts to learn the noise itself. Often quicker; not yet better than Fast.\n"
@@ -93,13 +95,14 @@ TIPS = {
     "beta": (
         "Averaging weight of the running estimate (0-0.999). Higher averages more predictions:\n"
         "smoother, but it needs more iterations to settle (0.9 with Fast's iterations; Quality: 0.95 with\n"
-        "150 from the pre-trained start, 0.99 with 1000 from a random one).\n"
+        "150 or 300 from the pre-trained network, 0.99 with 1000 from a random start).\n"
         "Lower it for a quick preview with few iterations."
     ),
     "iterations": (
         "Fill steps per plane; the time grows in proportion. The presets set it, fewer when the plane\n"
-        "starts from the shipped pre-trained network (gray images, mask ratio up to 0.65), which learns\n"
-        "faster and would start to reproduce the noise with as many steps as a random start needs.\n"
+        "starts from the shipped pre-trained network (mask ratio up to 0.65), which learns faster and\n"
+        "would start to reproduce the noise with as many steps as a random start needs; colour images\n"
+        "need more than gray ones, since they also learn colour.\n"
         "Raise it when the result still looks grainy; lower it for a quick preview."
     ),
     "lr": (
@@ -661,13 +664,12 @@ class MPIDenoiseWidget(QWidget):
         for widget in (self.beta, self.reuse):
             widget.setEnabled(not self._auto_chosen)
 
-    def _pretrained_start(self) -> bool:
-        """Whether Denoise would start from shipped pre-trained weights (they depend on gray / colour and
-        the mask ratio), which sets the presets' iterations."""
+    def _start(self) -> Start:
+        """What Denoise would start from with the shipped weights (it depends on gray / colour and the mask
+        ratio), which sets the presets' iterations and beta."""
         layer = self.chosen_layer()
         rgb = bool(layer.rgb) if layer is not None else False
-        ratio = self.mask_ratio.value()
-        return default_checkpoint_path(3 if rgb else 1, "channel" if rgb else "pixel", ratio) is not None
+        return default_start(3 if rgb else 1, "channel" if rgb else "pixel", self.mask_ratio.value())
 
     def _on_start_changed(self, *_: Any) -> None:
         """Another layer or mask ratio may change the start, and so a fixed preset's iterations."""
@@ -680,8 +682,8 @@ class MPIDenoiseWidget(QWidget):
         values = PRESETS.get(label.lower())
         if values is None:  # Custom: keep the current values
             return
-        pretrained = self._pretrained_start()
-        beta, iterations = preset_beta(label, pretrained), preset_iterations(label, pretrained)
+        start = self._start()
+        beta, iterations = preset_beta(label, start), preset_iterations(label, start)
         for widget, value in ((self.beta, beta), (self.iterations, iterations)):
             widget.blockSignals(True)
             widget.setValue(value)
@@ -691,12 +693,12 @@ class MPIDenoiseWidget(QWidget):
         if self._auto_chosen:
             return  # Auto with another iteration cap (its beta cannot be edited)
         label = "Custom"
-        pretrained = self._pretrained_start()
+        start = self._start()
         for name, values in PRESETS.items():
             if values.get("selfsup"):
                 continue
-            iterations = preset_iterations(name, pretrained)
-            if math.isclose(self.beta.value(), preset_beta(name, pretrained)) and self.iterations.value() == iterations:
+            iterations = preset_iterations(name, start)
+            if math.isclose(self.beta.value(), preset_beta(name, start)) and self.iterations.value() == iterations:
                 label = name.capitalize()
         if self.preset_combo.currentText() != label:
             self.preset_combo.blockSignals(True)

@@ -144,7 +144,7 @@ def prepare(
     mask_mode = "channel" if rgb else "pixel"
     options = dict(mask_ratio=mask_ratio, beta=beta, iterations=iterations, lr=lr, mask_mode=mask_mode,
                    seed=int(seed), precision=precision)
-    config = config_for(preset, **options)
+    config = config_for(preset, **options)  # the mask ratio picks the weights; they set the preset's length
     check_plane_size(*layout.plane_shape[:2])
     if not isinstance(reuse_network, bool):
         raise ValueError(f"reuse_network must be True or False, got {reuse_network!r}")
@@ -152,8 +152,8 @@ def prepare(
         check_reuse(config)
     channels = 3 if rgb else 1
     checkpoint = resolve_weights(weights, channels, mask_mode, config.mask_ratio)
-    if checkpoint is not None:  # a pre-trained start needs fewer iterations (fill.PRESETS)
-        config = config_for(preset, pretrained=True, **options)
+    if checkpoint is not None:
+        config = config_for(preset, start=checkpoint.start, **options)
     return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis, reuse_network)
 
 
@@ -343,7 +343,8 @@ def denoise(
     device : str
         "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
     weights : "default", "random", path or Checkpoint
-        The pre-trained network to start from; "default" picks the shipped checkpoint that fits.
+        The pre-trained network to start from; "default" picks the shipped checkpoint that fits. Colour
+        images (``rgb=True``) start from gray weights spread over their channels (``Checkpoint.as_colour``).
     progress : callable, optional
         Called with a :class:`DenoiseProgress` after every iteration.
     lr : float, optional

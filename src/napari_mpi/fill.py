@@ -17,7 +17,7 @@ import math
 import threading
 import warnings
 from dataclasses import dataclass, field, replace
-from typing import Callable, Iterator, Literal
+from typing import Callable, Iterator, Literal, get_args
 
 import torch
 
@@ -29,6 +29,7 @@ __all__ = [
     "FillStep",
     "PRESETS",
     "Precision",
+    "Start",
     "DEFAULT_MASK_RATIO",
     "DEFAULT_PRESET",
     "AutoReport",
@@ -37,6 +38,7 @@ __all__ = [
     "REUSE_PREDICTIONS",
     "continuation_steps",
     "preset_iterations",
+    "preset_beta",
     "check_reuse",
     "config_for",
     "iterative_fill",
@@ -57,21 +59,33 @@ Precision = Literal["auto", "fp32", "bf16"]
 #: (docs/benchmarks.md): at the fast preset 0.3 beat the reference's 0.85 for fluorescence.
 DEFAULT_MASK_RATIO = 0.3
 
+#: Where a fill starts: a seeded random network; weights pre-trained for this kind of image; or gray weights
+#: spread over a colour image's channels (``weights.Checkpoint.as_colour``), which know images but still have
+#: to learn colour.
+Start = Literal["random", "pretrained", "gray_as_colour"]
+
 #: Named settings. "fast" = 200 iterations with beta 0.9 and "quality" = 1000 with 0.99 are the
-#: paper's (Sec. 4.1), for a random start. From pre-trained weights the fill reaches its best in about
-#: half the iterations and then starts to learn the noise, so a preset runs "pretrained_iterations" when
-#: it starts from a checkpoint (measured with benchmarks/prior_fill.py, docs/benchmarks.md "Pre-trained
-#: start": session 5's gray weights at 100 iterations beat a random start at 200 by +0.04 to +0.65 dB on
-#: four gray sets, and 100 stayed the best length for session 6's longer-trained ones). From them "quality"
-#: runs 150 iterations at beta 0.95 ("pretrained_beta"): +0.14 dB on FMD and +0.11 on Poisson photos over
-#: "fast" (256x256, 8 images each, per image -0.70 to +0.45) at 1.5x the time, where the paper's beta 0.99
-#: over 500 iterations learnt the noise and scored 0.3-4 dB under "fast", on crops and whole frames alike.
+#: paper's (Sec. 4.1), for a random start. A preset may set other values for another start, as
+#: "<start>_iterations" / "<start>_beta" (measured with benchmarks/prior_fill.py and color_study.py,
+#: docs/benchmarks.md):
+#:
+#: - From pre-trained weights the fill reaches its best in about half the iterations and then starts to learn
+#:   the noise: session 5's gray weights at 100 iterations beat a random start at 200 by +0.04 to +0.65 dB on
+#:   four gray sets, and 100 stayed the best length for session 6's longer-trained ones. "quality" runs 150
+#:   iterations at beta 0.95: +0.14 dB on FMD and +0.11 on Poisson photos over "fast" (256x256, 8 images each,
+#:   per image -0.70 to +0.45) at 1.5x the time, where the paper's beta 0.99 over 500 iterations learnt the
+#:   noise and scored 0.3-4 dB under "fast", on crops and whole frames alike.
+#: - From the gray weights as colour, "fast" keeps 200 iterations (+0.49 dB over a random start on kodak24 with
+#:   Gaussian noise, 6 images at 256x256, every image better); "quality" runs 300 at beta 0.95 (+0.39 dB over
+#:   "fast" at 1.5x the time, every image better), where the paper's 1000 at 0.99 scored under it (3 images).
+#:
 #: "auto" (experimental) decides per image, without the clean image, when to stop (at most 300
 #: iterations) and which beta to use (``FillConfig.selfsup``); it scored under "fast" on fluorescence
 #: both from a random start and from the shipped weights, so "fast" stays the default.
 PRESETS: dict[str, dict[str, float | int | bool]] = {
     "fast": {"iterations": 200, "beta": 0.9, "pretrained_iterations": 100},
-    "quality": {"iterations": 1000, "beta": 0.99, "pretrained_iterations": 150, "pretrained_beta": 0.95},
+    "quality": {"iterations": 1000, "beta": 0.99, "pretrained_iterations": 150, "pretrained_beta": 0.95,
+                "gray_as_colour_iterations": 300, "gray_as_colour_beta": 0.95},
     "auto": {"iterations": 300, "beta": 0.9, "selfsup": True},
 }
 #: The preset used when none is named.
@@ -212,35 +226,40 @@ def config_for(
     beta: float | None = None,
     iterations: int | None = None,
     lr: float | None = None,
-    pretrained: bool = False,
+    start: Start = "random",
     **fixed: object,
 ) -> FillConfig:
     """A FillConfig from a preset name, with any of its values overridden (None = keep the preset's);
-    ``pretrained``: the fill starts from pre-trained weights (see PRESETS)."""
+    ``start``: what the fill starts from, which sets the preset's iterations and beta (see PRESETS)."""
     key = preset.lower()
     if key not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    values: dict[str, object] = dict(PRESETS[key])
-    values["iterations"] = preset_iterations(key, pretrained)
-    values["beta"] = preset_beta(key, pretrained)
-    values.pop("pretrained_iterations", None)
-    values.pop("pretrained_beta", None)
+    values: dict[str, object] = {k: v for k, v in PRESETS[key].items() if not k.endswith(("_iterations", "_beta"))}
+    values["iterations"] = preset_iterations(key, start)
+    values["beta"] = preset_beta(key, start)
     overrides = {"mask_ratio": mask_ratio, "beta": beta, "iterations": iterations, "lr": lr}
     values.update({k: v for k, v in overrides.items() if v is not None})
     values.update(fixed)
     return FillConfig(**values)  # type: ignore[arg-type]
 
 
-def preset_iterations(preset: str, pretrained: bool) -> int:
-    """The iterations a preset runs from a random start, or from pre-trained weights."""
-    values = PRESETS[preset.lower()]
-    return int(values.get("pretrained_iterations", values["iterations"]) if pretrained else values["iterations"])
+def _check_start(start: str) -> None:
+    if start not in get_args(Start):
+        raise ValueError(f"start must be one of {', '.join(map(repr, get_args(Start)))}, got {start!r}")
 
 
-def preset_beta(preset: str, pretrained: bool) -> float:
-    """The running mean's weight a preset uses from a random start, or from pre-trained weights."""
+def preset_iterations(preset: str, start: Start = "random") -> int:
+    """The iterations a preset runs from this start."""
+    _check_start(start)
     values = PRESETS[preset.lower()]
-    return float(values.get("pretrained_beta", values["beta"]) if pretrained else values["beta"])
+    return int(values.get(f"{start}_iterations", values["iterations"]))
+
+
+def preset_beta(preset: str, start: Start = "random") -> float:
+    """The running mean's weight a preset uses from this start."""
+    _check_start(start)
+    values = PRESETS[preset.lower()]
+    return float(values.get(f"{start}_beta", values["beta"]))
 
 
 @dataclass
