@@ -56,21 +56,22 @@ def inflated_checkpoint() -> Checkpoint:
     return default_checkpoint(1, "pixel", 0.3).as_colour()
 
 
-def denoise(noisy: np.ndarray, variant: str) -> np.ndarray:
+def denoise(noisy: np.ndarray, variant: str, lr: float | None = None) -> np.ndarray:
     if variant in ("rgb-quality", "inflated-quality"):  # the quality preset from either start
         weights = "random" if variant == "rgb-quality" else inflated_checkpoint()
-        return napari_mpi.denoise(noisy, rgb=True, weights=weights, preset="quality")
+        return napari_mpi.denoise(noisy, rgb=True, weights=weights, preset="quality", lr=lr)
     if variant.startswith("rgb"):  # e.g. rgb300: the RGB network from a random start, 300 iterations
         count = variant.removeprefix("rgb")
-        return napari_mpi.denoise(noisy, rgb=True, weights="random", iterations=int(count) if count else None)
+        return napari_mpi.denoise(noisy, rgb=True, weights="random", iterations=int(count) if count else None,
+                                  lr=lr)
     if variant.startswith("inflated"):  # e.g. inflated300b0.95: the gray prior as RGB, 300 iterations, beta 0.95
         count, _, beta = variant.removeprefix("inflated").partition("b")
         return napari_mpi.denoise(noisy, rgb=True, weights=inflated_checkpoint(), iterations=int(count or 100),
-                                  beta=float(beta) if beta else None)
+                                  beta=float(beta) if beta else None, lr=lr)
     matrix = OPPONENT if variant == "opponent" else None
     planes = as_gray_planes(noisy, matrix)
     # each plane alone (not as a stack): a stack would share one normalisation-free network across planes
-    out = np.stack([napari_mpi.denoise(plane.astype(np.float32)) for plane in planes])
+    out = np.stack([napari_mpi.denoise(plane.astype(np.float32), lr=lr) for plane in planes])
     return from_gray_planes(out, matrix)
 
 
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--limit", type=int, default=6)
     parser.add_argument("--variants", default="rgb,opponent,channels")
+    parser.add_argument("--lr", type=float, default=None, help="the fill's learning rate (default 2e-3)")
     args = parse_study_args(parser, argv)
     root = require_data_root(args.data)
     variants = args.variants.split(",")
@@ -91,7 +93,7 @@ def main(argv=None) -> int:
             row = {"dataset": dataset, "image": sample.name}
             for variant in variants:
                 start = time.perf_counter()
-                out = denoise(sample.noisy, variant)
+                out = denoise(sample.noisy, variant, args.lr)
                 seconds = time.perf_counter() - start
                 psnr, ssim = metrics(out, sample.clean, sample.kind, sample.compare)[:2]
                 row[variant] = {"psnr": psnr, "ssim": ssim, "seconds": seconds}

@@ -120,8 +120,8 @@ def test_presets():
         config_for("best")
 
 
-def test_presets_set_their_length_and_beta_by_the_start():
-    from napari_mpi.fill import preset_beta, preset_iterations
+def test_presets_set_their_length_beta_and_learning_rate_by_the_start():
+    from napari_mpi.fill import DEFAULT_LR, preset_beta, preset_iterations, start_lr
 
     assert config_for("fast", start="pretrained").iterations == preset_iterations("fast", "pretrained") == 100
     assert config_for("quality", start="pretrained").iterations == preset_iterations("quality", "pretrained") < 1000
@@ -136,6 +136,10 @@ def test_presets_set_their_length_and_beta_by_the_start():
     assert (preset_iterations("quality", "gray_as_colour"), preset_beta("quality", "gray_as_colour")) == (300, 0.95)
     with pytest.raises(ValueError, match="start must be"):
         preset_iterations("fast", "prior")
+    # the gray weights as colour learn colour faster at a higher learning rate; a user's choice wins
+    assert config_for("fast", start="gray_as_colour").lr == start_lr("gray_as_colour") == 4e-3
+    assert config_for("fast", start="pretrained").lr == config_for("fast").lr == DEFAULT_LR == 2e-3
+    assert config_for("quality", start="gray_as_colour", lr=1e-3).lr == 1e-3
     assert preset_iterations("auto", "pretrained") == preset_iterations("auto", "random")  # Auto stops by itself
 
 

@@ -6,6 +6,7 @@ Every test waits for its worker to finish: a thread worker still running at tear
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 
@@ -19,7 +20,7 @@ import napari_mpi._widget as widget_module
 from importlib import import_module
 from napari_mpi._widget import MPIDenoiseWidget, _denoise_job, format_duration, progress_text
 from napari_mpi.denoise import DenoiseProgress
-from napari_mpi.fill import preset_beta, preset_iterations
+from napari_mpi.fill import preset_beta, preset_iterations, start_lr
 from napari_mpi.weights import default_start
 
 from .widget_support import (  # noqa: F401 (fixtures)
@@ -213,6 +214,13 @@ def test_rgb_layer_is_denoised_as_colour(viewer_widget, qtbot):
     widget.preset_combo.setCurrentText("Quality")
     assert (widget.beta.value(), widget.iterations.value()) == (
         preset_beta("quality", start), preset_iterations("quality", start))
+    assert math.isclose(widget.lr.value(), start_lr(start))  # 0.004 from the gray weights as colour
+    viewer.add_image(noisy(seed=1), name="gray")  # another start: the learning rate follows it...
+    widget.layer_combo.setCurrentText("gray")
+    assert math.isclose(widget.lr.value(), start_lr(default_start(1, "pixel", widget.mask_ratio.value())))
+    widget.lr.setValue(0.001)  # ...until the user sets their own
+    widget.layer_combo.setCurrentText("photo (RGB)")
+    assert math.isclose(widget.lr.value(), 0.001)
     widget.iterations.setValue(2)
     run = widget.start()
     wait_finished(qtbot, run)

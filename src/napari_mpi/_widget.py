@@ -41,15 +41,16 @@ from qtpy.QtWidgets import (
 
 from .denoise import DenoisePlan, DenoiseProgress, DenoiseWarning, denoise_steps, prepare
 from .fill import (
+    DEFAULT_LR,
     DEFAULT_MASK_RATIO,
     DEFAULT_PRESET,
     PRESETS,
     AutoReport,
-    FillConfig,
     Start,
     available_devices,
     preset_beta,
     preset_iterations,
+    start_lr,
 )
 from .weights import default_start
 
@@ -78,7 +79,7 @@ TIPS = {
         "network), 200 for colour (which start from the same network and still learn colour).\n"
         "A good result in a fraction of the time; start here.\n"
         "Quality: beta 0.95 and 1.5x Fast's iterations and time (gray 150, colour 300): on average +0.1 dB on\n"
-        "gray fluorescence and photo crops, though single images can lose, and +0.4 dB on colour photos.\n"
+        "gray fluorescence and photo crops, though single images can lose, and +0.3 dB on colour photos.\n"
         "From a random start (mask ratios above 0.65) the paper's beta 0.99 and 1000 iterations, about 5x slower.\n"
         "Auto (experimental): decides for each image, without a clean reference, when to stop (at most\n"
         "'Iterations') and how many predictions to average: it holds back 10% of the pixels from training\n"
@@ -106,7 +107,9 @@ TIPS = {
         "Raise it when the result still looks grainy; lower it for a quick preview."
     ),
     "lr": (
-        "Adam learning rate of the fine-tuning on your image (default 0.002).\n"
+        "Adam learning rate of the fine-tuning on your image (default 0.002; 0.004 for colour images,\n"
+        "whose start from the gray network learns colour faster with it; it follows the chosen layer\n"
+        "unless you changed it).\n"
         "Rarely needs changing: lower it (e.g. 0.001) if the result shows artefacts or blotches."
     ),
     "seed": (
@@ -592,7 +595,8 @@ class MPIDenoiseWidget(QWidget):
         self.lr.setDecimals(5)
         self.lr.setRange(0.00001, 0.1)
         self.lr.setSingleStep(0.0005)
-        self.lr.setValue(FillConfig().lr)
+        self.lr.setValue(DEFAULT_LR)
+        self._start_lr = DEFAULT_LR  # the learning rate the current start uses: the field follows it until edited
         self.lr.setToolTip(TIPS["lr"])
         adv.addRow("Learning rate", self.lr)
         self.seed = QSpinBox()
@@ -672,7 +676,12 @@ class MPIDenoiseWidget(QWidget):
         return default_start(3 if rgb else 1, "channel" if rgb else "pixel", self.mask_ratio.value())
 
     def _on_start_changed(self, *_: Any) -> None:
-        """Another layer or mask ratio may change the start, and so a fixed preset's iterations."""
+        """Another layer or mask ratio may change the start, and so a fixed preset's iterations and the
+        learning rate (unless the user set their own)."""
+        lr = start_lr(self._start())
+        if math.isclose(self.lr.value(), self._start_lr):
+            self.lr.setValue(lr)
+        self._start_lr = lr
         label = self.preset_combo.currentText()
         if label.lower() in PRESETS and not self._auto_chosen:
             self._on_preset(label)

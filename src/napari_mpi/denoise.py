@@ -348,7 +348,7 @@ def denoise(
     progress : callable, optional
         Called with a :class:`DenoiseProgress` after every iteration.
     lr : float, optional
-        Adam learning rate (default 2e-3).
+        Adam learning rate (default 2e-3; 4e-3 for colour images from the gray weights, ``fill.START_LR``).
     precision : {"auto", "fp32", "bf16"}
         Arithmetic of the forward pass.
     out : array-like, optional
