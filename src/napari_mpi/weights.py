@@ -56,7 +56,7 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     #: Gray weights spread over colour channels (:meth:`as_colour`): a start that knows images but not yet
-    #: colour, so the fill runs a random start's iterations from it, not a colour prior's.
+    #: colour, with its own preset lengths and learning rate (``fill.PRESETS``, ``fill.START_LR``).
     from_gray: bool = False
 
     @property
