@@ -10,6 +10,10 @@
 #      and without torch.compile inside it, fp32 and bf16 (benchmarks/gpu_fill_paths.py);
 #   3. planes / s on a 32x512x512 stack at the default settings, planes reusing one network and each alone;
 #   4. the CUDA paths of the test suite (tests/test_cuda.py), when TESTS=1.
+# With RGB_MIN > 0, step 1 also pre-trains a colour model (per-channel masks, the gray ratios) for RGB_MIN minutes,
+# warm-started from $INIT spread over the three channels (Checkpoint.as_colour: the colour start the fill uses since
+# session 7), sharing the GPU with the gray run. Judge it with benchmarks/color_study.py against the inflated
+# gray weights (the default colour start) before shipping it as rgb-channel.pt.
 # The new weights are judged afterwards on the CPU (benchmarks/prior_fill.py): the data to judge them on does
 # not travel. It reads .gpu-data/pretrain: the corpus, shrunk to a 256-px short side and re-saved as JPEG q95
 # so that it fits the 64 MiB a call may carry.
@@ -20,6 +24,7 @@ DEVICE=${DEVICE:-cuda}
 PRETRAIN_MIN=${PRETRAIN_MIN:-5.5}
 INIT=${INIT:-src/napari_mpi/weights/gray-pixel.pt}
 QUICK=${QUICK:-0}
+RGB_MIN=${RGB_MIN:-0}
 TESTS=${TESTS:-0}
 PY=${PY:-python3}
 mkdir -p "$OUT"
@@ -39,10 +44,22 @@ $PY -m napari_mpi.cli pretrain --images .gpu-data/pretrain --short-side 256 --cr
     --precision bf16 --max-minutes "$PRETRAIN_MIN" --checkpoint-minutes 1.0 --history "$OUT/history" --device "$DEVICE" \
     --channels 1 --mask-ratio 0.15-0.6 --seed 3 "${init[@]}" --out "$OUT/gray-pixel.pt" >"$OUT/gray.log" 2>&1 &
 gray=$!
+rgb=
+if [ "$RGB_MIN" != 0 ]; then
+  $PY -m napari_mpi.cli pretrain --images .gpu-data/pretrain --short-side 256 --crop $CROP --batch $BATCH --steps auto \
+      --precision bf16 --max-minutes "$RGB_MIN" --checkpoint-minutes 1.0 --device "$DEVICE" \
+      --channels 3 --mask-mode channel --mask-ratio 0.15-0.6 --seed 4 "${init[@]}" --out "$OUT/rgb-channel.pt" \
+      >"$OUT/rgb.log" 2>&1 &
+  rgb=$!
+fi
 timeout -k 5 200 $PY benchmarks/gpu_precision.py --device "$DEVICE" --size $SIZE "${ITS[@]}" \
     --out "$OUT/precision.json" >"$OUT/precision.log" 2>&1
 echo "precision exit $?" | tee -a "$LOG"
 wait $gray; echo "gray exit $?" | tee -a "$LOG"
+if [ -n "$rgb" ]; then
+  wait $rgb; echo "rgb exit $?" | tee -a "$LOG"
+  { echo "--- rgb.log (tail)"; tail -c 1500 "$OUT/rgb.log"; echo; } >>"$LOG"; rm -f "$OUT/rgb.log"
+fi
 { echo "--- gray.log (tail)"; tail -c 1500 "$OUT/gray.log"; echo; cat "$OUT/precision.log"; } >>"$LOG"
 rm -f "$OUT/gray.log"
 (cd "$OUT" && tar cf history.tar history && rm -r history && ls -l >>"$LOG")

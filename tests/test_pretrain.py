@@ -59,8 +59,12 @@ def test_init_trains_on_from_finished_weights_with_a_fresh_schedule(picture_fold
     with pytest.raises(ValueError, match="not both"):
         next(pretrain(picture_folder, tmp_path / "x.pt", CONFIG, resume=first, init=first))
     rgb = PretrainConfig(**{**CONFIG.__dict__, "channels": 3, "mask_mode": "channel"})
-    with pytest.raises(ValueError, match="1 channel"):
-        next(pretrain(picture_folder, tmp_path / "x.pt", rgb, init=first))
+    colour = tmp_path / "colour.pt"  # gray weights start a colour run, spread over the channels
+    assert [s.step for s in pretrain(picture_folder, colour, rgb, init=first)] == [1, 2, 3, 4]
+    assert read_payload(colour)["metadata"]["initialised_as_colour"] is True
+    assert load_checkpoint(colour).channels == 3
+    with pytest.raises(ValueError, match="3 channel"):  # but colour weights cannot start a gray run
+        next(pretrain(picture_folder, tmp_path / "x.pt", CONFIG, init=colour))
 
     longer = tmp_path / "longer.pt"
     steps = list(pretrain(picture_folder, longer, CONFIG, init=first))

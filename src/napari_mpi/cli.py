@@ -367,7 +367,7 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--checkpoint-minutes", type=float, default=5.0)
     pre.add_argument("--resume", type=Path, default=None, help="continue a run from its checkpoint")
     pre.add_argument("--init", type=Path, default=None,
-                     help="start from these weights (a finished run or a shipped file) with a fresh schedule")
+                     help="start from these weights (a finished run or a shipped file) with a fresh schedule; gray weights can start a colour run")
     pre.add_argument("--device", default="auto")
     pre.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     pre.add_argument("--seed", type=int, default=0)

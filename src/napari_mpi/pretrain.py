@@ -191,7 +191,8 @@ def pretrain(
 
     ``init`` starts from the weights of another checkpoint (a finished run, or a shipped file) with a fresh
     optimiser and schedule: a finished cosine schedule cannot be resumed, but its weights can train on
-    (a warm restart) when a longer run is affordable.
+    (a warm restart) when a longer run is affordable. Gray weights can start a colour run: they are spread
+    over the channels as the fill spreads them (``Checkpoint.as_colour``).
     """
     if config.steps == 0 and max_minutes is None and resume is None:
         raise ValueError("automatic steps (steps=0) need a time budget (max_minutes)")
@@ -202,6 +203,8 @@ def pretrain(
     torch.manual_seed(config.seed)
     payload = read_payload(resume) if resume is not None else None
     start_weights = load_checkpoint(init) if init is not None else None
+    if start_weights is not None and start_weights.channels == 1 and config.channels == 3:
+        start_weights = start_weights.as_colour()  # a colour run from gray weights: the fill's colour start
     if start_weights is not None and start_weights.channels != config.channels:
         raise ValueError(f"{init} has {start_weights.channels} channel(s); this run trains {config.channels}")
     earlier_steps = 0
@@ -268,8 +271,9 @@ def pretrain(
             "hardware": hardware,
             "torch": str(torch.__version__),
         }
-        if init is not None:
-            metadata.update(initialised_from=Path(init).name, earlier_steps=earlier_steps)
+        if start_weights is not None:
+            metadata.update(initialised_from=Path(init).name, earlier_steps=earlier_steps,
+                            initialised_as_colour=start_weights.from_gray)
         common = dict(channels=config.channels, mask_mode=config.mask_mode, mask_ratios=config.mask_ratios,
                       metadata=metadata)
         save_checkpoint(
