@@ -74,9 +74,9 @@ Start = Literal["random", "pretrained", "gray_as_colour"]
 #: - From pre-trained weights the fill reaches its best in about half the iterations and then starts to learn
 #:   the noise: session 5's gray weights at 100 iterations beat a random start at 200 by +0.04 to +0.65 dB on
 #:   four gray sets, and 100 stayed the best length for session 6's longer-trained ones. "quality" runs 150
-#:   iterations at beta 0.95: +0.14 dB on FMD and +0.11 on Poisson photos over "fast" (256x256, 8 images each,
-#:   per image -0.70 to +0.45) at 1.5x the time, where the paper's beta 0.99 over 500 iterations learnt the
-#:   noise and scored 0.3-4 dB under "fast", on crops and whole frames alike.
+#:   iterations at beta 0.95: over "fast" +0.15 dB on FMD (19 images at 256x256), 0.00 on Poisson photos (10,
+#:   per image -0.70 to +0.45), -0.12 on GigaDB (5), at 1.5x the time, where the paper's beta 0.99 over 500
+#:   iterations learnt the noise and scored 0.3-4 dB under "fast", on crops and whole frames alike.
 #: - From the gray weights as colour (at START_LR's 4e-3), "fast" keeps 200 iterations (+0.76 dB over a random
 #:   start on kodak24 with Gaussian noise, 6 images at 256x256, every image better); "quality" runs 300 at beta
 #:   0.95 (+0.28 dB over "fast" at 1.5x the time, every image better), where the paper's 1000 at 0.99 scored
