@@ -6,7 +6,8 @@ This compares, per image:
 
 - ``rgb`` / ``rgbN``: the RGB network from a random start, the fast preset's 200 (or N) iterations;
 - ``inflated`` / ``inflatedN`` / ``inflatedNbB``: the gray weights spread over the colour channels
-  (``Checkpoint.as_colour``, the default start for colour since session 7), 100 (or N) iterations, beta 0.9 (or B);
+  (``Checkpoint.as_colour``, the default start for colour since session 7), 100 (or N) iterations, beta 0.9 (or B),
+  at that start's learning rate (``fill.START_LR``, 4e-3; session 7's first runs predate it and used 2e-3);
 - ``rgb-quality`` / ``inflated-quality``: the quality preset from either start;
 - ``opponent``: CBM3D's trick, an orthonormal opponent transform (so i.i.d. noise stays i.i.d. with the same
   sigma), each of the three planes denoised with the gray default (shipped weights, 100 iterations), then back;
@@ -14,6 +15,8 @@ This compares, per image:
 
     python benchmarks/color_study.py --datasets kodak-gauss25 --crop 256 --limit 6 --variants rgb,inflated200 \
         --out runs/color/c.json
+
+``--lr`` sets the fill's learning rate for every variant.
 """
 
 from __future__ import annotations
