@@ -386,6 +386,9 @@ def test_reuse_network_box_runs_a_stack_with_fewer_iterations_and_not_with_auto(
     assert run.state == "done" and widget.reuse.isEnabled()
     layer = viewer.layers["stack denoised"]
     assert layer.metadata["reuse_network"] is True and np.isfinite(layer.data).all()
+    assert layer.metadata["refine"] == "wiener"  # the Wiener refinement is on by default
+    widget.refine.setChecked(False)
+    assert widget.parameters()["refine"] == "none"
     widget.preset_combo.setCurrentText("Auto")  # Auto decides per plane: the box is off for it
     assert not widget.reuse.isEnabled() and widget.parameters()["reuse_network"] is False
     widget.preset_combo.setCurrentText("Fast")

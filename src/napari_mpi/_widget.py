@@ -132,6 +132,12 @@ TIPS = {
         "Measured 4-7x faster at +0.35 dB on such stacks; planes that differ (separate fields\n"
         "of view, stains) lose 0.7-1.7 dB. Not with Auto."
     ),
+    "refine": (
+        "After each plane's fill, a block-matching Wiener filter with the fill's result as its guide and a noise\n"
+        "model fitted to what the fill removed (no settings). Measured +0.25 to +0.57 dB on fluorescence and photos\n"
+        "for about a second per 256x256 plane. It assumes noise independent from pixel to pixel, so it is skipped\n"
+        "at mask ratios above 0.65 (correlated noise). Turn it off to see the fill's own result."
+    ),
     "follow": "Move the viewer's sliders to the plane being denoised, so you can watch it improve.",
     "run": (
         "Denoise the chosen layer in the background; napari stays usable.\n"
@@ -585,7 +591,7 @@ class MPIDenoiseWidget(QWidget):
         self.advanced_toggle.setArrowType(Qt.ArrowType.RightArrow)
         self.advanced_toggle.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
         self.advanced_toggle.setStyleSheet("QToolButton { border: none; }")
-        self.advanced_toggle.setToolTip("Learning rate, seed, device and channel axis: rarely needed.")
+        self.advanced_toggle.setToolTip("Learning rate, seed, device, channel axis and the Wiener refinement: rarely needed.")
         self.advanced_toggle.toggled.connect(self._toggle_advanced)
         layout.addWidget(self.advanced_toggle)
 
@@ -612,6 +618,10 @@ class MPIDenoiseWidget(QWidget):
         self.channel_axis = QComboBox()
         self.channel_axis.setToolTip(TIPS["channel_axis"])
         adv.addRow("Channel axis", self.channel_axis)
+        self.refine = QCheckBox("Wiener refinement after the fill (mask ratio up to 0.65)")
+        self.refine.setChecked(True)
+        self.refine.setToolTip(TIPS["refine"])
+        adv.addRow("", self.refine)
         self.advanced.setVisible(False)
         layout.addWidget(self.advanced)
 
@@ -645,7 +655,7 @@ class MPIDenoiseWidget(QWidget):
 
         self._parameter_widgets = [
             self.layer_combo, self.preset_combo, self.mask_ratio, self.beta, self.iterations,
-            self.lr, self.seed, self.device, self.channel_axis, self.reuse,
+            self.lr, self.seed, self.device, self.channel_axis, self.refine, self.reuse,
         ]
         self.preset_combo.currentTextChanged.connect(self._on_preset)
         self.mask_ratio.valueChanged.connect(self._on_start_changed)
@@ -824,6 +834,7 @@ class MPIDenoiseWidget(QWidget):
             channel_axis=self.channel_axis.currentData(),
             rgb=bool(layer.rgb) if layer is not None else False,
             reuse_network=self.reuse.isChecked() and not self._auto_chosen,
+            refine="auto" if self.refine.isChecked() else "none",
         )
 
     def _on_run_clicked(self) -> None:

@@ -224,7 +224,7 @@ def _denoise(args: argparse.Namespace) -> int:
         plan = prepare(
             data.shape, data.dtype, preset=args.preset, mask_ratio=args.mask_ratio, beta=args.beta,
             iterations=args.iterations, seed=args.seed, device=args.device, weights=args.weights,
-            precision=args.precision, reuse_network=args.reuse_network, **_roles(axes, data.shape),
+            precision=args.precision, reuse_network=args.reuse_network, refine=args.refine, **_roles(axes, data.shape),
         )
         n_planes, iterations = plan.layout.n_planes, plan.config.iterations
         output = None
@@ -329,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--reuse-network", action="store_true",
                      help="z-stacks / time-lapses whose neighbouring planes look alike: each plane continues from the "
                           "previous plane's network with ~14%% of the iterations (4-7x faster; not with --preset auto)")
+    den.add_argument("--refine", choices=("auto", "wiener", "none"), default="auto",
+                     help="after each plane's fill: a block-matching Wiener filter with the fill's estimate as its pilot "
+                          "(+0.25-0.57 dB for ~1 s per 256x256 plane); auto (default): wiener for mask ratios up to "
+                          "0.65, none above (it assumes independent noise)")
     den.add_argument("--resume", action="store_true",
                      help="continue an interrupted run into the same output, skipping the planes it finished")
     den.add_argument("--scheduler", default=None,

@@ -23,6 +23,7 @@ from .fill import (
     iterative_fill, resolve_device, resolve_precision, tile_starts, tiled_fill,
 )
 from .network import DEFAULT_DEPTH, DEFAULT_SKIP_WIDTH, DEFAULT_WIDTH, architecture_of, check_plane_size, padded_side
+from .refine import refine_estimate, resolve_refine
 from .planes import Normalization, PlaneLayout, check_dtype, check_values, normalize, plane_layout
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
@@ -47,6 +48,8 @@ class DenoisePlan:
     channel_axis: int | None = None
     #: planes after the first continue from the previous plane's network (fewer steps; see fill.CarriedNetwork)
     reuse_network: bool = False
+    #: what follows each plane's fill: "wiener" (collaborative Wiener filter, napari_mpi.refine) or "none"
+    refine: str = "none"
 
     @property
     def network(self) -> dict[str, int]:
@@ -71,6 +74,7 @@ class DenoisePlan:
             "precision": self.config.precision,
             "selfsup": self.config.selfsup,
             "reuse_network": self.reuse_network,
+            "refine": self.refine,
             "device": str(self.device),
             "weights": self.checkpoint.name if self.checkpoint is not None else "random initialisation",
             "network": self.network,
@@ -135,6 +139,7 @@ def prepare(
     lr: float | None = None,
     precision: str = "auto",
     reuse_network: bool = False,
+    refine: str = "auto",
 ) -> DenoisePlan:
     """Validate the parameters against an image's shape and dtype; ValueError with a clear message otherwise."""
     check_dtype(np.dtype(image_dtype))
@@ -150,11 +155,13 @@ def prepare(
         raise ValueError(f"reuse_network must be True or False, got {reuse_network!r}")
     if reuse_network:
         check_reuse(config)
+    refine = resolve_refine(refine, config.mask_ratio)
     channels = 3 if rgb else 1
     checkpoint = resolve_weights(weights, channels, mask_mode, config.mask_ratio)
     if checkpoint is not None:
         config = config_for(preset, start=checkpoint.start, **options)
-    return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis, reuse_network)
+    return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis, reuse_network,
+                       refine)
 
 
 class PlaneSink(Protocol):
@@ -296,7 +303,29 @@ def _fill_plane(
             stacklevel=2,
         )
     assert step is not None
-    return _to_plane(step.estimate, norm, plane)
+    estimate = step.estimate
+    if plan.refine == "wiener":
+        estimate = _refined(tensor, estimate, plan)
+    return _to_plane(estimate, norm, plane)
+
+
+def _refined(noisy: torch.Tensor, estimate: torch.Tensor, plan: DenoisePlan) -> torch.Tensor:
+    """The fill's estimate after the collaborative Wiener filter; the estimate itself if memory runs out for it."""
+    try:
+        refined, _ = refine_estimate(noisy.to(estimate.device), estimate, colour=plan.layout.rgb)
+        return refined
+    except Exception as exc:
+        if not _is_out_of_memory(exc):
+            raise
+    gc.collect()
+    _free_device_memory(plan.device)
+    warnings.warn(
+        f"{plan.device.type.upper()} ran out of memory for the Wiener refinement; this plane keeps the fill's "
+        "estimate (use refine='none' to skip the refinement)",
+        DenoiseWarning,
+        stacklevel=3,
+    )
+    return estimate
 
 
 def denoise(
@@ -316,6 +345,7 @@ def denoise(
     precision: str = "auto",
     out: PlaneSink | None = None,
     reuse_network: bool = False,
+    refine: str = "auto",
 ):
     """Denoise an image or N-D stack with MPI (Masked Pre-train then Iterative fill).
 
@@ -359,6 +389,11 @@ def denoise(
         continues from the previous plane's network with ~14% of the iterations (fast, gray: 14 steps + 20
         predictions): measured 4-7x faster at +0.35 dB on such stacks; planes that differ (separate
         fields of view, stains) lose 0.7-1.7 dB. Not with the auto preset.
+    refine : {"auto", "wiener", "none"}
+        "wiener": after each plane's fill, a collaborative (block-matching) Wiener filter with the fill's
+        estimate as its pilot and a noise model fitted to the residual (:mod:`napari_mpi.refine`); measured
+        +0.25 to +0.57 dB for about a second per 256x256 plane. "none": the fill's estimate as is. "auto"
+        (default): "wiener" for mask ratios up to 0.65, "none" above (the filter assumes independent noise).
 
     Returns
     -------
@@ -369,7 +404,7 @@ def denoise(
     plan = prepare(
         tuple(image.shape), image.dtype, mask_ratio=mask_ratio, beta=beta, iterations=iterations, preset=preset,
         rgb=rgb, channel_axis=channel_axis, seed=seed, device=device, weights=weights, lr=lr, precision=precision,
-        reuse_network=reuse_network,
+        reuse_network=reuse_network, refine=refine,
     )
     steps = denoise_steps(image, plan, out)
     while True:
