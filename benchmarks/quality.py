@@ -319,6 +319,7 @@ class MpiOptions:
     precision: str = "auto"
     seed: int = 0
     device: str = "auto"
+    refine: str = "auto"
 
 
 def mpi_method(preset: str, options: MpiOptions) -> Callable[[Sample], tuple[np.ndarray, dict]]:
@@ -327,10 +328,10 @@ def mpi_method(preset: str, options: MpiOptions) -> Callable[[Sample], tuple[np.
 
         kwargs = dict(mask_ratio=options.mask_ratio, beta=options.beta, iterations=options.iterations,
                       preset=preset, rgb=sample.kind == "rgb", seed=options.seed, device=options.device,
-                      weights=options.weights, precision=options.precision)
+                      weights=options.weights, precision=options.precision, refine=options.refine)
         plan = napari_mpi.prepare(sample.noisy.shape, sample.noisy.dtype, **kwargs)
         out = napari_mpi.denoise(sample.noisy, **kwargs)
-        keep = ("preset", "mask_ratio", "beta", "iterations", "precision", "device", "weights")
+        keep = ("preset", "mask_ratio", "beta", "iterations", "precision", "device", "weights", "refine")
         info = {k: v for k, v in plan.describe().items() if k in keep}
         try:  # what "auto" precision became on this machine
             from napari_mpi.fill import resolve_precision
@@ -488,6 +489,8 @@ def parse_args(argv=None):
     mpi.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"))
     mpi.add_argument("--seed", type=int, default=0)
     mpi.add_argument("--device", default="auto")
+    mpi.add_argument("--refine", default="auto", choices=("auto", "wiener", "none"),
+                     help="what follows the fill (napari_mpi.refine); none = the fill's estimate alone")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--out", default=None, help="write every per-image result and the summary as JSON")
     parser.add_argument("--md", default=None, help="write the Markdown tables to this file")
@@ -504,7 +507,8 @@ def main(argv=None) -> int:
         if d not in DATASETS:
             raise SystemExit(f"unknown dataset {d!r}; choose from {', '.join(DATASETS)}")
     methods = list(ALL_METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    options = MpiOptions(args.mask_ratio, args.beta, args.iterations, args.weights, args.precision, args.seed, args.device)
+    options = MpiOptions(args.mask_ratio, args.beta, args.iterations, args.weights, args.precision, args.seed, args.device,
+                         args.refine)
     runners = {m: make_method(m, options) for m in methods}
     if args.threads:
         import torch

@@ -184,7 +184,7 @@ def main(argv=None) -> int:
                     function = {"dct-wiener": dct_wiener, "bm3d-wiener": bm3d_wiener, "ours-separate": ours_separate, "ours-twice": ours_twice}.get(method, ours)
                     kwargs = {"stride": args.stride} if method == "dct-wiener" else {}
                     if method.startswith("ours"):  # e.g. ours, ours-group32, ours-search_radius19
-                        kwargs = {k: int(v) for k, v in (part.split("=") for part in method.split(":")[1:])}
+                        kwargs = {k: (float(v) if "." in v else int(v)) for k, v in (part.split("=") for part in method.split(":")[1:])}
                     out, info = function(sample.noisy, pilot, rgb, **kwargs)
                     seconds = time.perf_counter() - start
                 psnr, ssim = metrics(out, sample.clean, sample.kind, sample.compare)

@@ -117,46 +117,73 @@ def _match_blocks(guide: torch.Tensor, ref_i: torch.Tensor, ref_j: torch.Tensor,
     """For each reference block, the top-left flat indices of the ``group`` most alike blocks in ``guide``.
 
     Alike means the smallest sum of squared differences over the block, searched within +-``radius``
-    pixels. Block sums come from integral images, one batch of horizontal displacements at a time, and a
-    running top-k keeps memory at O(references x group).
+    pixels; the reference itself comes first. The distance between the blocks at p and p + d is also the
+    one between p + d and p, so one map of block distances per displacement d serves the references'
+    candidates at +d and at -d: half the displacements are computed. Block sums come from integral images
+    (float64), a batch of displacements at a time, and a running top-k keeps memory at O(references x group).
     """
     height, width = guide.shape
     g = guide.double()
     padded = torch.nn.functional.pad(g[None, None], (radius, radius, radius, radius), mode="replicate")[0, 0]
-    n_ref = ref_i.numel()
-    best_d = torch.full((n_ref, group), math.inf, dtype=torch.float64, device=g.device)
-    best_idx = torch.zeros((n_ref, group), dtype=torch.long, device=g.device)
-    shifts = torch.arange(-radius, radius + 1, device=g.device)
-    chunk = max(1, min(shifts.numel(), MATCH_BUDGET // max(1, height * width)))
-    for dy in range(-radius, radius + 1):
-        cand_i = ref_i + dy
-        valid_i = (cand_i >= 0) & (cand_i <= height - block)
-        if not bool(valid_i.any()):
-            continue
+    device = g.device
+    best_d = torch.zeros((ref_i.numel(), 1), dtype=torch.float64, device=device)
+    best_idx = (ref_i * width + ref_j)[:, None]
+    chunk = max(1, min(2 * radius + 1, MATCH_BUDGET // max(1, height * width)))
+    for dy in range(0, radius + 1):
+        shifts = torch.arange(1 if dy == 0 else -radius, radius + 1, device=device)  # d and -d: one of each pair
         rows = padded[radius + dy: radius + dy + height]
         for start in range(0, shifts.numel(), chunk):
             dxs = shifts[start:start + chunk]
             shifted = torch.stack([rows[:, radius + int(dx): radius + int(dx) + width] for dx in dxs])
-            diff2 = (g[None] - shifted) ** 2
-            integral = torch.nn.functional.pad(diff2.cumsum(1).cumsum(2), (1, 0, 1, 0))
-            i0, j0 = ref_i[None, :], ref_j[None, :]
-            k = torch.arange(dxs.numel(), device=g.device)[:, None]
-            sums = (integral[k, i0 + block, j0 + block] - integral[k, i0, j0 + block]
-                    - integral[k, i0 + block, j0] + integral[k, i0, j0])  # (dx, ref)
-            cand_j = ref_j[None, :] + dxs[:, None]
-            valid = valid_i[None, :] & (cand_j >= 0) & (cand_j <= width - block)
-            sums = torch.where(valid, sums, torch.full_like(sums, math.inf))
-            indices = (cand_i[None, :] * width + cand_j).clamp(0, height * width - 1)
-            all_d = torch.cat([best_d, sums.T], dim=1)
-            all_idx = torch.cat([best_idx, indices.T], dim=1)
-            best_d, order = torch.topk(all_d, group, dim=1, largest=False)
-            best_idx = torch.gather(all_idx, 1, order)
+            integral = torch.nn.functional.pad(((g[None] - shifted) ** 2).cumsum(1).cumsum(2), (1, 0, 1, 0))
+            k = torch.arange(dxs.numel(), device=device)[:, None]
+            for sign in (1, -1):  # candidates at reference + d, then at reference - d
+                cand_i = (ref_i + sign * dy)[None, :]
+                cand_j = ref_j[None, :] + sign * dxs[:, None]
+                valid = (cand_i >= 0) & (cand_i <= height - block) & (cand_j >= 0) & (cand_j <= width - block)
+                # the distance map is indexed by the first block of the pair (p, p + d)
+                i0 = (ref_i[None, :] if sign == 1 else cand_i).clamp(0, height - block)
+                j0 = (ref_j[None, :] if sign == 1 else cand_j).clamp(0, width - block)
+                sums = (integral[k, i0 + block, j0 + block] - integral[k, i0, j0 + block]
+                        - integral[k, i0 + block, j0] + integral[k, i0, j0])  # (dx, ref)
+                sums = torch.where(valid, sums, torch.full_like(sums, math.inf))
+                indices = (cand_i.clamp(0, height - block) * width + cand_j.clamp(0, width - block))
+                all_d = torch.cat([best_d, sums.T], dim=1)
+                all_idx = torch.cat([best_idx, indices.T], dim=1)
+                best_d, order = torch.topk(all_d, min(group, all_d.shape[1]), dim=1, largest=False)
+                best_idx = torch.gather(all_idx, 1, order)
     return best_idx
 
 
 def _kaiser(block: int, beta: float, device, dtype) -> torch.Tensor:
     window = torch.kaiser_window(block, periodic=False, beta=beta, dtype=torch.float64)
     return torch.outer(window, window).flatten().to(device=device, dtype=dtype)
+
+
+def _filter_groups(matches: torch.Tensor, flat: tuple, numerator: torch.Tensor, denominator: torch.Tensor,
+                   block: int, width: int) -> None:
+    """Wiener-filter the groups whose blocks start at ``matches`` (n, group) and add them to the aggregation."""
+    flat_noisy, flat_pilot, flat_var = flat
+    device, dtype = flat_noisy.device, flat_noisy.dtype
+    group = matches.shape[1]
+    offsets = (torch.arange(block, device=device)[:, None] * width + torch.arange(block, device=device)[None, :]).flatten()
+    basis_2d = torch.kron(_dct_matrix(block, device, dtype), _dct_matrix(block, device, dtype))  # (b*b, b*b)
+    basis_group = _dct_matrix(group, device, dtype)  # (group, group)
+    kaiser = _kaiser(block, KAISER_BETA, device, dtype)
+    for start in range(0, matches.shape[0], REFERENCE_BATCH):
+        pixels = matches[start:start + REFERENCE_BATCH, :, None] + offsets  # (n, group, b*b)
+        group_var = flat_var[pixels].mean(dim=(1, 2))[:, None, None]  # (n, 1, 1)
+        flat_pixels = pixels.flatten()
+        for c in range(flat_noisy.shape[0]):
+            spectrum_noisy = basis_group @ (flat_noisy[c][pixels] @ basis_2d.T)
+            spectrum_pilot = basis_group @ (flat_pilot[c][pixels] @ basis_2d.T)
+            power = spectrum_pilot**2
+            gain = power / (power + group_var)
+            blocks = basis_group.T @ (gain * spectrum_noisy) @ basis_2d  # back to (n, group, b*b) pixels
+            weight = 1.0 / (group_var * (gain**2).sum(dim=(1, 2), keepdim=True)).clamp_min(1e-12)
+            window = weight * kaiser  # (n, 1, b*b)
+            numerator[c].index_add_(0, flat_pixels, (blocks * window).flatten())
+            denominator[c].index_add_(0, flat_pixels, window.expand_as(blocks).flatten())
 
 
 def collaborative_wiener(
@@ -179,33 +206,13 @@ def collaborative_wiener(
     ref_j = ref_j_axis[None, :].expand(ref_i_axis.numel(), -1).flatten()
     group = min(group, (height - block + 1) * (width - block + 1))
     matches = _match_blocks(pilot[0], ref_i, ref_j, block, group, radius)  # (n_ref, group) top-left flat indices
-
-    offsets = (torch.arange(block, device=device)[:, None] * width + torch.arange(block, device=device)[None, :]).flatten()
-    basis_2d = torch.kron(_dct_matrix(block, device, dtype), _dct_matrix(block, device, dtype))  # (b*b, b*b)
-    basis_group = _dct_matrix(group, device, dtype)  # (group, group)
-    kaiser = _kaiser(block, KAISER_BETA, device, dtype)
-    flat_noisy = noisy.to(dtype).reshape(channels, -1)
-    flat_pilot = pilot.to(dtype).reshape(channels, -1)
-    flat_var = variance.to(dtype).flatten()
     numerator = torch.zeros((channels, height * width), dtype=dtype, device=device)
     denominator = torch.zeros((channels, height * width), dtype=dtype, device=device)
-    for start in range(0, matches.shape[0], REFERENCE_BATCH):
-        pixels = matches[start:start + REFERENCE_BATCH, :, None] + offsets  # (n, group, b*b)
-        group_var = flat_var[pixels].mean(dim=(1, 2))[:, None, None]  # (n, 1, 1)
-        flat_pixels = pixels.flatten()
-        for c in range(channels):
-            spectrum_noisy = basis_group @ (flat_noisy[c][pixels] @ basis_2d.T)
-            spectrum_pilot = basis_group @ (flat_pilot[c][pixels] @ basis_2d.T)
-            power = spectrum_pilot**2
-            gain = power / (power + group_var)
-            blocks = basis_group.T @ (gain * spectrum_noisy) @ basis_2d  # back to (n, group, b*b) pixels
-            weight = 1.0 / (group_var * (gain**2).sum(dim=(1, 2), keepdim=True)).clamp_min(1e-12)
-            window = weight * kaiser  # (n, 1, b*b)
-            numerator[c].index_add_(0, flat_pixels, (blocks * window).flatten())
-            denominator[c].index_add_(0, flat_pixels, window.expand_as(blocks).flatten())
+    flat = (noisy.to(dtype).reshape(channels, -1), pilot.to(dtype).reshape(channels, -1), variance.to(dtype).flatten())
+    _filter_groups(matches, flat, numerator, denominator, block, width)
     out = numerator / denominator.clamp_min(1e-30)
     covered = denominator > 0
-    out = torch.where(covered, out, flat_pilot)
+    out = torch.where(covered, out, flat[1])
     return out.reshape(channels, height, width).to(pilot.dtype)
 
 
