@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "previous plane's network with ~14%% of the iterations (4-7x faster; not with --preset auto)")
     den.add_argument("--refine", choices=("auto", "wiener", "none"), default="auto",
                      help="after each plane's fill: a block-matching Wiener filter with the fill's estimate as its pilot "
-                          "(+0.25-0.57 dB for ~1 s per 256x256 plane); auto (default): wiener for mask ratios up to "
+                          "(+0.25-0.54 dB for ~1 s per 256x256 plane); auto (default): wiener for mask ratios up to "
                           "0.65, none above (it assumes independent noise)")
     den.add_argument("--resume", action="store_true",
                      help="continue an interrupted run into the same output, skipping the planes it finished")
