@@ -135,3 +135,15 @@ def test_pretraining_runs_on_gpu(tmp_path):
     assert [r.step for r in records] == [1, 2, 3] and np.isfinite(records[-1].loss)
     out = napari_mpi.denoise(data.camera()[:64, :64], iterations=3, weights=tmp_path / "gray.pt", device="cuda")
     assert out.shape == (64, 64)
+
+
+def test_the_wiener_refinement_on_gpu_matches_the_cpu(camera_crop):
+    from napari_mpi.refine import refine_estimate
+
+    rng = np.random.default_rng(4)
+    noisy = torch.from_numpy((camera_crop + rng.normal(0, 0.1, camera_crop.shape)).astype(np.float32))[None]
+    pilot = torch.from_numpy(camera_crop)[None]
+    on_cpu, _ = refine_estimate(noisy, pilot)
+    on_gpu, _ = refine_estimate(noisy.cuda(), pilot.cuda())
+    assert on_gpu.device.type == "cuda"
+    assert torch.allclose(on_gpu.cpu(), on_cpu, atol=1e-4)

@@ -5,10 +5,11 @@ second stage of BM3D (Dabov et al., "Image denoising by sparse 3-D transform-dom
 filtering", IEEE TIP 2007) turns a pilot estimate into a better one: it groups blocks that look alike in
 the pilot, and shrinks each group's 3-D transform coefficients *of the noisy image* by the empirical
 Wiener factor ``pilot**2 / (pilot**2 + noise variance)``. The noise variance comes from the same pair:
-a Poisson-Gaussian model ``var = a * signal + b`` fitted to ``(noisy - pilot)**2``, so no clean image,
-noise level or camera gain is needed, and bright and dark regions get their own variance (fluorescence
-noise is mostly shot noise). This is our own torch implementation (no block-matching library), so it
-runs wherever the fill runs, CPU or GPU, in bounded memory.
+a Poisson-Gaussian model ``var = a * signal + b`` fitted to the residual ``noisy - pilot``, so no clean
+image, noise level or camera gain is needed, and bright and dark regions get their own variance
+(fluorescence noise is mostly shot noise). This is our own torch implementation (no block-matching
+library), so it runs wherever the fill runs, CPU or CUDA (Apple MPS has no float64: the CPU there), in
+bounded memory.
 
 Pure torch / numpy: no Qt, no napari.
 """
@@ -223,6 +224,9 @@ def refine_estimate(noisy: torch.Tensor, estimate: torch.Tensor, *, colour: bool
     Colour (C = 3) is filtered in an orthonormal opponent space with blocks matched on its luminance;
     other channel counts filter each channel with its own matches. ``options`` go to ``collaborative_wiener``.
     """
+    if estimate.device.type == "mps":  # the matching's integral images need float64, which MPS lacks
+        refined, model = refine_estimate(noisy.cpu(), estimate.cpu(), colour=colour, **options)
+        return refined.to(estimate.device), model
     noisy = noisy.detach().float()
     estimate = estimate.detach().float()
     model = fit_noise_model(noisy, estimate)
