@@ -192,13 +192,15 @@ def main(argv=None) -> int:
     parser.add_argument("--tune", type=int, default=14, help="shared+tune: steps per plane after the shared phase")
     parser.add_argument("--weights", default="random",
                         help='start of the "alone" and "reuse" rows: "random" (sessions 1-4) or "default" (the shipped prior)')
+    parser.add_argument("--refine", default="auto", choices=("auto", "wiener", "none"),
+                        help="what follows each plane's fill in the alone and reuse rows (napari_mpi.refine)")
     args = parse_study_args(parser, argv)
     noisy, clean = load_stack(args.stack, args.planes, args.crop, args.data)
     normalised = [normalize(plane) for plane in noisy]
     planes = [torch.from_numpy(np.ascontiguousarray(data))[None, None].float() for data, _ in normalised]
 
     start = time.perf_counter()
-    alone = napari_mpi.denoise(noisy, preset="fast", weights=args.weights)  # plane by plane, as users run it
+    alone = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, refine=args.refine)  # plane by plane, as users run it
     alone_seconds = time.perf_counter() - start
     alone_psnr = np.array([psnr(o, c) for o, c in zip(alone, clean)])
     iterations = napari_mpi.prepare(noisy.shape[1:], noisy.dtype, weights=args.weights).config.iterations
@@ -209,7 +211,8 @@ def main(argv=None) -> int:
     for strategy in args.strategies.split(","):
         start = time.perf_counter()
         if strategy == "reuse":
-            outputs = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, reuse_network=True)
+            outputs = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, reuse_network=True,
+                                         refine=args.refine)
         else:
             outputs = [norm.invert(e) for e, (_, norm) in zip(run(strategy, planes, args), normalised)]
         seconds = time.perf_counter() - start

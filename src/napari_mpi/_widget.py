@@ -129,7 +129,7 @@ TIPS = {
     "reuse": (
         "For z-stacks and time-lapses whose neighbouring planes look alike: each plane after the first continues\n"
         "from the previous plane's network with ~14% of the iterations (Fast, gray: 14 steps + 20 predictions).\n"
-        "Measured 4-7x faster at +0.35 dB on such stacks; planes that differ (separate fields\n"
+        "Measured ~4x faster at +0.5 dB on such stacks; planes that differ (separate fields\n"
         "of view, stains) lose 0.7-1.7 dB. Not with Auto."
     ),
     "refine": (

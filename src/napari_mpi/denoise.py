@@ -387,7 +387,7 @@ def denoise(
     reuse_network : bool
         For z-stacks and time-lapses whose neighbouring planes look alike: each plane after the first
         continues from the previous plane's network with ~14% of the iterations (fast, gray: 14 steps + 20
-        predictions): measured 4-7x faster at +0.35 dB on such stacks; planes that differ (separate
+        predictions): measured ~4x faster at +0.5 dB on such stacks; planes that differ (separate
         fields of view, stains) lose 0.7-1.7 dB. Not with the auto preset.
     refine : {"auto", "wiener", "none"}
         "wiener": after each plane's fill, a collaborative (block-matching) Wiener filter with the fill's

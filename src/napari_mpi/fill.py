@@ -121,7 +121,8 @@ AUTO_MEMORISATION_RISE = 0.08
 #: random start: 28 of 200), then REUSE_PREDICTIONS forward passes without a step (~0.28 of a step's cost
 #: each) that add predictions to the running mean. Measured with benchmarks/stack_sharing.py
 #: (docs/benchmarks.md, "Stacks") against each plane alone: from the shipped weights, 14 steps gave +0.35 dB
-#: and 4.0x on a real 10-frame time-lapse (128x128) where 7 steps lost 0.37 dB; from a random start, 14 of
+#: and 4.0x on a real 10-frame time-lapse (128x128) where 7 steps lost 0.37 dB (session 8, with the Wiener
+#: refinement after every plane: +0.59 dB and 3.6x; a 32-plane synthetic z-stack +0.51 dB and 4.1x); from a random start, 14 of
 #: 200 steps gave 5.3-7.8x at +0.04 to +0.26 dB. Planes as different as separate fields of view lose ~1.7 dB.
 REUSE_STEP_FRACTION = 0.14
 REUSE_PREDICTIONS = 20
