@@ -291,14 +291,31 @@ def load_kodak_poisson(root: Path, crop: int | None = None, limit: int | None = 
         yield Sample(path.stem, noisy, np.ascontiguousarray(clean), "gray", "kodak-poisson30")
 
 
+def load_cbsd68_gauss(root: Path, crop: int | None = None, limit: int | None = None, *, sigma: float = 25.0,
+                      seed: int = 2027, **_) -> Iterator[Sample]:
+    """Held-out colour set: CBSD68 RGB (sorted by name) + Gaussian noise of ``sigma`` (0-255 units), not clipped.
+
+    Not in DEFAULT_DATASETS: nothing is tuned on it, it checks what was tuned on kodak24."""
+    files = sorted((root / "cbsd68").glob("*.png"))
+    if not files:
+        raise FileNotFoundError(f"no *.png in {root / 'cbsd68'}")
+    for index, path in enumerate(files[:limit]):
+        clean = center_crop(_unit(_imread(path)[..., :3]), crop, "rgb")
+        rng = np.random.default_rng([seed, index])
+        noisy = clean + rng.standard_normal(clean.shape, dtype=np.float32) * np.float32(sigma / 255.0)
+        yield Sample(path.stem, np.ascontiguousarray(noisy), np.ascontiguousarray(clean), "rgb", "cbsd68-gauss25")
+
+
 DATASETS: dict[str, Callable[..., Iterator[Sample]]] = {
     "fmd-confocal": load_fmd_confocal,
     "fmd-nd": load_fmd_nd,
     "gigadb": load_gigadb,
     "kodak-gauss25": load_kodak_gauss,
     "kodak-poisson30": load_kodak_poisson,
+    "cbsd68-gauss25": load_cbsd68_gauss,
 }
-DEFAULT_DATASETS = tuple(DATASETS)
+#: issue 7's sets; cbsd68-gauss25 is held out (checks, not tuning)
+DEFAULT_DATASETS = ("fmd-confocal", "fmd-nd", "gigadb", "kodak-gauss25", "kodak-poisson30")
 
 
 def load(dataset: str, root: Path, crop: int | None = None, limit: int | None = None, **options) -> Iterator[Sample]:

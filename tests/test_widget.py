@@ -210,7 +210,8 @@ def test_rgb_layer_is_denoised_as_colour(viewer_widget, qtbot):
     assert widget.channel_axis.count() == 1  # only "none": the colour axis is not a channel axis
     # colour starts from the gray weights spread over the channels, which still learn colour: its own lengths
     start = default_start(3, "channel", widget.mask_ratio.value())
-    assert widget.iterations.value() == preset_iterations("fast", start) == 200
+    assert (widget.beta.value(), widget.iterations.value()) == (
+        preset_beta("fast", start), preset_iterations("fast", start)) == (0.95, 300)
     widget.preset_combo.setCurrentText("Quality")
     assert (widget.beta.value(), widget.iterations.value()) == (
         preset_beta("quality", start), preset_iterations("quality", start))

@@ -76,10 +76,10 @@ TIPS = {
     ),
     "preset": (
         "Fast: beta 0.9 and 100 iterations for gray images (which start from the shipped pre-trained\n"
-        "network), 200 for colour (which start from the same network and still learn colour).\n"
-        "A good result in a fraction of the time; start here.\n"
-        "Quality: beta 0.95 and 1.5x Fast's iterations and time (gray 150, colour 300): on average +0.15 dB\n"
-        "on confocal fluorescence and +0.3 dB on colour photos, but not better on every kind of data, and\n"
+        "network); beta 0.95 and 300 iterations for colour (which start from the same network and still\n"
+        "learn colour). A good result in a fraction of the time; start here.\n"
+        "Quality: beta 0.95 and 1.5x Fast's iterations and time (gray 150, colour 450): on average +0.15 dB\n"
+        "on confocal fluorescence and +0.05 dB on colour photos, but not better on every kind of data, and\n"
         "single images can lose; compare it with Fast on your own data.\n"
         "From a random start (mask ratios above 0.65) the paper's beta 0.99 and 1000 iterations, about 5x slower.\n"
         "Auto (experimental): decides for each image, without a clean reference, when to stop (at most\n"
@@ -97,7 +97,7 @@ TIPS = {
     "beta": (
         "Averaging weight of the running estimate (0-0.999). Higher averages more predictions:\n"
         "smoother, but it needs more iterations to settle (0.9 with Fast's iterations; Quality: 0.95 with\n"
-        "150 or 300 from the pre-trained network, 0.99 with 1000 from a random start).\n"
+        "150 or 450 from the pre-trained network, 0.99 with 1000 from a random start; Fast on colour images: 0.95).\n"
         "Lower it for a quick preview with few iterations."
     ),
     "iterations": (

@@ -358,9 +358,11 @@ def denoise(
         Fraction of pixels hidden per step, 0 < p < 1. Default 0.3; raise to 0.8-0.95 for spatially
         correlated noise.
     beta : float, optional
-        EMA weight in [0, 1); default from the preset (fast 0.9, quality 0.99; auto chooses its own).
+        EMA weight in [0, 1); default from the preset and the start (fast 0.9, 0.95 for colour; quality 0.95 from
+        the shipped weights, 0.99 from a random start; auto chooses its own).
     iterations : int, optional
-        Fill steps per plane; default from the preset (fast 200, quality 1000; auto at most 300).
+        Fill steps per plane; default from the preset and the start (fast: 100 for gray images from the shipped
+        weights, 300 for colour, 200 from a random start; quality 150 / 450 / 1000; auto at most 300).
     preset : {"auto", "fast", "quality"}
         Named defaults for ``beta`` and ``iterations``. "auto" decides per plane, without the clean
         image, when to stop and which running mean to output (``FillConfig.selfsup``).
