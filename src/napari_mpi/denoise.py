@@ -23,8 +23,8 @@ from .fill import (
     iterative_fill, resolve_device, resolve_precision, tile_starts, tiled_fill,
 )
 from .network import DEFAULT_DEPTH, DEFAULT_SKIP_WIDTH, DEFAULT_WIDTH, architecture_of, check_plane_size, padded_side
-from .refine import refine_estimate, resolve_refine
 from .planes import Normalization, PlaneLayout, check_dtype, check_values, normalize, plane_layout
+from .refine import refine_estimate, resolve_refine
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
 __all__ = [
