@@ -138,6 +138,18 @@ def ours_twice(noisy: np.ndarray, pilot: np.ndarray, rgb: bool) -> tuple[np.ndar
     return ours(noisy, once, rgb)
 
 
+def ours_scaled(noisy: np.ndarray, pilot: np.ndarray, rgb: bool, scale: float = 1.0) -> tuple[np.ndarray, dict]:
+    """The shipped refinement with the fitted noise variance multiplied by ``scale``."""
+    from napari_mpi import refine
+
+    fit = refine.fit_noise_model
+    refine.fit_noise_model = lambda n, p: (lambda m: refine.NoiseModel(m.a * scale, m.b * scale))(fit(n, p))
+    try:
+        return ours(noisy, pilot, rgb)
+    finally:
+        refine.fit_noise_model = fit
+
+
 def pilot_for(sample, cache: Path, mask_ratio: float | None = None) -> tuple[np.ndarray, float]:
     import napari_mpi
 
@@ -183,7 +195,9 @@ def main(argv=None) -> int:
                 else:
                     function = {"dct-wiener": dct_wiener, "bm3d-wiener": bm3d_wiener, "ours-separate": ours_separate, "ours-twice": ours_twice}.get(method, ours)
                     kwargs = {"stride": args.stride} if method == "dct-wiener" else {}
-                    if method.startswith("ours"):  # e.g. ours, ours-group32, ours-search_radius19
+                    if method.startswith("scaled"):  # e.g. scaled:scale=1.3
+                        function = ours_scaled
+                    if method.startswith(("ours", "scaled")):  # e.g. ours, ours-group32, ours-search_radius19
                         kwargs = {k: (float(v) if "." in v else int(v)) for k, v in (part.split("=") for part in method.split(":")[1:])}
                     out, info = function(sample.noisy, pilot, rgb, **kwargs)
                     seconds = time.perf_counter() - start
