@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -23,12 +22,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load, require_data_root  # noqa: E402
+from datasets import load, parse_study_args, require_data_root  # noqa: E402
 from quality import metrics  # noqa: E402
 
 import napari_mpi  # noqa: E402
-from napari_mpi.fill import DEFAULT_LR, build_model  # noqa: E402
-from napari_mpi.masking import draw_mask, masked_mse  # noqa: E402
+from napari_mpi.fill import DEFAULT_LR, _train_step, build_model  # noqa: E402
+from napari_mpi.masking import draw_mask  # noqa: E402
 from napari_mpi.planes import normalize  # noqa: E402
 from napari_mpi.refine import refine_estimate  # noqa: E402
 from napari_mpi.weights import default_checkpoint  # noqa: E402
@@ -47,7 +46,8 @@ def crop_fill(x: torch.Tensor, size: int, checkpoints: list[int], beta: float, r
     rng = np.random.default_rng(seed)
     mean = torch.zeros_like(x[0, 0])
     count = torch.zeros_like(x[0, 0])
-    bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=torch.ops.mkldnn._is_mkldnn_bf16_supported(),
+                              cache_enabled=False)
     start = time.perf_counter()
     size_h, size_w = min(size, height), min(size, width)
     for step in range(1, max(checkpoints) + 1):
@@ -57,13 +57,7 @@ def crop_fill(x: torch.Tensor, size: int, checkpoints: list[int], beta: float, r
         window = x[..., top:top + size_h, left:left + size_w]
         keep = draw_mask(window.shape, ratio, "pixel", generator, torch.device("cpu"))
         hidden = 1.0 - keep
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            prediction = model(torch.cat([window * keep, keep], dim=1).contiguous(memory_format=torch.channels_last))
-        prediction = prediction.float()
-        loss = masked_mse(prediction, window, hidden)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        prediction, _ = _train_step(model, optimizer, window, keep, hidden, autocast)  # the fill's own step
         use = hidden[0, 0].clone()
         if top > 0:
             use[:MARGIN] = 0
@@ -74,7 +68,7 @@ def crop_fill(x: torch.Tensor, size: int, checkpoints: list[int], beta: float, r
         if left + size_w < width:
             use[:, -MARGIN:] = 0
         region = (slice(top, top + size_h), slice(left, left + size_w))
-        mean[region].add_(use * (1.0 - beta) * (prediction.detach()[0, 0] - mean[region]))
+        mean[region].add_(use * (1.0 - beta) * (prediction[0, 0] - mean[region]))
         count[region].add_(use)
         if step in checkpoints:
             corrected = torch.where(count > 0, mean / (1.0 - beta**count).clamp_min(1e-12), x[0, 0])
@@ -88,11 +82,7 @@ def main(argv=None) -> int:
     parser.add_argument("--crop-size", type=int, default=256)
     parser.add_argument("--steps", type=int, nargs="+", default=[100, 200, 300, 400])
     parser.add_argument("--beta", type=float, default=0.9)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_study_args(parser, argv, threads=1)  # --threads (one per job: two jobs share the 2 cores), --data, --out
     root = require_data_root(args.data)
     rows = []
     for dataset in args.datasets:

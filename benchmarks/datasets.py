@@ -93,10 +93,10 @@ def require_data_root(explicit: str | os.PathLike | None = None) -> Path:
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-def parse_study_args(parser, argv=None):
-    """Add the options every study script takes (--threads, --data, --out), parse ``argv`` and apply
-    --threads (``torch.set_num_threads``; 0 = torch's choice)."""
-    parser.add_argument("--threads", type=int, default=0)
+def parse_study_args(parser, argv=None, threads: int = 0):
+    """Add the options every study script takes (--threads, default ``threads``; --data, --out), parse ``argv``
+    and apply --threads (``torch.set_num_threads``; 0 = torch's choice)."""
+    parser.add_argument("--threads", type=int, default=threads)
     parser.add_argument("--data", default=None)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -26,19 +25,13 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load, require_data_root  # noqa: E402
+from datasets import load, parse_study_args, require_data_root  # noqa: E402
 from quality import metrics  # noqa: E402
 
-# Orthonormal opponent colour transform (rows: luminance, red-green, blue-yellow): white noise stays white.
-OPPONENT = np.array([[1, 1, 1], [1, 0, -1], [1, -2, 1]], dtype=np.float64)
-OPPONENT /= np.linalg.norm(OPPONENT, axis=1, keepdims=True)
+from napari_mpi import refine  # noqa: E402
 
-
-def dct_matrix(n: int) -> torch.Tensor:
-    k = torch.arange(n, dtype=torch.float64)
-    matrix = torch.cos(math.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n)) * math.sqrt(2.0 / n)
-    matrix[0] /= math.sqrt(2.0)
-    return matrix
+# The package's orthonormal opponent colour transform (luminance, red-green, blue-yellow).
+OPPONENT = refine._OPPONENT.numpy()
 
 
 def fit_noise_model(noisy: np.ndarray, pilot: np.ndarray) -> tuple[float, float]:
@@ -64,7 +57,8 @@ def dct_wiener_plane(noisy: np.ndarray, pilot: np.ndarray, variance: np.ndarray,
     tensors = [torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))[None, None] for a in (noisy, pilot, variance)]
     tensors = [F.pad(t, (pad, pad, pad, pad), mode="reflect") for t in tensors]
     cols = [F.unfold(t, patch, stride=stride)[0] for t in tensors]  # (patch*patch, n)
-    basis = torch.kron(dct_matrix(patch), dct_matrix(patch))  # (p*p, p*p)
+    dct = refine._dct_matrix(patch, "cpu", torch.float64)
+    basis = torch.kron(dct, dct)  # (p*p, p*p)
     coef_noisy, coef_pilot = basis @ cols[0], basis @ cols[1]
     var = cols[2].mean(dim=0, keepdim=True).clamp_min(1e-12)
     gain = coef_pilot**2 / (coef_pilot**2 + var)
@@ -111,8 +105,6 @@ def bm3d_wiener(noisy: np.ndarray, pilot: np.ndarray, rgb: bool) -> tuple[np.nda
 
 
 def ours(noisy: np.ndarray, pilot: np.ndarray, rgb: bool, **options) -> tuple[np.ndarray, dict]:
-    from napari_mpi import refine
-
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1) if rgb else a[None], dtype=np.float32))  # noqa: E731
     out, model = refine.refine_estimate(to_t(noisy), to_t(pilot), colour=rgb, **options)
     out = out.numpy()
@@ -121,8 +113,6 @@ def ours(noisy: np.ndarray, pilot: np.ndarray, rgb: bool, **options) -> tuple[np
 
 def ours_separate(noisy: np.ndarray, pilot: np.ndarray, rgb: bool) -> tuple[np.ndarray, dict]:
     """Colour: each opponent channel with its own block matches (as ``bm3d-wiener`` here), not the luminance's."""
-    from napari_mpi import refine
-
     if not rgb:
         return ours(noisy, pilot, rgb)
     n, p = (torch.from_numpy(np.ascontiguousarray(to_opponent(a).transpose(2, 0, 1), dtype=np.float32)) for a in (noisy, pilot))
@@ -140,8 +130,6 @@ def ours_twice(noisy: np.ndarray, pilot: np.ndarray, rgb: bool) -> tuple[np.ndar
 
 def ours_scaled(noisy: np.ndarray, pilot: np.ndarray, rgb: bool, scale: float = 1.0) -> tuple[np.ndarray, dict]:
     """The shipped refinement with the fitted noise variance multiplied by ``scale``."""
-    from napari_mpi import refine
-
     fit = refine.fit_noise_model
     refine.fit_noise_model = lambda n, p: (lambda m: refine.NoiseModel(m.a * scale, m.b * scale))(fit(n, p))
     try:
@@ -170,15 +158,11 @@ def main(argv=None) -> int:
     parser.add_argument("--datasets", nargs="+", default=["kodak-gauss25"])
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--limit", type=int, default=6)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--methods", nargs="+", default=["mpi", "dct-wiener", "bm3d-wiener"])
     parser.add_argument("--stride", type=int, default=2, help="DCT window stride in pixels")
     parser.add_argument("--cache", type=Path, default=Path("runs/s8/pilots"))
     parser.add_argument("--mask-ratio", type=float, default=None, help="the fill's mask ratio (default: the default)")
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
+    args = parse_study_args(parser, argv, threads=1)  # --threads (one per job: two jobs share the 2 cores), --data, --out
     root = require_data_root(args.data)
     rows = []
     for dataset in args.datasets:

@@ -230,8 +230,8 @@ def refine_estimate(noisy: torch.Tensor, estimate: torch.Tensor, *, colour: bool
     noisy = noisy.detach().float()
     estimate = estimate.detach().float()
     model = fit_noise_model(noisy, estimate)
-    variance = model.variance(estimate.mean(dim=0))
     if colour and noisy.shape[0] == 3:
+        variance = model.variance(estimate.mean(dim=0))
         opponent = _OPPONENT.to(device=noisy.device, dtype=noisy.dtype)
         to_opp = lambda t: torch.einsum("kc,chw->khw", opponent, t)  # noqa: E731
         refined = collaborative_wiener(to_opp(noisy), to_opp(estimate), variance, **options)
