@@ -165,3 +165,34 @@ def test_reuse_network_runs_a_stack_and_refuses_a_scheduler(zstack, tmp_path):
     assert tifffile.imread(target).shape == data.shape
     _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--reuse-network",
                                   "--scheduler", "local", *FAST), "cannot be combined with --scheduler")
+
+
+def test_crop_option_trains_on_windows_and_refuses_a_bad_side(tmp_path):
+    source = tmp_path / "wide.tif"
+    tifffile.imwrite(source, np.random.default_rng(3).integers(0, 4000, size=(96, 160), dtype=np.uint16))
+    target = tmp_path / "out.tif"
+    done = run_cli("denoise", str(source), "-o", str(target), "--crop", "64", "--iterations", "2", "--weights", "random",
+                   "--refine", "none")
+    assert done.returncode == 0, done.stderr
+    assert "2 iterations (as 6 steps on 64x64 windows)" in done.stdout  # 0.75 x 2 x 96*160 / 64^2 = 5.6
+    assert tifffile.imread(target).shape == (96, 160)
+    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--crop", "32", *FAST),
+                          "window side of at least 64 pixels")
+    refused = run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--crop", "big", *FAST)  # argparse's usage
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "expected auto, none or a window side" in refused.stderr.strip().splitlines()[-1]
+
+
+def test_correlated_noise_gets_a_one_line_hint_unless_a_mask_ratio_is_given(tmp_path):
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(4)
+    noise = gaussian_filter(rng.normal(0, 1, (64, 64)), 1.0)
+    source = tmp_path / "blotchy.tif"
+    tifffile.imwrite(source, (1000 + 300 * noise / noise.std()).astype(np.float32))
+    done = run_cli("denoise", str(source), "-o", str(tmp_path / "out.tif"), "--refine", "none", *FAST)
+    assert done.returncode == 0, done.stderr
+    hints = [line for line in done.stderr.splitlines() if "spatially correlated" in line]
+    assert len(hints) == 1 and hints[0].startswith("napari-mpi: warning:") and "--mask-ratio 0.85" in hints[0]
+    chosen = run_cli("denoise", str(source), "-o", str(tmp_path / "out2.tif"), "--mask-ratio", "0.3", *FAST)
+    assert chosen.returncode == 0 and "spatially correlated" not in chosen.stderr

@@ -390,6 +390,10 @@ def test_reuse_network_box_runs_a_stack_with_fewer_iterations_and_not_with_auto(
     assert layer.metadata["refine"] == "wiener"  # the Wiener refinement is on by default
     widget.refine.setChecked(False)
     assert widget.parameters()["refine"] == "none"
+    assert layer.metadata["crop"] == 0  # planes reusing a network train on whole planes
+    assert widget.parameters()["crop"] == "auto"  # windows of big planes on the CPU, by default
+    widget.crop.setChecked(False)
+    assert widget.parameters()["crop"] == "none"
     widget.preset_combo.setCurrentText("Auto")  # Auto decides per plane: the box is off for it
     assert not widget.reuse.isEnabled() and widget.parameters()["reuse_network"] is False
     widget.preset_combo.setCurrentText("Fast")
@@ -432,3 +436,20 @@ def test_lazy_layer_is_denoised_plane_by_plane_into_a_disk_backed_output(viewer_
     loaded = sorted(p for planes in computes for p in planes)
     assert set(loaded) == {0, 1, 2} and max(len(planes) for planes in computes) == 1  # one plane per read
     np.testing.assert_array_equal(np.asarray(out), napari_mpi.denoise(stack, iterations=3))
+
+
+def test_correlated_noise_shows_a_hint_that_sets_the_mask_ratio_in_one_click(viewer_widget):
+    from scipy.ndimage import gaussian_filter
+
+    viewer, widget = viewer_widget
+    noise = gaussian_filter(np.random.default_rng(5).normal(0, 1, (96, 96)), 1.0)
+    viewer.add_image(noisy((96, 96)), name="independent")
+    assert widget.chosen_layer().name == "independent" and widget.hint_box.isHidden()
+    viewer.add_image((0.5 + 0.1 * noise / noise.std()).astype(np.float32), name="blotchy")
+    assert widget.chosen_layer().name == "blotchy"
+    assert not widget.hint_box.isHidden() and "spatially correlated" in widget.noise_hint.text()
+    assert widget.mask_ratio.value() == pytest.approx(0.3)
+    widget.use_hint.click()
+    assert widget.mask_ratio.value() == pytest.approx(0.85) and widget.parameters()["mask_ratio"] == 0.85
+    widget.layer_combo.setCurrentIndex(widget.layer_combo.findText("independent"))  # no hint there
+    assert widget.hint_box.isHidden()

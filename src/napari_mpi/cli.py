@@ -34,6 +34,16 @@ def _ratio_range(text: str) -> tuple[float, float]:
     return low, high
 
 
+def _crop_option(text: str) -> str | int:
+    """--crop: "auto", "none" or a window side in pixels."""
+    if text.strip().lower() in ("auto", "none"):
+        return text.strip().lower()
+    try:
+        return int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected auto, none or a window side in pixels like 256, got {text!r}") from exc
+
+
 def _steps(text: str) -> int:
     if text.strip().lower() == "auto":
         return 0
@@ -182,7 +192,7 @@ def _local_planes(data, plan, sink, done: set[int], quiet: bool):
     from .denoise import denoise_steps
 
     position = 1 if plan.layout.n_planes > 1 else 0
-    steps_bar = _progress_bar(total=plan.config.iterations, unit="it", position=position, disable=quiet, leave=False)
+    steps_bar = _progress_bar(total=plan.steps_per_plane, unit="it", position=position, disable=quiet, leave=False)
     current: int | None = None
     try:
         for event in denoise_steps(data, plan, sink, skip=done):
@@ -201,7 +211,7 @@ def _local_planes(data, plan, sink, done: set[int], quiet: bool):
 
 
 def _denoise(args: argparse.Namespace) -> int:
-    from .denoise import prepare
+    from .denoise import prepare, warn_if_noise_looks_correlated
     from .stores import BatchOutput, output_dtype
 
     kind = _check_output(args.input, args.output)
@@ -224,8 +234,10 @@ def _denoise(args: argparse.Namespace) -> int:
         plan = prepare(
             data.shape, data.dtype, preset=args.preset, mask_ratio=args.mask_ratio, beta=args.beta,
             iterations=args.iterations, seed=args.seed, device=args.device, weights=args.weights,
-            precision=args.precision, reuse_network=args.reuse_network, refine=args.refine, **_roles(axes, data.shape),
+            precision=args.precision, reuse_network=args.reuse_network, refine=args.refine, crop=args.crop,
+            **_roles(axes, data.shape),
         )
+        warn_if_noise_looks_correlated(data, args.mask_ratio, option="run with --mask-ratio ", **_roles(axes, data.shape))
         n_planes, iterations = plan.layout.n_planes, plan.config.iterations
         output = None
         if kind == "png":
@@ -269,6 +281,7 @@ def _denoise(args: argparse.Namespace) -> int:
         resumed = f", {len(done)} from the earlier run" if done else ""
         print(f"wrote {args.output} ({'x'.join(map(str, plan.layout.shape))}, axes {axes}, {n_planes} plane(s){resumed}, "
               f"preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {iterations} iterations"
+              f"{f' (as {plan.steps_per_plane} steps on {plan.crop}x{plan.crop} windows)' if plan.crop else ''}"
               f"{' (the first plane; the next ones reused its network)' if plan.reuse_network and n_planes > 1 else ''})")
     return 0
 
@@ -333,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="after each plane's fill: a block-matching Wiener filter with the fill's estimate as its pilot "
                           "(+0.25-0.54 dB for ~1 s per 256x256 plane); auto (default): wiener for mask ratios up to "
                           "0.65, none above (it assumes independent noise)")
+    den.add_argument("--crop", type=_crop_option, default="auto",
+                     help="train each fill step on a random window of this many pixels per side instead of the whole "
+                          "plane (big planes: same quality in ~half the time, memory of one window); auto (default): "
+                          "256 on the CPU for planes of 2x that area or more; none: whole planes")
     den.add_argument("--resume", action="store_true",
                      help="continue an interrupted run into the same output, skipping the planes it finished")
     den.add_argument("--scheduler", default=None,

@@ -19,16 +19,19 @@ import numpy as np
 import torch
 
 from .fill import (
-    DEFAULT_PRESET, MIN_TILE, TILE_OVERLAP, AutoReport, CarriedNetwork, FillConfig, FillStep, check_reuse, config_for,
-    iterative_fill, resolve_device, resolve_precision, tile_starts, tiled_fill,
+    CROP_SIZE, DEFAULT_PRESET, MIN_CROP, MIN_TILE, TILE_OVERLAP, AutoReport, CarriedNetwork, FillConfig, FillStep,
+    check_reuse, config_for, crop_fill, crop_steps, iterative_fill, resolve_device, resolve_precision, tile_starts,
+    tiled_fill,
 )
 from .network import DEFAULT_DEPTH, DEFAULT_SKIP_WIDTH, DEFAULT_WIDTH, architecture_of, check_plane_size, padded_side
+from .noise import MaskRatioHint, mask_ratio_hint
 from .planes import Normalization, PlaneLayout, check_dtype, check_values, normalize, plane_layout
 from .refine import refine_estimate, resolve_refine
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
 __all__ = [
     "DenoisePlan", "DenoiseProgress", "DenoiseWarning", "PlaneSink", "prepare", "denoise_steps", "denoise_plane", "denoise",
+    "check_noise",
 ]
 
 
@@ -50,6 +53,15 @@ class DenoisePlan:
     reuse_network: bool = False
     #: what follows each plane's fill: "wiener" (collaborative Wiener filter, napari_mpi.refine) or "none"
     refine: str = "none"
+    #: side of the random windows each fill step trains on (fill.crop_fill); 0 = every step on the whole plane
+    crop: int = 0
+
+    @property
+    def steps_per_plane(self) -> int:
+        """Training steps (or, for planes that reuse the network, steps and predictions) of one plane's fill."""
+        if self.crop:
+            return crop_steps(self.config.iterations, *self.layout.plane_shape[:2], self.crop)
+        return self.config.iterations
 
     @property
     def network(self) -> dict[str, int]:
@@ -75,6 +87,7 @@ class DenoisePlan:
             "selfsup": self.config.selfsup,
             "reuse_network": self.reuse_network,
             "refine": self.refine,
+            "crop": self.crop,
             "device": str(self.device),
             "weights": self.checkpoint.name if self.checkpoint is not None else "random initialisation",
             "network": self.network,
@@ -140,6 +153,7 @@ def prepare(
     precision: str = "auto",
     reuse_network: bool = False,
     refine: str = "auto",
+    crop: str | int = "auto",
 ) -> DenoisePlan:
     """Validate the parameters against an image's shape and dtype; ValueError with a clear message otherwise."""
     check_dtype(np.dtype(image_dtype))
@@ -160,8 +174,37 @@ def prepare(
     checkpoint = resolve_weights(weights, channels, mask_mode, config.mask_ratio)
     if checkpoint is not None:
         config = config_for(preset, start=checkpoint.start, **options)
-    return DenoisePlan(layout, config, checkpoint, resolve_device(device), preset.lower(), channel_axis, reuse_network,
-                       refine)
+    device = resolve_device(device)
+    crop = _resolve_crop(crop, layout.plane_shape[:2], device, config, reuse_network)
+    return DenoisePlan(layout, config, checkpoint, device, preset.lower(), channel_axis, reuse_network, refine, crop)
+
+
+#: crop="auto" trains on CROP_SIZE windows of planes with at least this many windows' pixels, on the CPU
+CROP_MIN_WINDOWS = 2.0
+
+
+def _resolve_crop(crop: str | int, plane: tuple[int, int], device: torch.device, config: FillConfig,
+                  reuse_network: bool) -> int:
+    """The window side a plan's fill trains on (0 = the whole plane), from ``crop``: "auto", "none" or a side.
+
+    "auto": CROP_SIZE on the CPU for planes of at least CROP_MIN_WINDOWS windows' pixels, unless the fill decides
+    per plane (auto preset) or reuses a network across planes; the whole plane otherwise (on a GPU a step of a
+    512x512 plane costs about what a window's does: docs/benchmarks.md)."""
+    height, width = plane
+    if crop == "none":
+        return 0
+    if crop == "auto":
+        big = height * width >= CROP_MIN_WINDOWS * CROP_SIZE**2
+        return CROP_SIZE if big and device.type == "cpu" and not config.selfsup and not reuse_network else 0
+    if isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < MIN_CROP:
+        raise ValueError(f"crop must be 'auto', 'none' or a window side of at least {MIN_CROP} pixels, got {crop!r}")
+    if crop >= height and crop >= width:
+        return 0  # the window would be the whole plane
+    if config.selfsup:
+        raise ValueError("the auto preset decides on whole planes and cannot train on crops; use crop='none'")
+    if reuse_network:
+        raise ValueError("planes that reuse one network train on whole planes; use crop='none' with reuse_network")
+    return int(crop)
 
 
 class PlaneSink(Protocol):
@@ -270,7 +313,9 @@ def _fill_plane(
         step: FillStep | None = None
         failure = ""
         try:
-            if tile is None:
+            if plan.crop:
+                fill = crop_fill(tensor, plan.config, state, plan.device, plan.crop)
+            elif tile is None:
                 fill = iterative_fill(tensor, plan.config, state, plan.device, carried)
             else:
                 fill = tiled_fill(tensor, plan.config, state, plan.device, tile, TILE_OVERLAP)
@@ -288,6 +333,9 @@ def _fill_plane(
         gc.collect()
         _free_device_memory(plan.device)
         device = plan.device.type.upper()
+        if plan.crop:
+            raise MemoryError(f"{device} ran out of memory training on {plan.crop}x{plan.crop} windows of a "
+                              f"{height}x{width} plane; {_memory_advice(plan.device)}")
         smaller = _smaller_tile(tile or (height, width), (height, width))
         if smaller is None:
             where = f", even in tiles of {tile[0]}x{tile[1]} pixels" if tile is not None else ""
@@ -328,6 +376,42 @@ def _refined(noisy: torch.Tensor, estimate: torch.Tensor, plan: DenoisePlan) -> 
     return estimate
 
 
+#: Planes of a stack the noise check reads (evenly spaced): enough to outvote one odd plane, few to read
+NOISE_CHECK_PLANES = 3
+#: ... and the middle this many pixels a side of each (~35 ms for a gray plane, 4 ms at 512x512)
+NOISE_CHECK_SIDE = 1024
+
+
+def check_noise(image, *, rgb: bool = False, channel_axis: int | None = None) -> MaskRatioHint:
+    """Whether ``image``'s noise looks spatially correlated, from the middle of up to NOISE_CHECK_PLANES of its
+    planes (:mod:`napari_mpi.noise`); its ``mask_ratio`` is the ratio to suggest (None: keep the default).
+
+    Only a hint: it also fires on some nearly clean images, where a high mask ratio blurs detail away."""
+    image = _as_array(image)
+    layout = plane_layout(tuple(image.shape), rgb=rgb, channel_axis=channel_axis)
+    indices = list(layout.indices()) if layout.n_planes <= NOISE_CHECK_PLANES else None
+    if indices is None:
+        wanted = {round(i * (layout.n_planes - 1) / (NOISE_CHECK_PLANES - 1)) for i in range(NOISE_CHECK_PLANES)}
+        indices = [index for number, index in enumerate(layout.indices()) if number in wanted]
+    planes = []
+    for index in indices:
+        plane = layout.take(image, index)
+        top, left = (max(0, (side - NOISE_CHECK_SIDE) // 2) for side in plane.shape[:2])
+        planes.append(plane[top:top + NOISE_CHECK_SIDE, left:left + NOISE_CHECK_SIDE])  # the middle: bounded time
+    return mask_ratio_hint(planes, rgb=rgb)
+
+
+def warn_if_noise_looks_correlated(image, mask_ratio: float | None, *, rgb: bool, channel_axis: int | None,
+                                   option: str = "pass mask_ratio=", stacklevel: int = 3) -> None:
+    """A DenoiseWarning when no mask ratio was chosen and the noise looks correlated (``check_noise``); ``option``
+    says how to choose one, followed by the ratio (the command line: "run with --mask-ratio ")."""
+    if mask_ratio is not None:
+        return
+    hint = check_noise(image, rgb=rgb, channel_axis=channel_axis)
+    if hint.correlated:
+        warnings.warn(f"{hint.describe()}; {option}{hint.mask_ratio} to try it", DenoiseWarning, stacklevel=stacklevel)
+
+
 def denoise(
     image,
     *,
@@ -346,6 +430,7 @@ def denoise(
     out: PlaneSink | None = None,
     reuse_network: bool = False,
     refine: str = "auto",
+    crop: str | int = "auto",
 ):
     """Denoise an image or N-D stack with MPI (Masked Pre-train then Iterative fill).
 
@@ -356,7 +441,7 @@ def denoise(
         (and the RGB axis) is processed plane by plane. Integer or float pixels; numpy, dask or zarr.
     mask_ratio : float, optional
         Fraction of pixels hidden per step, 0 < p < 1. Default 0.3; raise to 0.8-0.95 for spatially
-        correlated noise.
+        correlated noise. Left out, a DenoiseWarning says when the noise looks correlated (``check_noise``).
     beta : float, optional
         EMA weight in [0, 1); default from the preset and the start (fast 0.9, 0.95 for colour; quality 0.95 from
         the shipped weights, 0.99 from a random start; auto chooses its own).
@@ -396,6 +481,12 @@ def denoise(
         estimate as its pilot and a noise model fitted to the residual (:mod:`napari_mpi.refine`); measured
         +0.25 to +0.54 dB for about a second per 256x256 plane. "none": the fill's estimate as is. "auto"
         (default): "wiener" for mask ratios up to 0.65, "none" above (the filter assumes independent noise).
+    crop : "auto", "none" or int
+        A side in pixels: each fill step trains on a random window of this size instead of the whole plane, and
+        the plane's estimate gathers the windows' predictions (``fill.crop_fill``); ``iterations`` still counts
+        whole-plane steps, and the fill runs CROP_STEP_SCALE of their pixels in windows. Memory is one window's,
+        whatever the plane's size. "auto" (default): 256x256 windows on the CPU for planes of at least twice
+        that area (not with the auto preset or ``reuse_network``); "none": every step on the whole plane.
 
     Returns
     -------
@@ -406,8 +497,9 @@ def denoise(
     plan = prepare(
         tuple(image.shape), image.dtype, mask_ratio=mask_ratio, beta=beta, iterations=iterations, preset=preset,
         rgb=rgb, channel_axis=channel_axis, seed=seed, device=device, weights=weights, lr=lr, precision=precision,
-        reuse_network=reuse_network, refine=refine,
+        reuse_network=reuse_network, refine=refine, crop=crop,
     )
+    warn_if_noise_looks_correlated(image, mask_ratio, rgb=rgb, channel_axis=channel_axis)
     steps = denoise_steps(image, plan, out)
     while True:
         try:
@@ -484,8 +576,8 @@ def _tile_to_fit_memory(height: int, width: int, plan: DenoisePlan) -> tuple[int
     running out of memory, that fits (MIN_TILE when none does). A DenoiseWarning says so. Planned before
     the fill because an operating system rarely reports running out of memory: it swaps, or kills the
     program."""
-    available = available_memory() if plan.device.type == "cpu" else None
-    if available is None:
+    available = available_memory() if plan.device.type == "cpu" and not plan.crop else None
+    if available is None:  # (a crop fill's memory is one window's)
         return None
     precision = resolve_precision(plan.config.precision, plan.device)
     budget = CPU_MEMORY_SHARE * available

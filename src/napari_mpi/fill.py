@@ -19,6 +19,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterator, Literal, get_args
 
+import numpy as np
 import torch
 
 from .masking import MaskMode, draw_mask, make_generator, masked_mse
@@ -46,6 +47,11 @@ __all__ = [
     "iterative_fill",
     "TiledStep",
     "tiled_fill",
+    "CROP_SIZE",
+    "MIN_CROP",
+    "crop_steps",
+    "crop_fill",
+    "window_pass",
     "tile_starts",
     "TILE_OVERLAP",
     "MIN_TILE",
@@ -775,3 +781,104 @@ def tiled_fill(
         done[region] += w * step.estimate.detach().float().cpu()
         pending[region] -= w
         current[0] = None
+
+
+#: Training on random windows of a big plane (``crop_fill``): a step costs in proportion to its pixels, and with the
+#: Wiener refinement after it (napari_mpi.refine) a running mean of fewer predictions per pixel is enough. Window
+#: side, in pixels; and the pixels next to a window edge inside the plane, whose predictions are left out of the
+#: mean (the network sees padding there, not the plane).
+CROP_SIZE = 256
+CROP_MARGIN = 16
+#: Smallest window side accepted: the margins must leave pixels to predict.
+MIN_CROP = 4 * CROP_MARGIN
+#: A crop fill standing for N whole-plane iterations trains this fraction of their pixels (see crop_steps).
+CROP_STEP_SCALE = 0.75
+
+
+def crop_steps(iterations: int, height: int, width: int, crop: int) -> int:
+    """Training steps of a crop fill that stands for ``iterations`` whole-plane steps on a height x width plane:
+    CROP_STEP_SCALE of their pixels in windows of crop x crop (never fewer than ``iterations``)."""
+    windows = height * width / (min(crop, height) * min(crop, width))
+    return max(iterations, round(CROP_STEP_SCALE * iterations * windows))
+
+
+def crop_fill(
+    image: torch.Tensor,
+    config: FillConfig,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    device: str | torch.device = "auto",
+    crop: int = CROP_SIZE,
+) -> Iterator[FillStep]:
+    """Algorithm 1 with each step on a random crop x crop window of the plane; yields a FillStep after every step.
+
+    The network (one for the whole plane) trains on one masked window per step, and its predictions at the window's
+    hidden pixels go into a running mean of the whole plane: weight ``config.beta``, started at 0 and divided by
+    1 - beta^k (k = how often the pixel was predicted), the noisy value where it never was. Predictions within
+    CROP_MARGIN pixels of a window edge inside the plane are left out. The windows come in passes that each cover
+    every pixel once or twice (``window_pass``), so the border and corners get predictions as often as the middle.
+    Runs ``crop_steps(config.iterations, H, W, crop)`` steps; memory is one window's, whatever the plane's size.
+    Not with ``config.selfsup``.
+    """
+    if image.ndim != 3:
+        raise ValueError(f"crop_fill expects one (C, H, W) plane, got shape {tuple(image.shape)}")
+    if config.selfsup:
+        raise ValueError("the auto preset decides on the whole plane and cannot train on crops; use crop='none'")
+    if isinstance(crop, bool) or not isinstance(crop, int) or crop < MIN_CROP:
+        raise ValueError(f"crop size must be a whole number >= {MIN_CROP}, got {crop!r}")
+    channels, height, width = image.shape
+    check_plane_size(height, width)
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite values; replace them before denoising")
+    dev = resolve_device(device)
+    precision = resolve_precision(config.precision, dev)
+    model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    generator = make_generator(config.seed, dev)  # the masks, as in iterative_fill
+    rng = np.random.default_rng((config.seed, 0xC0))  # the windows: a stream of their own
+    places = (place for _ in iter(int, 1) for place in window_pass(height, width, crop, rng))  # pass after pass
+    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16",
+                              cache_enabled=False)
+    x = image.to(dev, torch.float32).unsqueeze(0)
+    estimate = x[0].clone()
+    mean = torch.zeros_like(estimate)
+    count = torch.zeros_like(estimate)
+    size_h, size_w = min(crop, height), min(crop, width)
+    steps = crop_steps(config.iterations, height, width, crop)
+    for step, (top, left) in zip(range(1, steps + 1), places):
+        region = (slice(None), slice(top, top + size_h), slice(left, left + size_w))
+        window = x[(slice(None), *region)]
+        keep = draw_mask(window.shape, config.mask_ratio, config.mask_mode, generator, dev)
+        hidden = 1.0 - keep
+        prediction, loss = _train_step(model, optimizer, window, keep, hidden, autocast)
+        use = hidden[0]
+        inner_top = CROP_MARGIN if top > 0 else 0
+        inner_left = CROP_MARGIN if left > 0 else 0
+        inner_bottom = size_h - CROP_MARGIN if top + size_h < height else size_h
+        inner_right = size_w - CROP_MARGIN if left + size_w < width else size_w
+        inner = (slice(None), slice(inner_top, inner_bottom), slice(inner_left, inner_right))
+        target = (slice(None), slice(top + inner_top, top + inner_bottom), slice(left + inner_left, left + inner_right))
+        with torch.no_grad():
+            seen = use[inner]
+            mean[target].add_(seen * (1.0 - config.beta) * (prediction[0][inner] - mean[target]))
+            count[target].add_(seen)
+            estimate[target] = _bias_corrected(mean[target], config.beta, count[target], x[0][target])
+        yield FillStep(step, steps, estimate, loss)
+
+
+def window_pass(height: int, width: int, crop: int, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """Top-left corners of one pass of crop x crop windows over a plane, in random order: a grid of windows whose
+    used parts (all but CROP_MARGIN at an edge inside the plane) meet edge to edge, shifted by a random phase and
+    clamped into the plane, so that every pixel is predictable once or twice per pass. (Windows drawn uniformly
+    would reach the border and corners, only inside the windows at the plane's edges, 3-100x less often.)"""
+
+    def starts(length: int, size: int) -> np.ndarray:
+        if size >= length:
+            return np.zeros(1, dtype=np.int64)
+        stride = size - 2 * CROP_MARGIN
+        phase = int(rng.integers(stride))
+        return np.unique(np.clip(np.arange(phase - stride, length, stride), 0, length - size))
+
+    tops, lefts = starts(height, min(crop, height)), starts(width, min(crop, width))
+    grid = [(int(top), int(left)) for top in tops for left in lefts]
+    return [grid[number] for number in rng.permutation(len(grid))]
