@@ -12,6 +12,8 @@ max) of the rest reported. 1-channel sizes use the per-pixel mask, 3-channel siz
     python benchmarks/speed.py --sizes 1x2048x2048 --repeats 2 --isolate       # + peak RSS of a fresh process
     python benchmarks/speed.py --sizes 1x512x512 --precisions fp32 --network 64/64   # the paper's network
     python benchmarks/speed.py --device cuda --cuda-graphs on,off --stack 32x512x512 --stack-reuse off,on
+    python benchmarks/speed.py --sizes 1x512x512 --fill-crop 0,256            # whole-plane steps vs 256² windows
+    python benchmarks/speed.py --sizes "" --stack 1x1024x1024 --stack-crop none,auto   # denoise() whole vs windows
 
 The output names the torch version, its thread count, the CPU model (and GPU, if used): compare
 timings only from the same machine and the same load.
@@ -76,19 +78,24 @@ def network_state(channels: int, network: str | None) -> dict | None:
 
 
 def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: int, device: str, seed: int = 0,
-              network: str | None = None, cuda_graph: bool = True) -> dict:
-    """Per-iteration wall-clock seconds of one fill on random data (``cuda_graph``: ``fill.CUDA_GRAPHS``)."""
+              network: str | None = None, cuda_graph: bool = True, crop: int = 0) -> dict:
+    """Per-iteration wall-clock seconds of one fill on random data (``cuda_graph``: ``fill.CUDA_GRAPHS``).
+
+    ``crop``: time ``fill.crop_fill`` on windows of this side instead, and report seconds per whole-plane iteration
+    it stands for: the median window step x ``crop_steps(N, H, W, crop) / N`` (``repeats`` window steps are timed)."""
     import torch
 
     from napari_mpi import fill
-    from napari_mpi.fill import FillConfig, iterative_fill, resolve_device
+    from napari_mpi.fill import FillConfig, crop_fill, crop_steps, iterative_fill, resolve_device
     from napari_mpi.network import SkipNet, architecture_of
 
     fill.CUDA_GRAPHS = cuda_graph
 
     dev = resolve_device(device)
     channels = size[0]
-    config = FillConfig(mask_ratio=0.3, beta=0.9, iterations=warmup + repeats, seed=seed,
+    # a crop fill runs more (window) steps than its iterations: ask for enough, stop after warmup + repeats
+    iterations = warmup + repeats if not crop else 10_000
+    config = FillConfig(mask_ratio=0.3, beta=0.9, iterations=iterations, seed=seed,
                         mask_mode="pixel" if channels == 1 else "channel", precision=precision)
     image = torch.rand(size, generator=torch.Generator().manual_seed(seed))
 
@@ -107,15 +114,20 @@ def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: 
     last = time.perf_counter()
     state = network_state(channels, network)
     built = architecture_of(state if state is not None else SkipNet(2 * channels, channels).state_dict())
-    for step in iterative_fill(image, config, state, dev):
+    steps = crop_fill(image, config, state, dev, crop) if crop else iterative_fill(image, config, state, dev)
+    for step in itertools.islice(steps, warmup + repeats):
         step.loss_tensor.item()  # make sure the step's work is done before the clock is read
         sync()
         now = time.perf_counter()
         times.append(now - last)
         last = now
+    # window steps per whole-plane iteration they stand for (1 for whole-plane steps)
+    scale = crop_steps(iterations, size[1], size[2], crop) / iterations if crop else 1.0
+    times = [t * scale for t in times]
     kept = times[warmup:]
     return {
         "size": "x".join(map(str, size)),
+        "crop": crop,
         "precision": precision,
         "device": str(dev),
         "network": f"{built['width']}/{built['skip_width']}",
@@ -134,13 +146,14 @@ def time_fill(size: tuple[int, int, int], precision: str, repeats: int, warmup: 
     }
 
 
-def isolated(size: tuple[int, int, int], precision: str, graph: bool, args: argparse.Namespace) -> dict:
+def isolated(size: tuple[int, int, int], precision: str, graph: bool, crop: int, args: argparse.Namespace) -> dict:
     """``time_fill`` in a fresh Python process, so that its peak RSS is this size's alone."""
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "result.json"
         command = [sys.executable, str(Path(__file__).resolve()), "--sizes", "x".join(map(str, size)),
                    "--precisions", precision, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-                   "--device", args.device, "--out", str(out), "--cuda-graphs", "on" if graph else "off"]
+                   "--device", args.device, "--out", str(out), "--cuda-graphs", "on" if graph else "off",
+                   "--fill-crop", str(crop)]
         command += ["--network", args.network] if args.network else []
         if args.threads:
             command += ["--threads", str(args.threads)]
@@ -151,10 +164,10 @@ def isolated(size: tuple[int, int, int], precision: str, graph: bool, args: argp
 
 
 def time_stack(shape: tuple[int, int, int], iterations: int | None, precision: str, device: str, seed: int = 0,
-               reuse: bool = False, cuda_graph: bool = True) -> dict:
+               reuse: bool = False, cuda_graph: bool = True, crop: str = "auto") -> dict:
     """Planes per second of ``napari_mpi.denoise`` on a (planes, H, W) random stack, as a user runs it
     (``reuse``: the planes reuse one network, ``reuse_network=True``; ``iterations`` None: the fast preset's
-    count for the start the default weights give)."""
+    count for the start the default weights give; ``crop``: the ``crop`` option, whole planes or windows)."""
     import numpy as np
     import torch
 
@@ -169,11 +182,14 @@ def time_stack(shape: tuple[int, int, int], iterations: int | None, precision: s
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     napari_mpi.denoise(stack, iterations=iterations, device=device, precision=precision, seed=seed,
-                       reuse_network=reuse)
+                       reuse_network=reuse, crop=crop)
     seconds = time.perf_counter() - start
+    plan = napari_mpi.prepare(shape, stack.dtype, iterations=iterations, device=device, reuse_network=reuse, crop=crop)
     return {
         "stack": "x".join(map(str, shape)),
-        "iterations": napari_mpi.prepare(shape, stack.dtype, iterations=iterations).config.iterations,
+        "iterations": plan.config.iterations,
+        "crop": plan.crop,
+        "steps_per_plane": plan.steps_per_plane,
         "precision": precision,
         "reuse_network": reuse,
         "cuda_graph": cuda_graph if torch.cuda.is_available() and device != "cpu" else None,
@@ -190,9 +206,9 @@ def markdown(results: list[dict], machine: dict) -> str:
         f"({machine.get('cpu_count')} logical CPUs){', GPU: ' + machine['gpu'] if machine.get('gpu') else ''}, "
         f"napari-mpi {machine.get('napari-mpi')}.",
         "",
-        "| size (CxHxW) | network (width/skip) | precision | device | CUDA graph | s / iteration (median) | min – max "
-        "| fast preset, 200 it (s) | quality preset, 1000 it (s) | peak GPU memory (MiB) | peak RSS (MiB) |",
-        "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
+        "| size (CxHxW) | network (width/skip) | steps on | precision | device | CUDA graph | s / iteration (median) "
+        "| min – max | fast preset, 200 it (s) | quality preset, 1000 it (s) | peak GPU memory (MiB) | peak RSS (MiB) |",
+        "|---|---|---|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     per_iteration = [r for r in results if "stack" not in r]
     if not per_iteration:
@@ -200,17 +216,21 @@ def markdown(results: list[dict], machine: dict) -> str:
     for r in per_iteration:
         peak = f"{r['peak_gpu_mib']:.0f}" if r.get("peak_gpu_mib") is not None else "–"
         rss = f"{r['peak_rss_mib']:.0f}" if r.get("isolated") and r.get("peak_rss_mib") is not None else "–"
-        lines.append(f"| {r['size']} | {r.get('network', '64/64')} | {r['precision']} | {r['device']} "
+        steps_on = f"{r['crop']}² windows" if r.get("crop") else "whole plane"
+        lines.append(f"| {r['size']} | {r.get('network', '64/64')} | {steps_on} | {r['precision']} | {r['device']} "
                      f"| {_yes_no(r.get('cuda_graph'))} | {r['median_s']:.4f} | "
                      f"{r['min_s']:.4f} – {r['max_s']:.4f} | {200 * r['median_s']:.1f} | {1000 * r['median_s']:.1f} "
                      f"| {peak} | {rss} |")
     stacks = [r for r in results if "stack" in r]
     if stacks:
-        lines += ["", ("| stack (ZxHxW) | iterations | network reused | precision | device | CUDA graph | seconds "
-                       "| planes / s | peak GPU memory (MiB) |"), "|---|---:|---|---|---|---|---:|---:|---:|"]
+        lines += ["", ("| stack (ZxHxW) | iterations | windows (steps / plane) | network reused | precision | device "
+                       "| CUDA graph | seconds | planes / s | peak GPU memory (MiB) |"),
+                  "|---|---:|---|---|---|---|---|---:|---:|---:|"]
         for r in stacks:
             peak = f"{r['peak_gpu_mib']:.0f}" if r.get("peak_gpu_mib") is not None else "–"
-            lines.append(f"| {r['stack']} | {r['iterations']} | {_yes_no(r.get('reuse_network'))} | {r['precision']} "
+            windows = f"{r['crop']}² ({r['steps_per_plane']})" if r.get("crop") else "whole plane"
+            lines.append(f"| {r['stack']} | {r['iterations']} | {windows} | {_yes_no(r.get('reuse_network'))} "
+                         f"| {r['precision']} "
                          f"| {r['device']} | {_yes_no(r.get('cuda_graph'))} | {r['seconds']:.1f} "
                          f"| {r['planes_per_s']:.3f} | {peak} |")
     return "\n".join(lines) + "\n"
@@ -243,6 +263,11 @@ def main(argv=None) -> int:
                         help="iterations per plane (default: the fast preset's, 100 from the shipped gray prior)")
     parser.add_argument("--stack-reuse", default="off",
                         help="comma-separated on / off: time the stack with its planes reusing one network, or not")
+    parser.add_argument("--fill-crop", default="0",
+                        help="comma-separated window sides for the per-iteration timing (0 = whole plane, default): "
+                             "a crop fill's seconds per whole-plane iteration it stands for")
+    parser.add_argument("--stack-crop", default="auto",
+                        help="comma-separated crop options for the stack: auto, none or a window side (default auto)")
     parser.add_argument("--cuda-graphs", default="on",
                         help="comma-separated on / off: replay the fill step from a CUDA graph (fill.CUDA_GRAPHS)")
     parser.add_argument("--isolate", action="store_true",
@@ -266,24 +291,27 @@ def main(argv=None) -> int:
     results = []
     graphs = _on_off(args.cuda_graphs, "--cuda-graphs")
     reuses = _on_off(args.stack_reuse, "--stack-reuse")
-    for size, precision, graph in itertools.product(sizes, precisions, graphs):
+    fill_crops = [int(c) for c in args.fill_crop.split(",") if c.strip()]
+    for size, precision, graph, crop in itertools.product(sizes, precisions, graphs, fill_crops):
         if args.isolate:
-            result = dict(isolated(size, precision, graph, args), isolated=True)
+            result = dict(isolated(size, precision, graph, crop, args), isolated=True)
         else:
             result = time_fill(size, precision, args.repeats, args.warmup, args.device, network=args.network,
-                               cuda_graph=graph)
+                               cuda_graph=graph, crop=crop)
         results.append(result)
-        print(f"{result['size']:>12s} {precision} graph {graph}: {result['median_s']:.4f} s / iteration "
+        print(f"{result['size']:>12s} {precision} graph {graph} crop {crop}: {result['median_s']:.4f} s / iteration "
               f"(min {result['min_s']:.4f}, max {result['max_s']:.4f}, first {result['first_s']:.3f})"
               + (f", peak RSS {result['peak_rss_mib']:.0f} MiB" if result.get("isolated") else ""),
               file=sys.stderr, flush=True)
     if args.stack:
         shape = tuple(int(v) for v in args.stack.lower().split("x"))
-        for precision, graph, reuse in itertools.product(precisions, graphs, reuses):
-            result = time_stack(shape, args.stack_iterations, precision, args.device, reuse=reuse, cuda_graph=graph)
+        crops = [c.strip() if c.strip() in ("auto", "none") else int(c) for c in args.stack_crop.split(",") if c.strip()]
+        for precision, graph, reuse, crop in itertools.product(precisions, graphs, reuses, crops):
+            result = time_stack(shape, args.stack_iterations, precision, args.device, reuse=reuse, cuda_graph=graph,
+                                crop=crop)
             results.append(result)
-            print(f"stack {result['stack']} {precision} graph {graph} reuse {reuse}: {result['planes_per_s']:.3f} "
-                  "planes/s", file=sys.stderr, flush=True)
+            print(f"stack {result['stack']} {precision} graph {graph} reuse {reuse} crop {result['crop']}: "
+                  f"{result['planes_per_s']:.3f} planes/s", file=sys.stderr, flush=True)
     text = markdown(results, machine)
     print(text)
     if args.md:

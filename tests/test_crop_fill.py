@@ -26,11 +26,14 @@ def camera_plane() -> tuple[np.ndarray, np.ndarray]:
     return clean, (clean + np.random.default_rng(0).normal(0, 0.1, clean.shape)).astype(np.float32)
 
 
-def test_steps_stand_for_a_share_of_the_whole_plane_steps_pixels():
+def test_steps_stand_for_a_share_of_the_whole_plane_steps_pixels(monkeypatch):
     assert crop_steps(100, 512, 512, 256) == round(CROP_STEP_SCALE * 100 * 4)
     assert crop_steps(100, 1024, 512, 256) == round(CROP_STEP_SCALE * 100 * 8)
-    assert crop_steps(100, 300, 100, 256) == 100  # never fewer than the whole-plane steps
     assert crop_steps(10, 96, 160, 64) == max(10, round(CROP_STEP_SCALE * 10 * 96 * 160 / 64**2))
+    assert crop_steps(100, 200, 100, 256) == 100  # a window as big as the plane: the whole-plane steps
+    monkeypatch.setattr("napari_mpi.fill.CROP_STEP_SCALE", 0.5)
+    assert crop_steps(100, 300, 300, 256) == 100  # never fewer than the whole-plane steps
+    assert crop_steps(100, 512, 512, 256) == 200
 
 
 def test_the_network_only_ever_sees_windows_and_every_pixel_gets_predictions(camera_plane):

@@ -13,7 +13,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without an install
     __version__ = "0+unknown"
 
-from .denoise import DenoisePlan, DenoiseProgress, denoise, denoise_plane, denoise_steps, prepare
+from .denoise import DenoisePlan, DenoiseProgress, check_noise, denoise, denoise_plane, denoise_steps, prepare
 from .fill import PRESETS, FillConfig, iterative_fill
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "denoise_steps",
     "denoise_plane",
     "prepare",
+    "check_noise",
     "DenoisePlan",
     "DenoiseProgress",
     "FillConfig",

@@ -143,8 +143,9 @@ TIPS = {
     "crop": (
         "On the CPU, train each fill step on a random 256x256 window of a big plane (twice that area or more)\n"
         "instead of the whole plane: the plane's result gathers the windows' predictions, and the Wiener\n"
-        "refinement evens them out. Measured about as good at about half the time on 512x512 frames, and the\n"
-        "memory is one window's, so big planes need no tiles. Iterations then count whole-plane steps: the\n"
+        "refinement evens them out; the windows add up to the pixels of the whole-plane steps. Measured as good or\n"
+        "better on 512x512 fluorescence frames (+0.04 dB on average), 1.4x faster at 512x512 and 2x at 1024x1024,\n"
+        "and the memory is one window's, so big planes need no tiles. Iterations still count whole-plane steps: the\n"
         "progress shows the window steps that stand for them. Not with Auto or when reusing the network."
     ),
     "noise_hint": (

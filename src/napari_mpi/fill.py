@@ -791,8 +791,11 @@ CROP_SIZE = 256
 CROP_MARGIN = 16
 #: Smallest window side accepted: the margins must leave pixels to predict.
 MIN_CROP = 4 * CROP_MARGIN
-#: A crop fill standing for N whole-plane iterations trains this fraction of their pixels (see crop_steps).
-CROP_STEP_SCALE = 0.75
+#: A crop fill standing for N whole-plane iterations trains this fraction of their pixels (see crop_steps). Measured
+#: (benchmarks/crop_fill_study.py, docs/benchmarks.md) on whole 512x512 FMD frames and 768x512 Poisson photos against
+#: whole-plane steps, both with the Wiener refinement: 1.0 scored +0.01 to +0.10 dB on 6 FMD frames and -0.13 to
+#: +0.07 on 3 photos; 0.75 -0.03 to +0.08 and -0.20 to -0.02; 0.5 -0.08 to +0.04 and -0.28 to -0.16.
+CROP_STEP_SCALE = 1.0
 
 
 def crop_steps(iterations: int, height: int, width: int, crop: int) -> int:
