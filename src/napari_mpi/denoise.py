@@ -179,8 +179,10 @@ def prepare(
     return DenoisePlan(layout, config, checkpoint, device, preset.lower(), channel_axis, reuse_network, refine, crop)
 
 
-#: crop="auto" trains on CROP_SIZE windows of planes with at least this many windows' pixels, on the CPU
-CROP_MIN_WINDOWS = 2.0
+#: crop="auto" trains on CROP_SIZE windows of planes with at least this many windows' pixels, on the CPU: from 512x512
+#: on, windows were 1.4x (512²) to 2x (1024²) faster; at 384x384 (2.25 windows) they were no faster (20.4 vs 24.0 s,
+#: 20.8 vs 19.9 s) and 0.01-0.05 dB under (docs/benchmarks.md)
+CROP_MIN_WINDOWS = 4.0
 
 
 def _resolve_crop(crop: str | int, plane: tuple[int, int], device: torch.device, config: FillConfig,
@@ -485,8 +487,8 @@ def denoise(
         A side in pixels: each fill step trains on a random window of this size instead of the whole plane, and
         the plane's estimate gathers the windows' predictions (``fill.crop_fill``); ``iterations`` still counts
         whole-plane steps, and the fill runs CROP_STEP_SCALE of their pixels in windows. Memory is one window's,
-        whatever the plane's size. "auto" (default): 256x256 windows on the CPU for planes of at least twice
-        that area (not with the auto preset or ``reuse_network``); "none": every step on the whole plane.
+        whatever the plane's size. "auto" (default): 256x256 windows on the CPU for planes of at least 4 times
+        that area, e.g. 512x512 (not with the auto preset or ``reuse_network``); "none": every step on the whole plane.
 
     Returns
     -------
