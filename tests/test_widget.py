@@ -453,3 +453,23 @@ def test_correlated_noise_shows_a_hint_that_sets_the_mask_ratio_in_one_click(vie
     assert widget.mask_ratio.value() == pytest.approx(0.85) and widget.parameters()["mask_ratio"] == 0.85
     widget.layer_combo.setCurrentIndex(widget.layer_combo.findText("independent"))  # no hint there
     assert widget.hint_box.isHidden()
+
+
+def test_a_big_plane_trains_on_windows_and_reports_their_steps(viewer_widget, qtbot, notes, monkeypatch):
+    viewer, widget = viewer_widget
+    shown = []  # (iteration, iterations) of every status line
+    text = widget_module.progress_text
+    monkeypatch.setattr(widget_module, "progress_text", lambda event: shown.append(
+        (event.iteration, event.iterations)) or text(event))
+    viewer.add_image(noisy((512, 512)), name="frame")
+    widget.iterations.setValue(2)
+    widget.refine.setChecked(False)
+    widget.device.setCurrentText("cpu")
+    run = widget.start()
+    assert run.plan.crop == 256 and run.plan.steps_per_plane == 8  # 2 whole-plane steps' pixels in 256² windows
+    assert "as 8 steps on 256x256 windows" in widget.status.text()
+    wait_finished(qtbot, run)
+    assert run.state == "done" and shown and {total for _, total in shown} == {8} and run.pbar.total == 8
+    layer = viewer.layers["frame denoised"]
+    assert layer.metadata["crop"] == 256 and np.isfinite(layer.data).all()
+    assert not messages(notes())
