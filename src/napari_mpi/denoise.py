@@ -58,7 +58,7 @@ class DenoisePlan:
 
     @property
     def steps_per_plane(self) -> int:
-        """Training steps (or, for planes that reuse the network, steps and predictions) of one plane's fill."""
+        """Training steps of one plane's fill: window steps with ``crop`` (planes continuing a reused network run fewer)."""
         if self.crop:
             return crop_steps(self.config.iterations, *self.layout.plane_shape[:2], self.crop)
         return self.config.iterations
@@ -190,8 +190,9 @@ def _resolve_crop(crop: str | int, plane: tuple[int, int], device: torch.device,
     """The window side a plan's fill trains on (0 = the whole plane), from ``crop``: "auto", "none" or a side.
 
     "auto": CROP_SIZE on the CPU for planes of at least CROP_MIN_WINDOWS windows' pixels, unless the fill decides
-    per plane (auto preset) or reuses a network across planes; the whole plane otherwise (on a GPU a step of a
-    512x512 plane costs about what a window's does: docs/benchmarks.md)."""
+    per plane (auto preset) or reuses a network across planes; the whole plane otherwise (on a GPU a step of this
+    network is bound by kernel launches rather than pixels at these sizes, docs/benchmarks.md: windows are not
+    measured there)."""
     height, width = plane
     if crop == "none":
         return 0
