@@ -148,3 +148,15 @@ def test_the_wiener_refinement_on_gpu_matches_the_cpu(camera_crop):
     assert on_gpu.device.type == "cuda"
     # other kernels may order tied block distances differently: compare the quality, not every pixel
     assert abs(psnr(on_gpu[0].cpu().numpy(), camera_crop) - psnr(on_cpu[0].numpy(), camera_crop)) < 0.05
+
+
+def test_auto_keeps_whole_planes_on_the_gpu_and_an_asked_crop_fill_runs_there():
+    from skimage import data
+
+    assert napari_mpi.prepare((512, 512), np.float32, device="cuda").crop == 0  # launch-bound: windows not used
+    clean = data.camera()[128:384, 64:448].astype(np.float32) / 255.0  # 256x384
+    noisy = clean + np.random.default_rng(0).normal(0, 25 / 255, clean.shape).astype(np.float32)
+    on_gpu = napari_mpi.denoise(noisy, iterations=60, device="cuda", crop=128)
+    on_cpu = napari_mpi.denoise(noisy, iterations=60, device="cpu", crop=128)
+    assert psnr(on_gpu, clean) - psnr(noisy, clean) >= 4.0
+    assert abs(psnr(on_gpu, clean) - psnr(on_cpu, clean)) < 1.0
