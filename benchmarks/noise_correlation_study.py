@@ -42,7 +42,6 @@ import numpy as np
 from napari_mpi.noise import CORRELATED_NOISE_THRESHOLD as THRESHOLD
 from napari_mpi.noise import noise_correlation
 
-
 # ------------------------------------------------------------------------------------------------ the study
 
 
@@ -65,8 +64,8 @@ SKIMAGE = ("camera", "astronaut", "coins", "moon", "brick", "gravel", "grass", "
 
 def cases(root: Path):
     """(group, name, image, rgb, expected correlated?) for every test image."""
-    from scipy.ndimage import gaussian_filter
     from datasets import center_crop, load
+    from scipy.ndimage import gaussian_filter
     from skimage.color import rgb2gray
     from skimage.io import imread
 
