@@ -102,6 +102,8 @@ def test_auto_crops_big_planes_on_the_cpu_only():
     assert plan.steps_per_plane == crop_steps(plan.config.iterations, 512, 512, 256)
     assert napari_mpi.prepare((256, 256), np.float32, device="cpu").crop == 0  # small: the whole plane
     assert napari_mpi.prepare((384, 384), np.float32, device="cpu").crop == 0  # under 4 windows: no faster
+    assert napari_mpi.prepare((512, 512, 3), np.uint8, device="cpu", rgb=True).crop == 0  # colour: whole planes
+    assert napari_mpi.prepare((512, 512, 3), np.uint8, device="cpu", rgb=True, crop=256).crop == 256  # if asked
     assert napari_mpi.prepare((512, 512), np.float32, device="cpu", crop="none").crop == 0
     assert napari_mpi.prepare((512, 512), np.float32, device="cpu", preset="auto").crop == 0
     assert napari_mpi.prepare((3, 512, 512), np.float32, device="cpu", reuse_network=True).crop == 0

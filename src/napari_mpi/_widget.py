@@ -141,12 +141,13 @@ TIPS = {
         "at mask ratios above 0.65 (correlated noise). Turn it off to see the fill's own result."
     ),
     "crop": (
-        "On the CPU, train each fill step on a random 256x256 window of a big plane (512x512 and up)\n"
+        "On the CPU, train each fill step on a random 256x256 window of a big gray plane (512x512 and up)\n"
         "instead of the whole plane: the plane's result gathers the windows' predictions, and the Wiener\n"
         "refinement evens them out; the windows add up to the pixels of the whole-plane steps. Measured as good or\n"
         "better on 512x512 fluorescence frames (+0.04 dB on average), 1.4x faster at 512x512 and 2x at 1024x1024,\n"
         "and the memory is one window's, so big planes need no tiles. Iterations still count whole-plane steps: the\n"
-        "progress shows the window steps that stand for them. Not with Auto or when reusing the network."
+        "progress shows the window steps that stand for them. Colour planes stay whole (windows were 0.1 dB\n"
+        "under on colour photos). Not with Auto or when reusing the network."
     ),
     "noise_hint": (
         "napari-mpi checks whether the noise of the chosen image is shared by neighbouring pixels (colour\n"
@@ -653,7 +654,7 @@ class MPIDenoiseWidget(QWidget):
         self.refine.setChecked(True)
         self.refine.setToolTip(TIPS["refine"])
         adv.addRow("", self.refine)
-        self.crop = QCheckBox("Train on 256x256 windows of big planes (CPU, faster)")
+        self.crop = QCheckBox("Train on 256x256 windows of big gray planes (CPU, faster)")
         self.crop.setChecked(True)
         self.crop.setToolTip(TIPS["crop"])
         adv.addRow("", self.crop)

@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--crop", type=_crop_option, default="auto",
                      help="train each fill step on a random window of this many pixels per side instead of the whole "
                           "plane (512x512 and up: as good, 1.4-2x faster, the memory of one window); auto (default): "
-                          "256 on the CPU for planes of 4x that area (512x512) or more; none: whole planes")
+                          "256 on the CPU for gray planes of 4x that area (512x512) or more; none: whole planes")
     den.add_argument("--resume", action="store_true",
                      help="continue an interrupted run into the same output, skipping the planes it finished")
     den.add_argument("--scheduler", default=None,
