@@ -13,6 +13,7 @@ cancellation point: a consumer that stops iterating stops the work.
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 import warnings
@@ -431,12 +432,7 @@ def iterative_fill(
     carried : CarriedNetwork, optional
         Reuse one network across a stack's planes (not with ``config.selfsup``).
     """
-    if image.ndim != 3:
-        raise ValueError(f"iterative_fill expects one (C, H, W) plane, got shape {tuple(image.shape)}")
-    channels, height, width = image.shape
-    check_plane_size(height, width)
-    if not torch.isfinite(image).all():
-        raise ValueError("image contains NaN or infinite values; replace them before denoising")
+    channels, height, width = _check_plane(image, "iterative_fill")
     if carried is not None:
         check_reuse(config)
     dev = resolve_device(device)
@@ -467,9 +463,7 @@ def iterative_fill(
     else:
         graph = None
     estimate = x[0].clone()
-    # no cast cache: a captured step must recast the weights that Adam changed in place
-    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16",
-                              cache_enabled=False)
+    autocast = _autocast(dev, precision)
     judge = _SelfSupervision(x, generator) if config.selfsup else None
     # a continuing plane has few predictions per pixel: their bias-corrected mean, without the noisy start
     running = _RunningMean(x, config.beta) if continuing else None
@@ -511,6 +505,23 @@ def iterative_fill(
         yield FillStep(iteration, iterations, estimate, loss, report)
         if report is not None and report.stopped:
             return
+
+
+def _check_plane(image: torch.Tensor, caller: str) -> tuple[int, int, int]:
+    """(C, H, W) of a plane a fill can work on; ValueError with a clear sentence otherwise."""
+    if image.ndim != 3:
+        raise ValueError(f"{caller} expects one (C, H, W) plane, got shape {tuple(image.shape)}")
+    channels, height, width = image.shape
+    check_plane_size(height, width)
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite values; replace them before denoising")
+    return channels, height, width
+
+
+def _autocast(dev: torch.device, precision: str) -> torch.autocast:
+    """The fill's forward-pass arithmetic. No cast cache: a captured CUDA step must recast the weights that Adam
+    changed in place."""
+    return torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16", cache_enabled=False)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -822,16 +833,11 @@ def crop_fill(
     Runs ``crop_steps(config.iterations, H, W, crop)`` steps; memory is one window's, whatever the plane's size.
     Not with ``config.selfsup``.
     """
-    if image.ndim != 3:
-        raise ValueError(f"crop_fill expects one (C, H, W) plane, got shape {tuple(image.shape)}")
     if config.selfsup:
         raise ValueError("the auto preset decides on the whole plane and cannot train on crops; use crop='none'")
     if isinstance(crop, bool) or not isinstance(crop, int) or crop < MIN_CROP:
         raise ValueError(f"crop size must be a whole number >= {MIN_CROP}, got {crop!r}")
-    channels, height, width = image.shape
-    check_plane_size(height, width)
-    if not torch.isfinite(image).all():
-        raise ValueError("image contains NaN or infinite values; replace them before denoising")
+    channels, height, width = _check_plane(image, "crop_fill")
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev)
     model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
@@ -839,9 +845,8 @@ def crop_fill(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     generator = make_generator(config.seed, dev)  # the masks, as in iterative_fill
     rng = np.random.default_rng((config.seed, 0xC0))  # the windows: a stream of their own
-    places = (place for _ in iter(int, 1) for place in window_pass(height, width, crop, rng))  # pass after pass
-    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=precision == "bf16",
-                              cache_enabled=False)
+    places = itertools.chain.from_iterable(iter(lambda: window_pass(height, width, crop, rng), None))  # pass after pass
+    autocast = _autocast(dev, precision)
     x = image.to(dev, torch.float32).unsqueeze(0)
     estimate = x[0].clone()
     mean = torch.zeros_like(estimate)
