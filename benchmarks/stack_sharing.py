@@ -27,6 +27,7 @@ against the avg50 ground truth) and ``fmd-3slice`` (the 3-plane FMD R/G/B stack:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -40,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from datasets import center_crop, load, machine_info, parse_study_args, require_data_root
 
 import napari_mpi
+from napari_mpi import fill
 from napari_mpi.fill import DEFAULT_MASK_RATIO, build_model
 from napari_mpi.masking import draw_mask, make_generator, masked_mse
 from napari_mpi.planes import normalize
@@ -162,16 +164,28 @@ def run(strategy: str, planes: list[torch.Tensor], args: argparse.Namespace) -> 
     return [shared.estimate(n) for n in range(len(planes))]
 
 
+@contextlib.contextmanager
+def reuse_settings(strategy: str, iterations: int):
+    """For "reuse STEPS:PREDICTIONS": napari_mpi.fill's reuse constants set to them meanwhile ("reuse": as shipped)."""
+    saved = fill.REUSE_STEP_FRACTION, fill.REUSE_PREDICTIONS
+    if " " in strategy:
+        steps, predictions = (int(v) for v in strategy.split()[1].split(":"))
+        fill.REUSE_STEP_FRACTION, fill.REUSE_PREDICTIONS = steps / iterations, predictions
+    try:
+        yield
+    finally:
+        fill.REUSE_STEP_FRACTION, fill.REUSE_PREDICTIONS = saved
+
+
 FORWARD_COST = 0.28  # measured: a forward pass in training mode, no backward, at 128x128 and 256x256
 
 
 def cost_per_plane(strategy: str, args: argparse.Namespace, planes: int, iterations: int = 200) -> float:
     """Iteration-equivalents per plane (a forward-only prediction counted as FORWARD_COST of a step);
     ``iterations``: the first plane's (the fast preset's for the start used)."""
-    if strategy == "reuse":
-        from napari_mpi.fill import REUSE_PREDICTIONS, continuation_steps
-
-        later = continuation_steps(iterations) + FORWARD_COST * REUSE_PREDICTIONS
+    if strategy.startswith("reuse"):
+        with reuse_settings(strategy, iterations):
+            later = fill.continuation_steps(iterations) + FORWARD_COST * fill.REUSE_PREDICTIONS
         return (iterations + (planes - 1) * later) / planes
     if strategy == "warm":
         return (200 + (planes - 1) * (args.steps + FORWARD_COST * args.preds)) / planes
@@ -192,6 +206,11 @@ def main(argv=None) -> int:
     parser.add_argument("--tune", type=int, default=14, help="shared+tune: steps per plane after the shared phase")
     parser.add_argument("--weights", default="random",
                         help='start of the "alone" and "reuse" rows: "random" (sessions 1-4) or "default" (the shipped prior)')
+    parser.add_argument("--reuse-variants", default="",
+                        help='extra "reuse" rows, "STEPS:PREDICTIONS" per later plane, comma-separated (e.g. "7:8,10:10"): '
+                             "napari_mpi.fill's REUSE_STEP_FRACTION and REUSE_PREDICTIONS set for the run")
+    parser.add_argument("--fill-crop", default="auto",
+                        help='the "crop" of the alone and reuse rows: "auto" (256x256 windows from 512x512 up), "none"')
     parser.add_argument("--refine", default="auto", choices=("auto", "wiener", "none"),
                         help="what follows each plane's fill in the alone and reuse rows (napari_mpi.refine)")
     args = parse_study_args(parser, argv)
@@ -200,7 +219,8 @@ def main(argv=None) -> int:
     planes = [torch.from_numpy(np.ascontiguousarray(data))[None, None].float() for data, _ in normalised]
 
     start = time.perf_counter()
-    alone = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, refine=args.refine)  # plane by plane, as users run it
+    alone = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, refine=args.refine,
+                               crop=args.fill_crop)  # plane by plane, as users run it
     alone_seconds = time.perf_counter() - start
     alone_psnr = np.array([psnr(o, c) for o, c in zip(alone, clean)])
     iterations = napari_mpi.prepare(noisy.shape[1:], noisy.dtype, weights=args.weights).config.iterations
@@ -208,11 +228,13 @@ def main(argv=None) -> int:
                 "cost_per_plane": float(iterations)}]
     print(f"{args.stack}, {len(planes)} planes of {args.crop}²: alone {alone_psnr.mean():.2f} dB, {alone_seconds:.0f} s",
           file=sys.stderr, flush=True)
-    for strategy in args.strategies.split(","):
+    variants = [f"reuse {v}" for v in args.reuse_variants.split(",") if v]
+    for strategy in [s for s in args.strategies.split(",") if s] + variants:
         start = time.perf_counter()
-        if strategy == "reuse":
-            outputs = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, reuse_network=True,
-                                         refine=args.refine)
+        if strategy.startswith("reuse"):
+            with reuse_settings(strategy, iterations):
+                outputs = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, reuse_network=True,
+                                             refine=args.refine, crop=args.fill_crop)
         else:
             outputs = [norm.invert(e) for e, (_, norm) in zip(run(strategy, planes, args), normalised)]
         seconds = time.perf_counter() - start

@@ -9,7 +9,10 @@ import torch
 
 import napari_mpi
 from napari_mpi.denoise import DenoiseWarning
-from napari_mpi.fill import CROP_MARGIN, CROP_STEP_SCALE, FillConfig, crop_fill, crop_steps, window_pass
+from napari_mpi.fill import (
+    CROP_MARGIN, CROP_STEP_SCALE, REUSE_PREDICTIONS, CarriedNetwork, FillConfig, continuation_steps, crop_fill,
+    crop_steps, window_pass,
+)
 from napari_mpi.weights import default_checkpoint
 
 from .conftest import psnr
@@ -96,6 +99,42 @@ def test_crop_fill_refuses_what_it_cannot_do(camera_plane):
         next(crop_fill(image, FillConfig(), None, "cpu", crop=32))
 
 
+def test_a_carried_network_continues_in_windows(camera_plane):
+    clean, noisy = camera_plane
+    config = FillConfig(iterations=4, precision="fp32")
+    carried = CarriedNetwork()
+    first = list(crop_fill(torch.from_numpy(noisy)[None], config, None, "cpu", 64, carried))
+    assert len(first) == crop_steps(4, 128, 192, 64) and carried.channels == 1
+    model, optimizer = carried.model, carried.optimizer
+    adam_steps = optimizer.state[next(model.parameters())]["step"].item()
+
+    second_noisy = clean + np.random.default_rng(1).normal(0, 0.1, clean.shape).astype(np.float32)
+    image = torch.from_numpy(second_noisy)[None]
+    steps = list(crop_fill(image, config, None, "cpu", 64, carried))
+    trained = crop_steps(continuation_steps(4), 128, 192, 64)
+    assert len(steps) == trained + crop_steps(REUSE_PREDICTIONS, 128, 192, 64)
+    assert carried.model is model  # the same network went on training, in windows, for the continuation steps only
+    assert optimizer.state[next(model.parameters())]["step"].item() == adam_steps + trained
+    estimate = steps[-1].estimate
+    # predictions at most pixels: 64x64 windows keep only their inner 32x32, so only a few windows cover a pixel
+    # here, each hiding it with p = 0.3 (with 10 predictions, ~4: 0.7**4 = 24% would get none)
+    assert (estimate == image[0]).float().mean() < 0.5
+
+
+def test_a_stack_reusing_the_network_continues_in_windows(camera_plane):
+    clean, _ = camera_plane
+    stack = np.stack([clean + np.random.default_rng(t).normal(0, 0.1, clean.shape) for t in range(3)]).astype(np.float32)
+    events, alone_events = [], []
+    reused = napari_mpi.denoise(stack, iterations=3, crop=64, reuse_network=True, refine="none", progress=events.append)
+    alone = napari_mpi.denoise(stack, iterations=3, crop=64, refine="none", progress=alone_events.append)
+    first = crop_steps(3, 128, 192, 64)
+    later = crop_steps(continuation_steps(3), 128, 192, 64) + crop_steps(REUSE_PREDICTIONS, 128, 192, 64)
+    assert [e.iterations for e in events] == [first] * first + [later] * (2 * later)
+    assert len(alone_events) == 3 * first
+    np.testing.assert_array_equal(reused[0], alone[0])  # the first plane is filled as when alone
+    assert not np.array_equal(reused[1], alone[1])
+
+
 def test_auto_crops_big_planes_on_the_cpu_only():
     plan = napari_mpi.prepare((512, 512), np.float32, device="cpu")
     assert plan.crop == 256 and plan.describe()["crop"] == 256
@@ -106,7 +145,7 @@ def test_auto_crops_big_planes_on_the_cpu_only():
     assert napari_mpi.prepare((512, 512, 3), np.uint8, device="cpu", rgb=True, crop=256).crop == 256  # if asked
     assert napari_mpi.prepare((512, 512), np.float32, device="cpu", crop="none").crop == 0
     assert napari_mpi.prepare((512, 512), np.float32, device="cpu", preset="auto").crop == 0
-    assert napari_mpi.prepare((3, 512, 512), np.float32, device="cpu", reuse_network=True).crop == 0
+    assert napari_mpi.prepare((3, 512, 512), np.float32, device="cpu", reuse_network=True).crop == 256
     assert napari_mpi.prepare((256, 256), np.float32, device="cpu", crop=128).crop == 128
     assert napari_mpi.prepare((100, 100), np.float32, device="cpu", crop=128).crop == 0  # the window is the plane
     none = napari_mpi.prepare((256, 256), np.float32, device="cpu", crop="none")
@@ -116,7 +155,7 @@ def test_auto_crops_big_planes_on_the_cpu_only():
 @pytest.mark.parametrize(
     "kwargs,match",
     [({"crop": 32}, "at least 64 pixels"), ({"crop": "big"}, "'auto', 'none'"), ({"crop": True}, "'auto', 'none'"),
-     ({"crop": 128, "preset": "auto"}, "auto preset"), ({"crop": 128, "reuse_network": True}, "reuse_network")],
+     ({"crop": 128, "preset": "auto"}, "auto preset")],
 )
 def test_crop_user_errors_are_clear(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -197,7 +197,7 @@ def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     """A time-lapse of a still sample: the same clean image, fresh noise in every plane. (Measured on this
     sample from a random start with 7% steps: -0.16 dB at 128x128 but -1.4 dB at 64x64, where the first
     plane's network has memorised more of its noise; on the real FMD time-lapse from the shipped prior
-    with 14% steps, +0.35 dB at 128x128, docs/benchmarks.md.)"""
+    with 10% steps + 10 predictions and the refinement, +0.56 dB at 128x128, docs/benchmarks.md.)"""
     from napari_mpi._sample_data import clean_fluorescence, expected_counts, noisy_fluorescence
 
     clean = clean_fluorescence((128, 128), seed=0)
@@ -210,7 +210,7 @@ def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     alone = napari_mpi.denoise(stack, progress=alone_events.append)  # the fast preset, default weights
     reused = napari_mpi.denoise(stack, reuse_network=True, progress=reuse_events.append)
     first = len(alone_events) // 4
-    later = continuation_steps(first) + REUSE_PREDICTIONS  # 14% of the iterations as steps, then predictions
+    later = continuation_steps(first) + REUSE_PREDICTIONS  # 10% of the iterations as steps, then predictions
     assert len(alone_events) == 4 * first == 4 * napari_mpi.prepare((128, 128), np.float32).config.iterations
     assert len(reuse_events) == first + 3 * later
     assert [e.iterations for e in reuse_events if e.plane > 0] == [later] * (3 * later)

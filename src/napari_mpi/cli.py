@@ -341,7 +341,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--keep-dtype", action="store_true", help="write the input's integer type (rounded) instead of float32")
     den.add_argument("--reuse-network", action="store_true",
                      help="z-stacks / time-lapses whose neighbouring planes look alike: each plane continues from the "
-                          "previous plane's network with ~14%% of the iterations (~4x faster; not with --preset auto)")
+                          "previous plane's network with ~10%% of the iterations (~5x faster; not with --preset auto)")
     den.add_argument("--refine", choices=("auto", "wiener", "none"), default="auto",
                      help="after each plane's fill: a block-matching Wiener filter with the fill's estimate as its pilot "
                           "(+0.25-0.54 dB for ~1 s per 256x256 plane); auto (default): wiener for mask ratios up to "

@@ -175,7 +175,7 @@ def prepare(
     if checkpoint is not None:
         config = config_for(preset, start=checkpoint.start, **options)
     device = resolve_device(device)
-    crop = _resolve_crop(crop, layout.plane_shape[:2], device, config, reuse_network, layout.rgb)
+    crop = _resolve_crop(crop, layout.plane_shape[:2], device, config, layout.rgb)
     return DenoisePlan(layout, config, checkpoint, device, preset.lower(), channel_axis, reuse_network, refine, crop)
 
 
@@ -186,11 +186,11 @@ CROP_MIN_WINDOWS = 4.0
 
 
 def _resolve_crop(crop: str | int, plane: tuple[int, int], device: torch.device, config: FillConfig,
-                  reuse_network: bool, rgb: bool) -> int:
+                  rgb: bool) -> int:
     """The window side a plan's fill trains on (0 = the whole plane), from ``crop``: "auto", "none" or a side.
 
     "auto": CROP_SIZE on the CPU for gray planes of at least CROP_MIN_WINDOWS windows' pixels, unless the fill
-    decides per plane (auto preset) or reuses a network across planes; the whole plane otherwise. Colour planes
+    decides per plane (auto preset); the whole plane otherwise. Colour planes
     stay whole: on two 768x512 photos windows scored 0.06-0.12 dB under at 2x the speed, and with 1.5x the pixels
     -0.06 / +0.05 at only 1.1x. On a GPU a step of this network is bound by kernel launches rather than pixels at
     these sizes (docs/benchmarks.md): windows are not measured there."""
@@ -199,7 +199,7 @@ def _resolve_crop(crop: str | int, plane: tuple[int, int], device: torch.device,
         return 0
     if crop == "auto":
         big = height * width >= CROP_MIN_WINDOWS * CROP_SIZE**2
-        whole = device.type != "cpu" or rgb or config.selfsup or reuse_network
+        whole = device.type != "cpu" or rgb or config.selfsup
         return CROP_SIZE if big and not whole else 0
     if isinstance(crop, bool) or not isinstance(crop, (int, np.integer)) or crop < MIN_CROP:
         raise ValueError(f"crop must be 'auto', 'none' or a window side of at least {MIN_CROP} pixels, got {crop!r}")
@@ -207,8 +207,6 @@ def _resolve_crop(crop: str | int, plane: tuple[int, int], device: torch.device,
         return 0  # the window would be the whole plane
     if config.selfsup:
         raise ValueError("the auto preset decides on whole planes and cannot train on crops; use crop='none'")
-    if reuse_network:
-        raise ValueError("planes that reuse one network train on whole planes; use crop='none' with reuse_network")
     return int(crop)
 
 
@@ -319,7 +317,7 @@ def _fill_plane(
         failure = ""
         try:
             if plan.crop:
-                fill = crop_fill(tensor, plan.config, state, plan.device, plan.crop)
+                fill = crop_fill(tensor, plan.config, state, plan.device, plan.crop, carried)
             elif tile is None:
                 fill = iterative_fill(tensor, plan.config, state, plan.device, carried)
             else:
@@ -478,9 +476,9 @@ def denoise(
         ``napari_mpi.stores.create_tiff(...)`` for stacks bigger than memory (float32 recommended).
     reuse_network : bool
         For z-stacks and time-lapses whose neighbouring planes look alike: each plane after the first
-        continues from the previous plane's network with ~14% of the iterations (fast, gray: 14 steps + 20
-        predictions): measured ~4x faster at +0.5 dB on such stacks; planes that differ (separate
-        fields of view, stains) lose 0.7-1.7 dB. Not with the auto preset.
+        continues from the previous plane's network with ~10% of the iterations (fast, gray: 10 steps + 10
+        predictions): measured 4-6x faster at +0.2 to +0.6 dB on such stacks; planes that differ (separate
+        fields of view, stains) lose ~0.1 dB on average, up to 0.7 dB on a 128x128 plane. Not with the auto preset.
     refine : {"auto", "wiener", "none"}
         "wiener": after each plane's fill, a collaborative (block-matching) Wiener filter with the fill's
         estimate as its pilot and a noise model fitted to the residual (:mod:`napari_mpi.refine`); measured
@@ -491,8 +489,8 @@ def denoise(
         the plane's estimate gathers the windows' predictions (``fill.crop_fill``); ``iterations`` still counts
         whole-plane steps, and the fill runs CROP_STEP_SCALE of their pixels in windows. Memory is one window's,
         whatever the plane's size. "auto" (default): 256x256 windows on the CPU for gray planes of at least 4 times
-        that area, e.g. 512x512 (not for colour, not with the auto preset or ``reuse_network``); "none": every step
-        on the whole plane.
+        that area, e.g. 512x512 (not for colour, not with the auto preset; with ``reuse_network`` the later planes
+        continue in windows too); "none": every step on the whole plane.
 
     Returns
     -------

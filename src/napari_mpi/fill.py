@@ -128,15 +128,15 @@ AUTO_MEMORISATION_RISE = 0.08
 
 
 #: Planes after the first, when a stack's planes reuse one network (``CarriedNetwork``): this fraction
-#: of the plane's iterations as training steps (fast from the shipped gray weights: 14 of 100; from a
-#: random start: 28 of 200), then REUSE_PREDICTIONS forward passes without a step (~0.28 of a step's cost
-#: each) that add predictions to the running mean. Measured with benchmarks/stack_sharing.py
-#: (docs/benchmarks.md, "Stacks") against each plane alone: from the shipped weights, 14 steps gave +0.35 dB
-#: and 4.0x on a real 10-frame time-lapse (128x128) where 7 steps lost 0.37 dB (session 8, with the Wiener
-#: refinement after every plane: +0.59 dB and 3.6x; a 32-plane synthetic z-stack +0.51 dB and 4.1x); from a random start, 14 of
-#: 200 steps gave 5.3-7.8x at +0.04 to +0.26 dB. Planes as different as separate fields of view lose ~1.7 dB.
-REUSE_STEP_FRACTION = 0.14
-REUSE_PREDICTIONS = 20
+#: of the plane's iterations as training steps (fast from the shipped gray weights: 10 of 100; colour's 300: 30),
+#: then REUSE_PREDICTIONS forward passes without a step (~0.28 of a step's cost each) that add predictions to the
+#: running mean. Measured with benchmarks/stack_sharing.py (docs/benchmarks.md, "Stacks, session 10"): from the
+#: shipped weights, with the Wiener refinement, at 256x256, against each plane alone, 10 steps + 10 predictions
+#: scored +0.16 dB (10-frame FMD time-lapse), +0.53 (32-plane synthetic z-stack, 6.0x), -0.06 (separate FMD
+#: fields of view) and -0.11 (the three stains of FMD's 3-slice stack), where 14 + 20 (sessions 5-9) scored
+#: +0.19 / +0.59 / -0.05 / -0.05 at 1.4x the cost per later plane; 7 + 8 lost 0.19 dB on the stains, 5 + 5 0.28.
+REUSE_STEP_FRACTION = 0.10
+REUSE_PREDICTIONS = 10
 
 #: On a CUDA GPU an eager step of this small network is bound by kernel launches, not arithmetic (H100, 48/48
 #: network, 512x512: 16 ms per step eager, 8.5 ms replayed from a CUDA graph; docs/benchmarks.md). So a fill
@@ -475,10 +475,7 @@ def iterative_fill(
         hidden = 1.0 - keep
         weight = hidden if judge is None else hidden * judge.trained  # the pixels the loss counts
         if iteration > steps:  # a continuing plane's last predictions, without a training step
-            with torch.no_grad(), autocast:
-                prediction = model(torch.cat([x * keep, keep], dim=1).contiguous(memory_format=torch.channels_last))
-            prediction = prediction.float()
-            loss = masked_mse(prediction, x, weight)
+            prediction, loss = _predict(model, x, keep, weight, autocast)
         elif graph is not None:
             prediction, loss = graph(keep, weight)
         elif warmup is not None:
@@ -544,6 +541,16 @@ def _train_step(model: SkipNet, optimizer: torch.optim.Optimizer, x: torch.Tenso
     loss.backward()
     optimizer.step()
     return prediction.detach(), loss.detach()
+
+
+@torch.no_grad()
+def _predict(model: SkipNet, x: torch.Tensor, keep: torch.Tensor, weight: torch.Tensor,
+             autocast: torch.autocast) -> tuple[torch.Tensor, torch.Tensor]:
+    """A forward pass without a step: the prediction (float32) and its masked loss."""
+    with autocast:
+        prediction = model(torch.cat([x * keep, keep], dim=1).contiguous(memory_format=torch.channels_last))
+    prediction = prediction.float()
+    return prediction, masked_mse(prediction, x, weight)
 
 
 class _CudaGraphStep:
@@ -822,6 +829,7 @@ def crop_fill(
     state_dict: dict[str, torch.Tensor] | None = None,
     device: str | torch.device = "auto",
     crop: int = CROP_SIZE,
+    carried: CarriedNetwork | None = None,
 ) -> Iterator[FillStep]:
     """Algorithm 1 with each step on a random crop x crop window of the plane; yields a FillStep after every step.
 
@@ -832,6 +840,11 @@ def crop_fill(
     every pixel once or twice (``window_pass``), so the border and corners get predictions as often as the middle.
     Runs ``crop_steps(config.iterations, H, W, crop)`` steps; memory is one window's, whatever the plane's size.
     Not with ``config.selfsup``.
+
+    With ``carried`` holding the previous plane's network, the plane continues from it as in
+    :func:`iterative_fill`, in windows: ``crop_steps(continuation_steps(config.iterations), ...)`` training steps,
+    then ``crop_steps(REUSE_PREDICTIONS, ...)`` window predictions without a step (the same pixels as the
+    whole-plane recipe). Either way the network is left in ``carried`` for the next plane.
     """
     if config.selfsup:
         raise ValueError("the auto preset decides on the whole plane and cannot train on crops; use crop='none'")
@@ -840,10 +853,20 @@ def crop_fill(
     channels, height, width = _check_plane(image, "crop_fill")
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev)
-    model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
+    continuing = (carried is not None and carried.channels == channels
+                  and _same_device(next(carried.model.parameters()).device, dev))
+    if continuing:
+        model, optimizer, generator = carried.model, carried.optimizer, carried.generator
+        training = crop_steps(continuation_steps(config.iterations), height, width, crop)
+        steps = training + crop_steps(REUSE_PREDICTIONS, height, width, crop)
+    else:
+        model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        generator = make_generator(config.seed, dev)  # the masks, as in iterative_fill
+        steps = training = crop_steps(config.iterations, height, width, crop)
+        if carried is not None:
+            carried.model, carried.optimizer, carried.generator, carried.graph = model, optimizer, generator, None
     model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    generator = make_generator(config.seed, dev)  # the masks, as in iterative_fill
     rng = np.random.default_rng((config.seed, 0xC0))  # the windows: a stream of their own
     places = itertools.chain.from_iterable(iter(lambda: window_pass(height, width, crop, rng), None))  # pass after pass
     autocast = _autocast(dev, precision)
@@ -852,13 +875,15 @@ def crop_fill(
     mean = torch.zeros_like(estimate)
     count = torch.zeros_like(estimate)
     size_h, size_w = min(crop, height), min(crop, width)
-    steps = crop_steps(config.iterations, height, width, crop)
     for step, (top, left) in zip(range(1, steps + 1), places):
         region = (slice(None), slice(top, top + size_h), slice(left, left + size_w))
         window = x[(slice(None), *region)]
         keep = draw_mask(window.shape, config.mask_ratio, config.mask_mode, generator, dev)
         hidden = 1.0 - keep
-        prediction, loss = _train_step(model, optimizer, window, keep, hidden, autocast)
+        if step > training:  # a continuing plane's last predictions, without a training step
+            prediction, loss = _predict(model, window, keep, hidden, autocast)
+        else:
+            prediction, loss = _train_step(model, optimizer, window, keep, hidden, autocast)
         use = hidden[0]
         inner_top = CROP_MARGIN if top > 0 else 0
         inner_left = CROP_MARGIN if left > 0 else 0
