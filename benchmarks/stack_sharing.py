@@ -3,11 +3,13 @@
 Issue 5 asks for 10x the planes per second on stacks at no more than 0.2 dB mean PSNR loss. On a CPU an
 iteration's cost is proportional to its pixels, so batching planes buys nothing: the only lever is
 fewer iterations per plane, i.e. letting planes share what the network learned. This script measures,
-against ``napari_mpi.denoise`` on every plane alone (fast preset, 200 iterations), strategies that spend
-~20 iteration-equivalents per plane (a forward pass without a step costs ~0.28 of a step):
+against ``napari_mpi.denoise`` on every plane alone (fast preset: 100 iterations from ``--weights default``,
+200 from a random start), strategies that spend ~15-20 iteration-equivalents per plane (a forward pass without
+a step costs ~0.28 of a step):
 
 - ``reuse``: what ships, ``napari_mpi.denoise(..., reuse_network=True)`` (the ``warm`` recipe, with the
-  first plane filled by Algorithm 1 as when alone);
+  first plane filled by Algorithm 1 as when alone); ``--reuse-variants 7:8,5:5`` adds the same with other
+  steps and predictions per later plane;
 - ``warm``: the first plane gets 200 iterations; each next plane starts from the previous plane's
   fine-tuned network and Adam state for ``--steps`` steps (+ ``--preds`` forward-only predictions);
 - ``shared``: one network trains on the planes in random order for ``--visits`` steps per plane, then

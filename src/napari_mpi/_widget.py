@@ -138,7 +138,7 @@ TIPS = {
     "refine": (
         "After each plane's fill, a block-matching Wiener filter with the fill's result as its guide and a noise\n"
         "model fitted to what the fill removed (no settings). Measured +0.25 to +0.54 dB on fluorescence and photos\n"
-        "for about a second per 256x256 plane. It assumes noise independent from pixel to pixel, so it is skipped\n"
+        "for about a third of a second per 256x256 plane. It assumes noise independent from pixel to pixel, so it is skipped\n"
         "at mask ratios above 0.65 (correlated noise). Turn it off to see the fill's own result."
     ),
     "crop": (

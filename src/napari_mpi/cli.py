@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                           "previous plane's network with ~10%% of the iterations (~5x faster; not with --preset auto)")
     den.add_argument("--refine", choices=("auto", "wiener", "none"), default="auto",
                      help="after each plane's fill: a block-matching Wiener filter with the fill's estimate as its pilot "
-                          "(+0.25-0.54 dB for ~1 s per 256x256 plane); auto (default): wiener for mask ratios up to "
+                          "(+0.25-0.54 dB for ~0.3 s per 256x256 plane); auto (default): wiener for mask ratios up to "
                           "0.65, none above (it assumes independent noise)")
     den.add_argument("--crop", type=_crop_option, default="auto",
                      help="train each fill step on a random window of this many pixels per side instead of the whole "

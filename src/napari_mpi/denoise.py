@@ -482,7 +482,7 @@ def denoise(
     refine : {"auto", "wiener", "none"}
         "wiener": after each plane's fill, a collaborative (block-matching) Wiener filter with the fill's
         estimate as its pilot and a noise model fitted to the residual (:mod:`napari_mpi.refine`); measured
-        +0.25 to +0.54 dB for about a second per 256x256 plane. "none": the fill's estimate as is. "auto"
+        +0.25 to +0.54 dB for about a third of a second per 256x256 plane. "none": the fill's estimate as is. "auto"
         (default): "wiener" for mask ratios up to 0.65, "none" above (the filter assumes independent noise).
     crop : "auto", "none" or int
         A side in pixels: each fill step trains on a random window of this size instead of the whole plane, and
