@@ -246,6 +246,18 @@ def test_a_cpu_plane_bigger_than_the_memory_available_is_tiled_before_it_starts(
     assert {e.tiles for e in events} == {4} and np.isfinite(result).all()
 
 
+def test_tiled_planes_say_they_cannot_reuse_the_network(monkeypatch):
+    whole_need, tile_need = (denoise_module.fill_memory(side, side, "fp32") for side in (160, 128))
+    monkeypatch.setattr(denoise_module, "available_memory",
+                        lambda: int((tile_need + whole_need) / 2 / denoise_module.CPU_MEMORY_SHARE))
+    events = []
+    with pytest.warns(DenoiseWarning, match="tiled planes cannot reuse the network .* each runs its full fill"):
+        napari_mpi.denoise(noisy((2, 160, 160)), iterations=2, weights="random", precision="fp32", crop="none",
+                           reuse_network=True, progress=events.append)
+    assert {e.plane for e in events} == {0, 1} and {e.iterations for e in events} == {2}  # full fills, in tiles
+    assert {e.tiles for e in events} == {4}
+
+
 @pytest.mark.parametrize("available", [None, 10**12], ids=["memory-unknown", "plenty"])
 def test_a_cpu_plane_that_fits_or_memory_unknown_is_filled_whole(monkeypatch, available):
     monkeypatch.setattr(denoise_module, "available_memory", lambda: available)

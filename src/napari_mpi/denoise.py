@@ -349,7 +349,7 @@ def _fill_plane(
         warnings.warn(
             f"{device} ran out of memory on a {height}x{width} plane ({failure}); denoising it in "
             f"{_tile_count((height, width), tile)} overlapping tiles of {tile[0]}x{tile[1]} pixels instead "
-            "(slower; the seams are blended)",
+            f"(slower; the seams are blended){_NO_REUSE_IN_TILES if carried is not None else ''}",
             DenoiseWarning,
             stacklevel=2,
         )
@@ -599,11 +599,16 @@ def _tile_to_fit_memory(height: int, width: int, plan: DenoisePlan) -> tuple[int
     warnings.warn(
         f"denoising a {height}x{width} plane at once would take about {need / 2**30:.1f} GiB of memory and "
         f"{available / 2**30:.1f} GiB is available; denoising it in {_tile_count((height, width), tile)} "
-        f"overlapping tiles of {tile[0]}x{tile[1]} pixels instead (the seams are blended)",
+        f"overlapping tiles of {tile[0]}x{tile[1]} pixels instead (the seams are blended)"
+        f"{_NO_REUSE_IN_TILES if plan.reuse_network else ''}",
         DenoiseWarning,
         stacklevel=3,
     )
     return tile
+
+
+#: Tiles train a network each (fill.tiled_fill), so nothing carries from plane to plane.
+_NO_REUSE_IN_TILES = "; tiled planes cannot reuse the network from plane to plane, so each runs its full fill"
 
 
 def _smaller_tile(tile: tuple[int, int], plane: tuple[int, int]) -> tuple[int, int] | None:
