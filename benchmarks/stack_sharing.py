@@ -64,9 +64,24 @@ def synthetic_stack(planes: int, side: int, seed: int = 1) -> tuple[np.ndarray, 
     return noisy.astype(np.float32), clean
 
 
+def colour_still_stack(planes: int, side: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A colour time-lapse of a still scene: scikit-image's astronaut (centre 256², resized to side), fresh
+    Gaussian noise (sigma 25 of 255) in every frame."""
+    from skimage.data import astronaut
+    from skimage.transform import resize
+
+    picture = astronaut()[128:384, 128:384].astype(np.float32) / 255.0
+    clean = resize(picture, (side, side, 3), anti_aliasing=True).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    noisy = clean[None] + rng.normal(0, 25 / 255, (planes, *clean.shape))
+    return noisy.astype(np.float32), np.broadcast_to(clean, noisy.shape)
+
+
 def load_stack(name: str, planes: int, crop: int, data: str | None) -> tuple[np.ndarray, np.ndarray]:
     if name == "synthetic":
         return synthetic_stack(planes, crop)
+    if name == "colour-still":
+        return colour_still_stack(planes, crop)
     root = require_data_root(data)
     if name == "fmd-fovs":
         samples = list(load("fmd-confocal", root, crop=crop, limit=planes))
@@ -198,7 +213,7 @@ def cost_per_plane(strategy: str, args: argparse.Namespace, planes: int, iterati
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", default="synthetic", choices=("synthetic", "fmd-fovs", "fmd-timelapse", "fmd-3slice"))
+    parser.add_argument("--stack", default="synthetic", choices=("synthetic", "fmd-fovs", "fmd-timelapse", "fmd-3slice", "colour-still"))
     parser.add_argument("--planes", type=int, default=32)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--strategies", default="reuse,warm,shared,shared+tune")
@@ -217,15 +232,18 @@ def main(argv=None) -> int:
                         help="what follows each plane's fill in the alone and reuse rows (napari_mpi.refine)")
     args = parse_study_args(parser, argv)
     noisy, clean = load_stack(args.stack, args.planes, args.crop, args.data)
+    rgb = noisy.ndim == 4  # (planes, H, W, 3)
+    if rgb and any(not s.startswith("reuse") for s in args.strategies.split(",") if s):
+        raise SystemExit("a colour stack runs the reuse strategies only: --strategies reuse")
     normalised = [normalize(plane) for plane in noisy]
     planes = [torch.from_numpy(np.ascontiguousarray(data))[None, None].float() for data, _ in normalised]
 
     start = time.perf_counter()
-    alone = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, refine=args.refine,
+    alone = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, refine=args.refine, rgb=rgb,
                                crop=args.fill_crop)  # plane by plane, as users run it
     alone_seconds = time.perf_counter() - start
     alone_psnr = np.array([psnr(o, c) for o, c in zip(alone, clean)])
-    iterations = napari_mpi.prepare(noisy.shape[1:], noisy.dtype, weights=args.weights).config.iterations
+    iterations = napari_mpi.prepare(noisy.shape[1:], noisy.dtype, weights=args.weights, rgb=rgb).config.iterations
     results = [{"strategy": "alone (fast preset)", "psnr": alone_psnr.mean(), "seconds": alone_seconds,
                 "cost_per_plane": float(iterations)}]
     print(f"{args.stack}, {len(planes)} planes of {args.crop}²: alone {alone_psnr.mean():.2f} dB, {alone_seconds:.0f} s",
@@ -236,7 +254,7 @@ def main(argv=None) -> int:
         if strategy.startswith("reuse"):
             with reuse_settings(strategy, iterations):
                 outputs = napari_mpi.denoise(noisy, preset="fast", weights=args.weights, reuse_network=True,
-                                             refine=args.refine, crop=args.fill_crop)
+                                             refine=args.refine, rgb=rgb, crop=args.fill_crop)
         else:
             outputs = [norm.invert(e) for e, (_, norm) in zip(run(strategy, planes, args), normalised)]
         seconds = time.perf_counter() - start
