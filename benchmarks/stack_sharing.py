@@ -20,7 +20,8 @@ Outputs of the variants are running means over hidden-pixel predictions, bias-co
 pixel kept). Stacks: ``synthetic`` (smooth 3-D blobs, Poisson + Gaussian noise; adjacent planes alike),
 ``fmd-fovs`` (frame 0 of each FMD Confocal_BPAE_B field of view: planes as different as a time-lapse
 with cuts), ``fmd-timelapse`` (the raw frames of FOV 1: a real time-lapse of a fixed sample, every frame
-against the avg50 ground truth) and ``fmd-3slice`` (the 3-plane FMD R/G/B stack: three stains).
+against the avg50 ground truth), ``fmd-3slice`` (the 3-plane FMD R/G/B stack: three stains) and
+``colour-still`` (a colour time-lapse of a still scene, fresh Gaussian noise per frame; reuse rows only).
 
     python benchmarks/stack_sharing.py --stack synthetic --planes 32 --crop 128
     python benchmarks/stack_sharing.py --stack fmd-fovs --planes 19 --crop 128 --out stack.json
@@ -213,7 +214,8 @@ def cost_per_plane(strategy: str, args: argparse.Namespace, planes: int, iterati
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--stack", default="synthetic", choices=("synthetic", "fmd-fovs", "fmd-timelapse", "fmd-3slice", "colour-still"))
+    parser.add_argument("--stack", default="synthetic",
+                        choices=("synthetic", "fmd-fovs", "fmd-timelapse", "fmd-3slice", "colour-still"))
     parser.add_argument("--planes", type=int, default=32)
     parser.add_argument("--crop", type=int, default=128)
     parser.add_argument("--strategies", default="reuse,warm,shared,shared+tune")
@@ -224,8 +226,8 @@ def main(argv=None) -> int:
     parser.add_argument("--weights", default="random",
                         help='start of the "alone" and "reuse" rows: "random" (sessions 1-4) or "default" (the shipped prior)')
     parser.add_argument("--reuse-variants", default="",
-                        help='extra "reuse" rows, "STEPS:PREDICTIONS" per later plane, comma-separated (e.g. "7:8,10:10"): '
-                             "napari_mpi.fill's REUSE_STEP_FRACTION and REUSE_PREDICTIONS set for the run")
+                        help='extra "reuse" rows, "STEPS:PREDICTIONS" per later plane, comma-separated (e.g. '
+                             '"7:8,10:10"): napari_mpi.fill\'s REUSE_STEP_FRACTION and REUSE_PREDICTIONS set for the run')
     parser.add_argument("--fill-crop", default="auto",
                         help='the "crop" of the alone and reuse rows: "auto" (256x256 windows from 512x512 up), "none"')
     parser.add_argument("--refine", default="auto", choices=("auto", "wiener", "none"),

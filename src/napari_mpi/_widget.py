@@ -138,8 +138,8 @@ TIPS = {
     "refine": (
         "After each plane's fill, a block-matching Wiener filter with the fill's result as its guide and a noise\n"
         "model fitted to what the fill removed (no settings). Measured +0.25 to +0.54 dB on fluorescence and photos\n"
-        "for about a third of a second per 256x256 plane. It assumes noise independent from pixel to pixel, so it is skipped\n"
-        "at mask ratios above 0.65 (correlated noise). Turn it off to see the fill's own result."
+        "for about a third of a second per 256x256 plane. It assumes noise independent from pixel to pixel, so it\n"
+        "is skipped at mask ratios above 0.65 (correlated noise). Turn it off to see the fill's own result."
     ),
     "crop": (
         "On the CPU, train each fill step on a random 256x256 window of a big gray plane (512x512 and up)\n"
@@ -148,7 +148,7 @@ TIPS = {
         "better on 512x512 fluorescence frames (+0.04 dB on average), 1.4x faster at 512x512 and 2x at 1024x1024,\n"
         "and the memory is one window's, so big planes need no tiles. Iterations still count whole-plane steps: the\n"
         "progress shows the window steps that stand for them. Colour planes stay whole (windows were 0.1 dB\n"
-        "under on colour photos). Not with Auto; when reusing the network, the later planes continue in windows too."
+        "under on colour photos). Not with Auto. When reusing the network, the later planes continue in windows too."
     ),
     "noise_hint": (
         "napari-mpi checks whether the noise of the chosen image is shared by neighbouring pixels (colour\n"

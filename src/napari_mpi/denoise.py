@@ -190,9 +190,9 @@ def _resolve_crop(crop: str | int, plane: tuple[int, int], device: torch.device,
     """The window side a plan's fill trains on (0 = the whole plane), from ``crop``: "auto", "none" or a side.
 
     "auto": CROP_SIZE on the CPU for gray planes of at least CROP_MIN_WINDOWS windows' pixels, unless the fill
-    decides per plane (auto preset); the whole plane otherwise. Colour planes
-    stay whole: on two 768x512 photos windows scored 0.06-0.12 dB under at 2x the speed, and with 1.5x the pixels
-    -0.06 / +0.05 at only 1.1x. On a GPU a step of this network is bound by kernel launches rather than pixels at
+    decides per plane (auto preset); the whole plane otherwise (planes reusing a network continue in windows too).
+    Colour planes stay whole: on two 768x512 photos windows scored 0.06-0.12 dB under at 2x the speed, and with
+    1.5x the pixels -0.06 / +0.05 at only 1.1x. On a GPU a step of this network is bound by kernel launches rather than pixels at
     these sizes (docs/benchmarks.md): windows are not measured there."""
     height, width = plane
     if crop == "none":

@@ -122,8 +122,8 @@ def _match_blocks(guide: torch.Tensor, ref_i: torch.Tensor, ref_j: torch.Tensor,
     one between p + d and p, so one map of block distances per displacement d serves the references'
     candidates at +d and at -d: half the displacements are computed. Block sums come from running sums along
     each axis in turn (float32: a separable box filter, 3-4x faster than the float64 integral image it
-    replaced, and it picks the same blocks up to near-ties: a prefix never runs over more than one axis), a batch of displacements at a time, and a
-    running top-k keeps memory at O(references x group).
+    replaced and picking the same blocks up to near-ties, as no running sum spans both axes), a batch of
+    displacements at a time, and a running top-k keeps memory at O(references x group).
     """
     height, width = guide.shape
     g = guide.float()
