@@ -178,6 +178,10 @@ class CarriedNetwork:
         """Image channels of the carried network (0 when empty)."""
         return self.model.out_channels if self.model is not None else 0
 
+    def fits(self, channels: int, device: torch.device) -> bool:
+        """Whether a plane of ``channels`` on ``device`` can continue from the carried network."""
+        return self.channels == channels and _same_device(next(self.model.parameters()).device, device)
+
     def clear(self) -> None:
         self.model, self.optimizer, self.generator, self.graph = None, None, None, None
 
@@ -437,23 +441,15 @@ def iterative_fill(
         check_reuse(config)
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev)
-    continuing = (carried is not None and carried.channels == channels
-                  and _same_device(next(carried.model.parameters()).device, dev))
+    continuing = carried is not None and carried.fits(channels, dev)
     # a new network captures its training step when there are enough steps to repay the capture
     capture = not continuing and CUDA_GRAPHS and dev.type == "cuda" and config.iterations >= CUDA_GRAPH_MIN_STEPS
+    model, optimizer, generator = _plane_network(carried, continuing, channels, state_dict, config, dev, capture)
     if continuing:
-        model, optimizer, generator = carried.model, carried.optimizer, carried.generator
         steps = continuation_steps(config.iterations)
         iterations = steps + REUSE_PREDICTIONS
     else:
-        model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
-        # capturable: Adam's step count lives on the GPU, so that a CUDA graph can replay the update
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **({"capturable": True} if capture else {}))
-        generator = make_generator(config.seed, dev)
         steps = iterations = config.iterations
-        if carried is not None:
-            carried.model, carried.optimizer, carried.generator, carried.graph = model, optimizer, generator, None
-    model.train()  # BatchNorm statistics of this image, as in the reference
 
     x = image.to(dev, torch.float32).unsqueeze(0)
     graph = carried.graph if continuing else None
@@ -502,6 +498,25 @@ def iterative_fill(
         yield FillStep(iteration, iterations, estimate, loss, report)
         if report is not None and report.stopped:
             return
+
+
+def _plane_network(carried: CarriedNetwork | None, continuing: bool, channels: int,
+                   state_dict: dict[str, torch.Tensor] | None, config: FillConfig, dev: torch.device,
+                   capturable: bool = False) -> tuple[SkipNet, torch.optim.Optimizer, torch.Generator]:
+    """The network, Adam optimiser and mask generator a plane's fill trains, in training mode (BatchNorm statistics
+    of this image, as in the reference): the carried ones when ``continuing``, else new ones from ``state_dict``,
+    left in ``carried`` (when given) for the next plane. ``capturable``: Adam's step count lives on the GPU, so
+    that a CUDA graph can replay the update."""
+    if continuing:
+        model, optimizer, generator = carried.model, carried.optimizer, carried.generator
+    else:
+        model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **({"capturable": True} if capturable else {}))
+        generator = make_generator(config.seed, dev)
+        if carried is not None:
+            carried.model, carried.optimizer, carried.generator, carried.graph = model, optimizer, generator, None
+    model.train()
+    return model, optimizer, generator
 
 
 def _check_plane(image: torch.Tensor, caller: str) -> tuple[int, int, int]:
@@ -853,20 +868,13 @@ def crop_fill(
     channels, height, width = _check_plane(image, "crop_fill")
     dev = resolve_device(device)
     precision = resolve_precision(config.precision, dev)
-    continuing = (carried is not None and carried.channels == channels
-                  and _same_device(next(carried.model.parameters()).device, dev))
+    continuing = carried is not None and carried.fits(channels, dev)
+    model, optimizer, generator = _plane_network(carried, continuing, channels, state_dict, config, dev)
     if continuing:
-        model, optimizer, generator = carried.model, carried.optimizer, carried.generator
         training = crop_steps(continuation_steps(config.iterations), height, width, crop)
         steps = training + crop_steps(REUSE_PREDICTIONS, height, width, crop)
     else:
-        model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        generator = make_generator(config.seed, dev)  # the masks, as in iterative_fill
         steps = training = crop_steps(config.iterations, height, width, crop)
-        if carried is not None:
-            carried.model, carried.optimizer, carried.generator, carried.graph = model, optimizer, generator, None
-    model.train()
     rng = np.random.default_rng((config.seed, 0xC0))  # the windows: a stream of their own
     places = itertools.chain.from_iterable(iter(lambda: window_pass(height, width, crop, rng), None))  # pass after pass
     autocast = _autocast(dev, precision)
