@@ -138,6 +138,29 @@ def ours_scaled(noisy: np.ndarray, pilot: np.ndarray, rgb: bool, scale: float = 
         refine.fit_noise_model = fit
 
 
+def ours_dihedral(noisy: np.ndarray, pilot: np.ndarray, rgb: bool, n: int = 4, **options) -> tuple[np.ndarray, dict]:
+    """The shipped refinement of the first ``n`` dihedral transforms (flips, then transposed flips), averaged.
+
+    Each transform puts the reference blocks on another grid and the groups in another order (cycle
+    spinning), so their errors are partly independent.
+    """
+    transforms = [(False, f0, f1) for f0 in (False, True) for f1 in (False, True)]
+    transforms += [(True, f0, f1) for _, f0, f1 in transforms]
+    outputs, info = [], {}
+    for transpose, flip0, flip1 in transforms[:n]:
+        def forward(a):
+            a = np.swapaxes(a, 0, 1) if transpose else a
+            return a[::-1 if flip0 else 1, ::-1 if flip1 else 1]
+
+        def back(a):
+            a = a[::-1 if flip0 else 1, ::-1 if flip1 else 1]
+            return np.swapaxes(a, 0, 1) if transpose else a
+
+        out, info = ours(forward(noisy), forward(pilot), rgb, **options)
+        outputs.append(back(out))
+    return np.mean(outputs, axis=0).astype(np.float32), info
+
+
 def pilot_for(sample, cache: Path, mask_ratio: float | None = None) -> tuple[np.ndarray, float]:
     import napari_mpi
 
@@ -177,11 +200,13 @@ def main(argv=None) -> int:
                 if method == "mpi":
                     out, info, seconds = pilot, {}, mpi_seconds
                 else:
-                    function = {"dct-wiener": dct_wiener, "bm3d-wiener": bm3d_wiener, "ours-separate": ours_separate, "ours-twice": ours_twice}.get(method, ours)
+                    function = {"dct-wiener": dct_wiener, "bm3d-wiener": bm3d_wiener, "ours-separate": ours_separate, "ours-twice": ours_twice, "dihedral": ours_dihedral}.get(method, ours)
                     kwargs = {"stride": args.stride} if method == "dct-wiener" else {}
                     if method.startswith("scaled"):  # e.g. scaled:scale=1.3
                         function = ours_scaled
-                    if method.startswith(("ours", "scaled")):  # e.g. ours, ours-group32, ours-search_radius19
+                    if method.startswith("dihedral"):  # e.g. dihedral:n=8
+                        function = ours_dihedral
+                    if method.startswith(("ours", "scaled", "dihedral")):  # e.g. ours, ours:group=32, dihedral:n=8
                         kwargs = {k: (float(v) if "." in v else int(v)) for k, v in (part.split("=") for part in method.split(":")[1:])}
                     out, info = function(sample.noisy, pilot, rgb, **kwargs)
                     seconds = time.perf_counter() - start

@@ -174,7 +174,8 @@ def test_crop_option_trains_on_windows_and_refuses_a_bad_side(tmp_path):
     done = run_cli("denoise", str(source), "-o", str(target), "--crop", "64", "--iterations", "2", "--weights", "random",
                    "--refine", "none")
     assert done.returncode == 0, done.stderr
-    assert "2 iterations (as 8 steps on 64x64 windows)" in done.stdout  # 2 x 96*160 / 64^2 = 7.5
+    # 2 steps and 2 predictions, each worth 2 x 96*160 / 64^2 = 7.5 window steps
+    assert "2 iterations, then 2 predictions (as 16 steps on 64x64 windows)" in done.stdout
     assert tifffile.imread(target).shape == (96, 160)
     _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--crop", "32", *FAST),
                           "window side of at least 64 pixels")

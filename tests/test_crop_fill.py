@@ -10,8 +10,8 @@ import torch
 import napari_mpi
 from napari_mpi.denoise import DenoiseWarning
 from napari_mpi.fill import (
-    CROP_MARGIN, CROP_STEP_SCALE, REUSE_PREDICTIONS, CarriedNetwork, FillConfig, continuation_steps, crop_fill,
-    crop_steps, window_pass,
+    CROP_MARGIN, CROP_STEP_SCALE, FINAL_PREDICTIONS, REUSE_PREDICTIONS, CarriedNetwork, FillConfig,
+    continuation_steps, crop_fill, crop_steps, plane_steps, window_pass,
 )
 from napari_mpi.weights import default_checkpoint
 
@@ -54,7 +54,8 @@ def test_the_network_only_ever_sees_windows_and_every_pixel_gets_predictions(cam
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch.nn.Module, "__call__", record)
         steps = list(crop_fill(image, config, None, "cpu", crop=64))
-    assert len(steps) == crop_steps(30, 128, 192, 64) == steps[-1].iterations
+    training, predictions = crop_steps(30, 128, 192, 64), crop_steps(min(FINAL_PREDICTIONS, 30), 128, 192, 64)
+    assert len(steps) == plane_steps(config, 128, 192, 64) == training + predictions == steps[-1].iterations
     assert set(seen) == {(64, 64)} and len(seen) == len(steps)
     predicted = steps[-1].estimate[0].numpy() != noisy  # a pixel never predicted keeps its noisy value
     assert predicted.mean() > 0.999
@@ -104,7 +105,7 @@ def test_a_carried_network_continues_in_windows(camera_plane):
     config = FillConfig(iterations=4, precision="fp32")
     carried = CarriedNetwork()
     first = list(crop_fill(torch.from_numpy(noisy)[None], config, None, "cpu", 64, carried))
-    assert len(first) == crop_steps(4, 128, 192, 64) and carried.channels == 1
+    assert len(first) == plane_steps(config, 128, 192, 64) and carried.channels == 1
     model, optimizer = carried.model, carried.optimizer
     adam_steps = optimizer.state[next(model.parameters())]["step"].item()
 
@@ -127,7 +128,7 @@ def test_a_stack_reusing_the_network_continues_in_windows(camera_plane):
     events, alone_events = [], []
     reused = napari_mpi.denoise(stack, iterations=3, crop=64, reuse_network=True, refine="none", progress=events.append)
     alone = napari_mpi.denoise(stack, iterations=3, crop=64, refine="none", progress=alone_events.append)
-    first = crop_steps(3, 128, 192, 64)
+    first = crop_steps(3, 128, 192, 64) * 2  # 3 steps, then 3 predictions
     later = crop_steps(continuation_steps(3), 128, 192, 64) + crop_steps(REUSE_PREDICTIONS, 128, 192, 64)
     assert [e.iterations for e in events] == [first] * first + [later] * (2 * later)
     assert len(alone_events) == 3 * first
@@ -138,7 +139,8 @@ def test_a_stack_reusing_the_network_continues_in_windows(camera_plane):
 def test_auto_crops_big_planes_on_the_cpu_only():
     plan = napari_mpi.prepare((512, 512), np.float32, device="cpu")
     assert plan.crop == 256 and plan.describe()["crop"] == 256
-    assert plan.steps_per_plane == crop_steps(plan.config.iterations, 512, 512, 256)
+    assert plan.steps_per_plane == (crop_steps(plan.config.iterations, 512, 512, 256)
+                                    + crop_steps(FINAL_PREDICTIONS, 512, 512, 256))  # steps, then predictions
     assert napari_mpi.prepare((256, 256), np.float32, device="cpu").crop == 0  # small: the whole plane
     assert napari_mpi.prepare((384, 384), np.float32, device="cpu").crop == 0  # under 4 windows: no faster
     assert napari_mpi.prepare((512, 512, 3), np.uint8, device="cpu", rgb=True).crop == 0  # colour: whole planes
@@ -149,7 +151,7 @@ def test_auto_crops_big_planes_on_the_cpu_only():
     assert napari_mpi.prepare((256, 256), np.float32, device="cpu", crop=128).crop == 128
     assert napari_mpi.prepare((100, 100), np.float32, device="cpu", crop=128).crop == 0  # the window is the plane
     none = napari_mpi.prepare((256, 256), np.float32, device="cpu", crop="none")
-    assert none.steps_per_plane == none.config.iterations
+    assert none.steps_per_plane == none.config.iterations + FINAL_PREDICTIONS
 
 
 @pytest.mark.parametrize(
@@ -166,7 +168,7 @@ def test_denoise_with_crops_reports_the_crop_steps_and_matches_the_plane_by_plan
     _, noisy = camera_plane
     events = []
     result = napari_mpi.denoise(noisy, iterations=3, crop=64, progress=events.append, refine="none")
-    steps = crop_steps(3, 128, 192, 64)
+    steps = 2 * crop_steps(3, 128, 192, 64)  # 3 iterations, then 3 predictions
     assert [e.iteration for e in events] == list(range(1, steps + 1)) and {e.iterations for e in events} == {steps}
     plan = napari_mpi.prepare(noisy.shape, noisy.dtype, iterations=3, crop=64, refine="none")
     np.testing.assert_array_equal(result, napari_mpi.denoise_plane(noisy, plan))

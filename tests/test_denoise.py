@@ -62,7 +62,8 @@ def test_same_seed_same_result():
 def test_progress_events_cover_every_plane_and_iteration():
     events = []
     napari_mpi.denoise(np.random.rand(3, 40, 40), progress=events.append, **FEW)
-    assert [(e.plane, e.iteration) for e in events] == [(p, i) for p in range(3) for i in (1, 2)]
+    # FEW's 2 iterations, then as many predictions
+    assert [(e.plane, e.iteration, e.iterations) for e in events] == [(p, i, 4) for p in range(3) for i in (1, 2, 3, 4)]
     assert events[-1].fraction == 1.0 and np.isfinite(events[-1].loss)
     assert events[0].estimate().shape == (40, 40)
 
@@ -205,13 +206,14 @@ def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     reference = expected_counts(clean).astype(np.float64)
     data_range = float(reference.max() - reference.min())
     alone_events, reuse_events = [], []
-    from napari_mpi.fill import REUSE_PREDICTIONS, continuation_steps
+    from napari_mpi.fill import FINAL_PREDICTIONS, REUSE_PREDICTIONS, continuation_steps
 
     alone = napari_mpi.denoise(stack, progress=alone_events.append)  # the fast preset, default weights
     reused = napari_mpi.denoise(stack, reuse_network=True, progress=reuse_events.append)
-    first = len(alone_events) // 4
-    later = continuation_steps(first) + REUSE_PREDICTIONS  # 10% of the iterations as steps, then predictions
-    assert len(alone_events) == 4 * first == 4 * napari_mpi.prepare((128, 128), np.float32).config.iterations
+    plan = napari_mpi.prepare((128, 128), np.float32)
+    first = plan.steps_per_plane  # the iterations, then the final predictions
+    later = continuation_steps(plan.config.iterations) + REUSE_PREDICTIONS  # 10% of the iterations, then predictions
+    assert len(alone_events) == 4 * first == 4 * (plan.config.iterations + FINAL_PREDICTIONS)
     assert len(reuse_events) == first + 3 * later
     assert [e.iterations for e in reuse_events if e.plane > 0] == [later] * (3 * later)
     assert reuse_events[-1].fraction == 1.0

@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mpi.fill import FillConfig, build_model, config_for, ema_update_, iterative_fill
+from napari_mpi.fill import (
+    FINAL_PREDICTIONS, FillConfig, build_model, config_for, ema_update_, iterative_fill, plane_steps,
+)
 from napari_mpi.masking import draw_mask, make_generator
 
 from .conftest import psnr
@@ -248,13 +250,32 @@ def test_auto_fill_denoises_reports_and_is_reproducible(camera_crop):
     assert gain >= 3.0
 
 
+def test_a_plane_ends_with_predictions_of_the_trained_network_without_a_step():
+    from napari_mpi.fill import CarriedNetwork
+
+    config = FillConfig(iterations=40, seed=0, precision="fp32")
+    carried = CarriedNetwork()
+    steps = [(s.iteration, s.iterations, s.estimate.clone()) for s in iterative_fill(_noisy(0), config, device="cpu",
+                                                                                     carried=carried)]
+    predictions = min(FINAL_PREDICTIONS, 40)
+    assert predictions > 0 and len(steps) == plane_steps(config, 40, 40) == 40 + predictions
+    assert [(i, n) for i, n, _ in steps] == [(i, 40 + predictions) for i in range(1, 41 + predictions)]
+    # the last iterations train nothing: Adam stepped once per training iteration ...
+    assert carried.optimizer.state[next(carried.model.parameters())]["step"].item() == 40
+    # ... but their predictions went on into the running mean
+    assert not torch.equal(steps[39][2], steps[-1][2])
+    # never more predictions than steps, and none for the auto preset, which ends where it decides
+    assert plane_steps(FillConfig(iterations=3), 40, 40) == 6
+    assert plane_steps(config_for("auto"), 40, 40) == config_for("auto").iterations
+
+
 def test_a_carried_network_continues_with_few_steps_then_predictions():
     from napari_mpi.fill import REUSE_PREDICTIONS, CarriedNetwork, continuation_steps
 
     config = FillConfig(iterations=20, seed=0, precision="fp32")
     carried = CarriedNetwork()
     first = list(iterative_fill(_noisy(0), config, device="cpu", carried=carried))
-    assert len(first) == 20 and carried.model is not None and carried.channels == 1
+    assert len(first) == plane_steps(config, 40, 40) and carried.model is not None and carried.channels == 1
     model = carried.model
     before = [p.detach().clone() for p in model.parameters()]
     adam_steps = carried.optimizer.state[next(model.parameters())]["step"].item()
@@ -269,9 +290,9 @@ def test_a_carried_network_continues_with_few_steps_then_predictions():
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     estimate = steps[-1].estimate
     # bias-corrected mean of predictions (in (0, 1): the network ends in a sigmoid) where a mask hid a
-    # pixel; the noisy value only where none did
+    # pixel; the noisy value only where none did (12 masks hiding 30%: 0.7**12 = 1.4% of the pixels)
     noisy_kept = estimate == image[0]
-    assert noisy_kept.float().mean() < 0.01
+    assert noisy_kept.float().mean() < 0.03
     assert ((estimate[~noisy_kept] > 0) & (estimate[~noisy_kept] < 1)).all()
 
 

@@ -198,10 +198,10 @@ def test_out_of_memory_retries_the_plane_in_tiles_with_the_same_quality(monkeypa
         tiled = napari_mpi.denoise(image, iterations=20, weights="random", progress=events.append)
     assert calls[0] == (160, 160) and calls[1:] == [(128, 128)] * 4
     assert tiled.shape == image.shape and np.isfinite(tiled).all()
-    assert {e.tiles for e in events} == {4} and len(events) == 4 * 20
+    assert {e.tiles for e in events} == {4} and len(events) == 4 * (20 + 20)  # each tile's steps and predictions
     iterations = [e.iteration for e in events]
-    assert iterations == sorted(iterations) and iterations[0] == 0 and iterations[-1] == 20
-    assert iterations.count(20) == 1 and events[-1].fraction == 1.0  # "plane done" exactly once
+    assert iterations == sorted(iterations) and iterations[0] == 0 and iterations[-1] == 40 == events[-1].iterations
+    assert iterations.count(40) == 1 and events[-1].fraction == 1.0  # "plane done" exactly once
     assert events[len(events) // 2].estimate().shape == image.shape  # the live view shows the whole plane
     # as good as the whole plane at once (no visible seams would cost PSNR)
     assert psnr(tiled, reference, data_range) > psnr(image, reference, data_range) + 2.5
@@ -254,7 +254,8 @@ def test_tiled_planes_say_they_cannot_reuse_the_network(monkeypatch):
     with pytest.warns(DenoiseWarning, match="tiled planes cannot reuse the network .* each runs its full fill"):
         napari_mpi.denoise(noisy((2, 160, 160)), iterations=2, weights="random", precision="fp32", crop="none",
                            reuse_network=True, progress=events.append)
-    assert {e.plane for e in events} == {0, 1} and {e.iterations for e in events} == {2}  # full fills, in tiles
+    # full fills, in tiles: 2 steps, then 2 predictions
+    assert {e.plane for e in events} == {0, 1} and {e.iterations for e in events} == {4}
     assert {e.tiles for e in events} == {4}
 
 
@@ -322,7 +323,8 @@ def test_tiles_cover_the_plane_and_cross_fade_between_the_tiles_own_results():
     image = torch.from_numpy(np.random.default_rng(4).random((1, 64, 80), dtype=np.float32))
     config = FillConfig(iterations=2, seed=5)
     steps = list(tiled_fill(image, config, None, "cpu", (48, 48), 16))
-    assert len(steps) == 4 * 2 and steps[-1].iteration == 2 and steps[-2].iteration == 1
+    # each tile: 2 steps, then 2 predictions; progress in whole tiles' work
+    assert len(steps) == 4 * 4 and steps[-1].iteration == 4 and steps[-2].iteration == 3
     blended = steps[-1].estimate
     assert blended.shape == image.shape and torch.isfinite(blended).all()
     own = [list(iterative_fill(image[:, y:y + 48, x:x + 48], FillConfig(iterations=2, seed=5 + number), None, "cpu"))

@@ -466,10 +466,11 @@ def test_a_big_plane_trains_on_windows_and_reports_their_steps(viewer_widget, qt
     widget.refine.setChecked(False)
     widget.device.setCurrentText("cpu")
     run = widget.start()
-    assert run.plan.crop == 256 and run.plan.steps_per_plane == 8  # 2 whole-plane steps' pixels in 256² windows
-    assert "as 8 steps on 256x256 windows" in widget.status.text()
+    # 2 whole-plane steps' pixels in 256² windows, then as many predictions
+    assert run.plan.crop == 256 and run.plan.steps_per_plane == 16
+    assert "2 iterations, then 2 predictions (as 16 steps on 256x256 windows)" in widget.status.text()
     wait_finished(qtbot, run)
-    assert run.state == "done" and shown and {total for _, total in shown} == {8} and run.pbar.total == 8
+    assert run.state == "done" and shown and {total for _, total in shown} == {16} and run.pbar.total == 16
     layer = viewer.layers["frame denoised"]
     assert layer.metadata["crop"] == 256 and np.isfinite(layer.data).all()
     assert not messages(notes())

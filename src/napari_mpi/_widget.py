@@ -923,9 +923,8 @@ class MPIDenoiseWidget(QWidget):
         self._holder["run"] = run
         run.holder = self._holder
         self._set_running(True)
-        windows = f" as {plan.steps_per_plane} steps on {plan.crop}x{plan.crop} windows" if plan.crop else ""
         self.status.setText(f"Starting on {plan.device.type.upper()}: {plan.layout.n_planes} plane(s) of "
-                            f"{plan.config.iterations} iterations{windows}...")
+                            f"{plan.describe_length()}...")
         run.start()
         return run
 

@@ -238,7 +238,7 @@ def _denoise(args: argparse.Namespace) -> int:
             **_roles(axes, data.shape),
         )
         warn_if_noise_looks_correlated(data, args.mask_ratio, option="run with --mask-ratio ", **_roles(axes, data.shape))
-        n_planes, iterations = plan.layout.n_planes, plan.config.iterations
+        n_planes = plan.layout.n_planes
         output = None
         if kind == "png":
             sink = np.zeros(plan.layout.shape, dtype=np.float32)
@@ -280,8 +280,7 @@ def _denoise(args: argparse.Namespace) -> int:
     if not args.quiet:
         resumed = f", {len(done)} from the earlier run" if done else ""
         print(f"wrote {args.output} ({'x'.join(map(str, plan.layout.shape))}, axes {axes}, {n_planes} plane(s){resumed}, "
-              f"preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {iterations} iterations"
-              f"{f' (as {plan.steps_per_plane} steps on {plan.crop}x{plan.crop} windows)' if plan.crop else ''}"
+              f"preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {plan.describe_length()}"
               f"{' (the first plane; the next ones reused its network)' if plan.reuse_network and n_planes > 1 else ''})")
     return 0
 

@@ -20,8 +20,8 @@ import torch
 
 from .fill import (
     CROP_SIZE, DEFAULT_PRESET, MIN_CROP, MIN_TILE, TILE_OVERLAP, AutoReport, CarriedNetwork, FillConfig, FillStep,
-    check_reuse, config_for, crop_fill, crop_steps, iterative_fill, resolve_device, resolve_precision, tile_starts,
-    tiled_fill,
+    check_reuse, config_for, crop_fill, final_predictions, iterative_fill, plane_steps, resolve_device,
+    resolve_precision, tile_starts, tiled_fill,
 )
 from .network import DEFAULT_DEPTH, DEFAULT_SKIP_WIDTH, DEFAULT_WIDTH, architecture_of, check_plane_size, padded_side
 from .noise import MaskRatioHint, mask_ratio_hint
@@ -58,10 +58,15 @@ class DenoisePlan:
 
     @property
     def steps_per_plane(self) -> int:
-        """Training steps of one plane's fill: window steps with ``crop`` (planes continuing a reused network run fewer)."""
-        if self.crop:
-            return crop_steps(self.config.iterations, *self.layout.plane_shape[:2], self.crop)
-        return self.config.iterations
+        """Iterations of one plane's fill, its last predictions included: window steps with ``crop`` (planes continuing
+        a reused network run fewer)."""
+        return plane_steps(self.config, *self.layout.plane_shape[:2], self.crop)
+
+    def describe_length(self) -> str:
+        """One plane's fill in words, e.g. "100 iterations, then 30 predictions (as 520 steps on 256x256 windows)"."""
+        predictions = final_predictions(self.config)
+        text = f"{self.config.iterations} iterations{f', then {predictions} predictions' if predictions else ''}"
+        return text + (f" (as {self.steps_per_plane} steps on {self.crop}x{self.crop} windows)" if self.crop else "")
 
     @property
     def network(self) -> dict[str, int]:

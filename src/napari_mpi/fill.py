@@ -38,6 +38,9 @@ __all__ = [
     "CarriedNetwork",
     "REUSE_STEP_FRACTION",
     "REUSE_PREDICTIONS",
+    "FINAL_PREDICTIONS",
+    "final_predictions",
+    "plane_steps",
     "continuation_steps",
     "preset_iterations",
     "preset_beta",
@@ -137,6 +140,14 @@ AUTO_MEMORISATION_RISE = 0.08
 #: +0.19 / +0.59 / -0.05 / -0.05 at 1.4x the cost per later plane; 7 + 8 lost 0.19 dB on the stains, 5 + 5 0.28.
 REUSE_STEP_FRACTION = 0.10
 REUSE_PREDICTIONS = 10
+
+#: Every plane filled from the weights ends with this many forward passes of its trained network without a step
+#: (``plane_steps``): their predictions at hidden pixels go on into the running mean, so the estimate leans more on
+#: the network as training left it and less on a single draw of masks. Measured (docs/benchmarks.md, "Predictions
+#: after the last step"), default fill + refinement, 256x256 crops: 30 scored +0.05 dB on 10 Poisson photos (kodim09
+#: +0.14, worst -0.04), +0.05 on 5 GigaDB images (membrane +0.15), +0.00 on 8 FMD confocal FOVs (worst -0.03),
+#: for ~7% more time (a forward pass costs ~0.25 of a step).
+FINAL_PREDICTIONS = 30
 
 #: On a CUDA GPU an eager step of this small network is bound by kernel launches, not arithmetic (H100, 48/48
 #: network, 512x512: 16 ms per step eager, 8.5 ms replayed from a CUDA graph; docs/benchmarks.md). So a fill
@@ -417,6 +428,8 @@ def iterative_fill(
 ) -> Iterator[FillStep]:
     """Run Algorithm 1 on one normalised plane and yield a :class:`FillStep` after every iteration.
 
+    ``config.iterations`` training steps, then FINAL_PREDICTIONS predictions of the trained network without a step
+    that go on into the running mean (``plane_steps``; the auto preset ends where it decides instead).
     With ``carried`` holding the previous plane's network (same channels and device), the plane
     continues from it instead: ``continuation_steps(config.iterations)`` training steps, then
     REUSE_PREDICTIONS predictions without a step; its estimate is the bias-corrected running mean of
@@ -449,7 +462,7 @@ def iterative_fill(
         steps = continuation_steps(config.iterations)
         iterations = steps + REUSE_PREDICTIONS
     else:
-        steps = iterations = config.iterations
+        steps, iterations = config.iterations, plane_steps(config, height, width)
 
     x = image.to(dev, torch.float32).unsqueeze(0)
     graph = carried.graph if continuing else None
@@ -470,7 +483,7 @@ def iterative_fill(
         keep = draw_mask(x.shape, config.mask_ratio, config.mask_mode, generator, dev)
         hidden = 1.0 - keep
         weight = hidden if judge is None else hidden * judge.trained  # the pixels the loss counts
-        if iteration > steps:  # a continuing plane's last predictions, without a training step
+        if iteration > steps:  # the last predictions, without a training step
             prediction, loss = _predict(model, x, keep, weight, autocast)
         elif graph is not None:
             prediction, loss = graph(keep, weight)
@@ -790,7 +803,7 @@ def tiled_fill(
             total[:, rows[i]:rows[i] + tile_h, columns[j]:columns[j] + tile_w] += w
     done = torch.zeros_like(x_cpu)  # weighted sum of finished tiles' estimates
     pending = total.clone()  # weight still given to the input (tiles not finished)
-    iterations = config.iterations
+    iterations = plane_steps(config, tile_h, tile_w)  # each tile's fill
     count = len(grid)
     for number, ((y, x), w) in enumerate(zip(grid, weights)):
         region = (slice(None), slice(y, y + tile_h), slice(x, x + tile_w))
@@ -831,6 +844,22 @@ MIN_CROP = 4 * CROP_MARGIN
 CROP_STEP_SCALE = 1.0
 
 
+def final_predictions(config: FillConfig) -> int:
+    """Predictions without a step that end the fill of a plane started from the weights: FINAL_PREDICTIONS, never
+    more than the training steps; none for the auto preset, which ends where it decides."""
+    return 0 if config.selfsup else min(FINAL_PREDICTIONS, config.iterations)
+
+
+def plane_steps(config: FillConfig, height: int, width: int, crop: int = 0) -> int:
+    """Iterations of the fill of a height x width plane started from the weights (not continuing a carried network):
+    ``config.iterations`` training steps, then ``final_predictions(config)`` predictions without a step; in crop x crop
+    windows (``crop_fill``) as many window steps as those stand for. The auto preset runs at most its iterations."""
+    predictions = final_predictions(config)
+    if crop:
+        return crop_steps(config.iterations, height, width, crop) + crop_steps(predictions, height, width, crop)
+    return config.iterations + predictions
+
+
 def crop_steps(iterations: int, height: int, width: int, crop: int) -> int:
     """Training steps of a crop fill that stands for ``iterations`` whole-plane steps on a height x width plane:
     CROP_STEP_SCALE of their pixels in windows of crop x crop (never fewer than ``iterations``)."""
@@ -853,7 +882,8 @@ def crop_fill(
     1 - beta^k (k = how often the pixel was predicted), the noisy value where it never was. Predictions within
     CROP_MARGIN pixels of a window edge inside the plane are left out. The windows come in passes that each cover
     every pixel once or twice (``window_pass``), so the border and corners get predictions as often as the middle.
-    Runs ``crop_steps(config.iterations, H, W, crop)`` steps; memory is one window's, whatever the plane's size.
+    Runs ``crop_steps(config.iterations, H, W, crop)`` training steps, then ``crop_steps(FINAL_PREDICTIONS, ...)``
+    window predictions without a step (``plane_steps``); memory is one window's, whatever the plane's size.
     Not with ``config.selfsup``.
 
     With ``carried`` holding the previous plane's network, the plane continues from it as in
@@ -874,7 +904,8 @@ def crop_fill(
         training = crop_steps(continuation_steps(config.iterations), height, width, crop)
         steps = training + crop_steps(REUSE_PREDICTIONS, height, width, crop)
     else:
-        steps = training = crop_steps(config.iterations, height, width, crop)
+        training = crop_steps(config.iterations, height, width, crop)
+        steps = plane_steps(config, height, width, crop)
     rng = np.random.default_rng((config.seed, 0xC0))  # the windows: a stream of their own
     places = itertools.chain.from_iterable(iter(lambda: window_pass(height, width, crop, rng), None))  # pass after pass
     autocast = _autocast(dev, precision)
@@ -888,7 +919,7 @@ def crop_fill(
         window = x[(slice(None), *region)]
         keep = draw_mask(window.shape, config.mask_ratio, config.mask_mode, generator, dev)
         hidden = 1.0 - keep
-        if step > training:  # a continuing plane's last predictions, without a training step
+        if step > training:  # the last predictions, without a training step
             prediction, loss = _predict(model, window, keep, hidden, autocast)
         else:
             prediction, loss = _train_step(model, optimizer, window, keep, hidden, autocast)
