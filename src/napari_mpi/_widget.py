@@ -106,7 +106,9 @@ TIPS = {
         "Fill steps per plane; the time grows in proportion. The presets set it, fewer when the plane\n"
         "starts from the shipped pre-trained network (mask ratio up to 0.65), which learns faster and\n"
         "would start to reproduce the noise with as many steps as a random start needs; colour images\n"
-        "need more than gray ones, since they also learn colour.\n"
+        "need more than gray ones, since they also learn colour. After them the trained network makes\n"
+        "up to 30 more predictions without training (about a quarter of a step's time each), which\n"
+        "the progress counts too.\n"
         "Raise it when the result still looks grainy; lower it for a quick preview."
     ),
     "lr": (

@@ -455,7 +455,9 @@ def denoise(
         the shipped weights, 0.99 from a random start; auto chooses its own).
     iterations : int, optional
         Fill steps per plane; default from the preset and the start (fast: 100 for gray images from the shipped
-        weights, 300 for colour, 200 from a random start; quality 150 / 450 / 1000; auto at most 300).
+        weights, 300 for colour, 200 from a random start; quality 150 / 450 / 1000; auto at most 300). Then
+        ``fill.FINAL_PREDICTIONS`` (30; never more than the steps; not with auto) predictions of the trained network
+        without a step go on into the running mean: +0.05 dB on Poisson photos and GigaDB for ~7% more time.
     preset : {"auto", "fast", "quality"}
         Named defaults for ``beta`` and ``iterations``. "auto" decides per plane, without the clean
         image, when to stop and which running mean to output (``FillConfig.selfsup``).
