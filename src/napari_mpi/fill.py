@@ -138,6 +138,8 @@ AUTO_MEMORISATION_RISE = 0.08
 #: scored +0.16 dB (10-frame FMD time-lapse), +0.53 (32-plane synthetic z-stack, 6.0x), -0.06 (separate FMD
 #: fields of view) and -0.11 (the three stains of FMD's 3-slice stack), where 14 + 20 (sessions 5-9) scored
 #: +0.19 / +0.59 / -0.05 / -0.05 at 1.4x the cost per later plane; 7 + 8 lost 0.19 dB on the stains, 5 + 5 0.28.
+#: Since each plane alone ends with FINAL_PREDICTIONS (session 11): +0.35 (synthetic, 6.4x), -0.06 (fields of view,
+#: 5.3x), -0.14 (stains); 6 + 15 +0.24 at 7.4x, -0.07 and -0.16.
 REUSE_STEP_FRACTION = 0.10
 REUSE_PREDICTIONS = 10
 
