@@ -144,11 +144,13 @@ REUSE_STEP_FRACTION = 0.10
 REUSE_PREDICTIONS = 10
 
 #: Every plane filled from the weights ends with this many forward passes of its trained network without a step
-#: (``plane_steps``): their predictions at hidden pixels go on into the running mean, so the estimate leans more on
-#: the network as training left it and less on a single draw of masks. Measured (docs/benchmarks.md, "Predictions
-#: after the last step"), default fill + refinement, 256x256 crops: 30 scored +0.05 dB on 10 Poisson photos (kodim09
-#: +0.14, worst -0.04), +0.05 on 5 GigaDB images (membrane +0.15), +0.00 on 8 FMD confocal FOVs (worst -0.03),
-#: for ~7% more time (a forward pass costs ~0.25 of a step).
+#: (``final_predictions``: never more than the plane's iterations; none with the auto preset): their predictions at
+#: hidden pixels go on into the running mean, so the estimate leans more on the network as training left it and less
+#: on a single draw of masks. Measured (docs/benchmarks.md, "Predictions after the last step"), default fill +
+#: refinement, 256x256 crops: 30 scored +0.05 dB on 10 Poisson photos (kodim09 +0.14, worst -0.04), +0.05 on 5 GigaDB
+#: images (membrane +0.15), +0.005 on 8 FMD confocal FOVs (worst -0.025), +0.01 on 6 colour photos; 20 and 50 gained
+#: less or lost more; for ~7% more time (a forward pass costs ~0.25 of a step). Whole 512x512 FMD frames (windows):
+#: -0.02 / +0.01 dB; whole 768x512 Poisson photos +0.05.
 FINAL_PREDICTIONS = 30
 
 #: On a CUDA GPU an eager step of this small network is bound by kernel launches, not arithmetic (H100, 48/48
@@ -430,8 +432,8 @@ def iterative_fill(
 ) -> Iterator[FillStep]:
     """Run Algorithm 1 on one normalised plane and yield a :class:`FillStep` after every iteration.
 
-    ``config.iterations`` training steps, then FINAL_PREDICTIONS predictions of the trained network without a step
-    that go on into the running mean (``plane_steps``; the auto preset ends where it decides instead).
+    ``config.iterations`` training steps, then ``final_predictions(config)`` predictions of the trained network
+    without a step that go on into the running mean (``plane_steps``; the auto preset ends where it decides instead).
     With ``carried`` holding the previous plane's network (same channels and device), the plane
     continues from it instead: ``continuation_steps(config.iterations)`` training steps, then
     REUSE_PREDICTIONS predictions without a step; its estimate is the bias-corrected running mean of
@@ -884,8 +886,8 @@ def crop_fill(
     1 - beta^k (k = how often the pixel was predicted), the noisy value where it never was. Predictions within
     CROP_MARGIN pixels of a window edge inside the plane are left out. The windows come in passes that each cover
     every pixel once or twice (``window_pass``), so the border and corners get predictions as often as the middle.
-    Runs ``crop_steps(config.iterations, H, W, crop)`` training steps, then ``crop_steps(FINAL_PREDICTIONS, ...)``
-    window predictions without a step (``plane_steps``); memory is one window's, whatever the plane's size.
+    Runs ``crop_steps(config.iterations, H, W, crop)`` training steps, then ``crop_steps(final_predictions(config),
+    ...)`` window predictions without a step (``plane_steps``); memory is one window's, whatever the plane's size.
     Not with ``config.selfsup``.
 
     With ``carried`` holding the previous plane's network, the plane continues from it as in
