@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+#: denoise() settings that keep a test fast: two steps (and two final predictions) from a random start
+FEW = {"iterations": 2, "weights": "random"}
+
 
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads():

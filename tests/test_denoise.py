@@ -10,9 +10,7 @@ import napari_mpi
 from napari_mpi.network import SkipNet
 from napari_mpi.weights import load_checkpoint, resolve_weights, save_checkpoint
 
-from .conftest import psnr
-
-FEW = {"iterations": 2, "weights": "random"}
+from .conftest import FEW, psnr
 
 
 @pytest.mark.parametrize(

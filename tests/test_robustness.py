@@ -26,12 +26,10 @@ from napari_mpi.denoise import DenoiseWarning, prepare
 from napari_mpi.fill import FillConfig, iterative_fill, tile_starts, tiled_fill
 from napari_mpi.planes import MAX_OUTLIER, normalize
 
-from .conftest import psnr
+from .conftest import FEW, psnr
 
 denoise_module = import_module("napari_mpi.denoise")  # the module; napari_mpi.denoise is the function
 fill_module = import_module("napari_mpi.fill")
-
-FEW = {"iterations": 2, "weights": "random"}
 
 
 def noisy(shape=(48, 48), seed=0) -> np.ndarray:
