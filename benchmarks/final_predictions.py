@@ -21,11 +21,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import load, parse_study_args, require_data_root  # noqa: E402
+from datasets import load, parse_study_args, report_variants, require_data_root  # noqa: E402
 from quality import metrics  # noqa: E402
 
 from napari_mpi import fill, refine  # noqa: E402
@@ -80,26 +79,17 @@ def main(argv=None) -> int:
     parser.add_argument("--counts", nargs="+", type=int, default=[10, 20, 30, 50])
     args = parse_study_args(parser, argv, threads=1)  # --threads, --data, --out
     root = require_data_root(args.data)
+    counts = sorted(set(args.counts))
+    variants = ["base", *(f"{kind}+{k}" for k in counts for kind in ("ema", "mean"))]
     rows = []
     for dataset in args.datasets:
         for sample in load(dataset, root, crop=args.crop, limit=args.limit):
             if sample.kind not in ("gray", "rgb"):
                 continue
-            row = {"dataset": dataset, "image": sample.name,
-                   **{k: round(v, 3) for k, v in score_counts(sample, sorted(set(args.counts))).items()}}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
-    print("\nmean gain over no final predictions (dB), worst image:")
-    for dataset in args.datasets:
-        subset = [r for r in rows if r["dataset"] == dataset]
-        if not subset:
-            continue
-        keys = [k for k in subset[0] if k not in ("dataset", "image", "base")]
-        gains = {k: [r[k] - r["base"] for r in subset] for k in keys}
-        print(f"  {dataset} ({len(subset)}): " + "; ".join(f"{k} {np.mean(g):+.3f} ({min(g):+.3f})" for k, g in gains.items()))
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(rows, indent=1))
+            scores = score_counts(sample, counts)
+            rows.append({"dataset": dataset, "image": sample.name, **{v: {"psnr": round(scores[v], 3)} for v in variants}})
+            print(json.dumps(rows[-1]), flush=True)
+    report_variants(rows, variants, args.out, args)  # gains over "base": no final predictions
     return 0
 
 
