@@ -7,7 +7,7 @@ more forward passes of its trained network, each K in ``--counts`` scored along 
 - ``mean+K``: the output is the plain mean of the K predictions at hidden pixels (the running mean where none hid
   a pixel).
 
-Every output goes through the Wiener refinement, as the default does; the table gives the mean gain over the fill
+Every output goes through the Wiener refinement, as the default does; the summary gives the mean gain over the fill
 without final predictions and the worst image.
 
     python benchmarks/final_predictions.py --datasets kodak-poisson30 gigadb --limit 10 --counts 10 20 30 50
