@@ -18,7 +18,7 @@ import zarr
 
 import napari_mpi
 from napari_mpi import cli
-from napari_mpi.stores import MappedArray, create_tiff
+from napari_mpi.io.stores import MappedArray, create_tiff
 
 FAST = ["--iterations", "2", "--weights", "random", "-q"]  # in-process runs keep the test session's torch threads
 
@@ -246,7 +246,7 @@ def test_resume_refuses_other_settings_and_restarts_without_flag(tmp_path, capsy
                      photometric="minisblack", metadata={"axes": "ZYX"})
     target = tmp_path / "out.tif"
     # an unfinished run, as a kill leaves it: a partial output and its record
-    from napari_mpi.stores import BatchOutput
+    from napari_mpi.io.stores import BatchOutput
 
     plan = napari_mpi.prepare((2, 32, 32), np.uint16, iterations=2, weights="random")
     output = BatchOutput(target, "tiff", plan.layout, np.dtype(np.float32), "ZYX",

@@ -1,4 +1,4 @@
-"""The crop fill: each step trains on a random window of a big plane (fill.crop_fill, the ``crop`` option)."""
+"""The window fill: each step trains on a random window of a big plane (engine.windows.crop_fill, ``crop``)."""
 
 import warnings
 from importlib import import_module
@@ -8,16 +8,24 @@ import pytest
 import torch
 
 import napari_mpi
-from napari_mpi.denoise import DenoiseWarning
-from napari_mpi.fill import (
-    CROP_MARGIN, CROP_STEP_SCALE, FINAL_PREDICTIONS, REUSE_PREDICTIONS, CarriedNetwork, FillConfig,
-    continuation_steps, crop_fill, crop_steps, plane_steps, window_pass,
-)
+from napari_mpi.api import DenoiseWarning
+from napari_mpi.engine.fill import CarriedNetwork, continuation_steps, plane_steps
+from napari_mpi.engine.fill import crop_steps as crop_steps_for
+from napari_mpi.engine.windows import CROP_MARGIN, crop_fill, window_pass
+from napari_mpi.settings import FillConfig
+
+DEFAULTS = FillConfig()
+FINAL_PREDICTIONS, REUSE_PREDICTIONS, CROP_STEP_SCALE = (
+    DEFAULTS.final_predictions, DEFAULTS.reuse_predictions, DEFAULTS.crop_step_scale)
+
+
+def crop_steps(iterations, height, width, crop, config=DEFAULTS):
+    return crop_steps_for(iterations, height, width, crop, config)
 from napari_mpi.weights import default_checkpoint
 
 from .conftest import psnr
 
-denoise_module = import_module("napari_mpi.denoise")  # the module; napari_mpi.denoise is the function
+plane_module = import_module("napari_mpi.engine.plane")  # fills a plane: whole, in windows or in tiles
 
 
 @pytest.fixture
@@ -29,14 +37,14 @@ def camera_plane() -> tuple[np.ndarray, np.ndarray]:
     return clean, (clean + np.random.default_rng(0).normal(0, 0.1, clean.shape)).astype(np.float32)
 
 
-def test_steps_stand_for_a_share_of_the_whole_plane_steps_pixels(monkeypatch):
+def test_steps_stand_for_a_share_of_the_whole_plane_steps_pixels():
     assert crop_steps(100, 512, 512, 256) == round(CROP_STEP_SCALE * 100 * 4)
     assert crop_steps(100, 1024, 512, 256) == round(CROP_STEP_SCALE * 100 * 8)
     assert crop_steps(10, 96, 160, 64) == max(10, round(CROP_STEP_SCALE * 10 * 96 * 160 / 64**2))
     assert crop_steps(100, 200, 100, 256) == 100  # a window as big as the plane: the whole-plane steps
-    monkeypatch.setattr("napari_mpi.fill.CROP_STEP_SCALE", 0.5)
-    assert crop_steps(100, 300, 300, 256) == 100  # never fewer than the whole-plane steps
-    assert crop_steps(100, 512, 512, 256) == 200
+    half = FillConfig(crop_step_scale=0.5)
+    assert crop_steps(100, 300, 300, 256, half) == 100  # never fewer than the whole-plane steps
+    assert crop_steps(100, 512, 512, 256, half) == 200
 
 
 def test_the_network_only_ever_sees_windows_and_every_pixel_gets_predictions(camera_plane):
@@ -112,7 +120,7 @@ def test_a_carried_network_continues_in_windows(camera_plane):
     second_noisy = clean + np.random.default_rng(1).normal(0, 0.1, clean.shape).astype(np.float32)
     image = torch.from_numpy(second_noisy)[None]
     steps = list(crop_fill(image, config, None, "cpu", 64, carried))
-    trained = crop_steps(continuation_steps(4), 128, 192, 64)
+    trained = crop_steps(continuation_steps(config), 128, 192, 64)
     assert len(steps) == trained + crop_steps(REUSE_PREDICTIONS, 128, 192, 64)
     assert carried.model is model  # the same network went on training, in windows, for the continuation steps only
     assert optimizer.state[next(model.parameters())]["step"].item() == adam_steps + trained
@@ -129,7 +137,7 @@ def test_a_stack_reusing_the_network_continues_in_windows(camera_plane):
     reused = napari_mpi.denoise(stack, iterations=3, crop=64, reuse_network=True, refine="none", progress=events.append)
     alone = napari_mpi.denoise(stack, iterations=3, crop=64, refine="none", progress=alone_events.append)
     first = crop_steps(3, 128, 192, 64) * 2  # 3 steps, then 3 predictions
-    later = crop_steps(continuation_steps(3), 128, 192, 64) + crop_steps(REUSE_PREDICTIONS, 128, 192, 64)
+    later = crop_steps(continuation_steps(FillConfig(iterations=3)), 128, 192, 64) + crop_steps(REUSE_PREDICTIONS, 128, 192, 64)
     assert [e.iterations for e in events] == [first] * first + [later] * (2 * later)
     assert len(alone_events) == 3 * first
     np.testing.assert_array_equal(reused[0], alone[0])  # the first plane is filled as when alone
@@ -176,7 +184,7 @@ def test_denoise_with_crops_reports_the_crop_steps_and_matches_the_plane_by_plan
 
 def test_a_crop_fill_is_never_tiled_for_memory(monkeypatch, camera_plane):
     _, noisy = camera_plane
-    monkeypatch.setattr(denoise_module, "available_memory", lambda: 1)  # no plane would fit, a window does
+    monkeypatch.setattr(plane_module, "available_memory", lambda: 1)  # no plane would fit, a window does
     with warnings.catch_warnings():
         warnings.simplefilter("error", DenoiseWarning)
         result = napari_mpi.denoise(noisy, iterations=2, crop=64, refine="none")
@@ -188,6 +196,6 @@ def test_out_of_memory_in_a_crop_fill_is_a_clear_memory_error(monkeypatch, camer
         raise RuntimeError("DefaultCPUAllocator: can't allocate memory")
         yield
 
-    monkeypatch.setattr(denoise_module, "crop_fill", fails)
+    monkeypatch.setattr(plane_module, "crop_fill", fails)
     with pytest.raises(MemoryError, match="ran out of memory training on 64x64 windows of a 128x192 plane"):
         napari_mpi.denoise(camera_plane[1], iterations=2, crop=64, device="cpu")

@@ -12,8 +12,12 @@ import pytest
 import torch
 
 import napari_mpi
-from napari_mpi import fill
-from napari_mpi.fill import available_devices, continuation_steps, resolve_device, resolve_precision
+from napari_mpi.engine.cuda_graph import CudaGraphStep
+from napari_mpi.engine.devices import available_devices, resolve_device, resolve_precision
+from napari_mpi.engine.fill import continuation_steps
+from napari_mpi.settings import FillConfig
+
+DEFAULTS = FillConfig()
 
 from .conftest import psnr
 
@@ -50,24 +54,24 @@ def test_gpu_memory_is_freed_after_a_run(camera_crop):
 def replays(monkeypatch) -> list[int]:
     """Counts the replays of the captured fill step."""
     counted: list[int] = []
-    replay = fill._CudaGraphStep.__call__
+    replay = CudaGraphStep.__call__
 
     def counting(self, keep, weight):
         counted.append(1)
         return replay(self, keep, weight)
 
-    monkeypatch.setattr(fill._CudaGraphStep, "__call__", counting)
+    monkeypatch.setattr(CudaGraphStep, "__call__", counting)
     return counted
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-def test_the_cuda_graph_trains_like_the_eager_step(camera_crop, replays, monkeypatch, precision):
+def test_the_cuda_graph_trains_like_the_eager_step(camera_crop, replays, precision):
     noisy = camera_crop + np.random.default_rng(0).normal(0, 25 / 255, camera_crop.shape).astype(np.float32)
     graphed = napari_mpi.denoise(noisy, iterations=60, device="cuda", seed=0, precision=precision)
-    assert len(replays) == 60 - fill.CUDA_GRAPH_WARMUP
-    monkeypatch.setattr(fill, "CUDA_GRAPHS", False)
-    eager = napari_mpi.denoise(noisy, iterations=60, device="cuda", seed=0, precision=precision)
-    assert len(replays) == 60 - fill.CUDA_GRAPH_WARMUP  # none more: the switch turns it off
+    assert len(replays) == 60 - DEFAULTS.cuda_graph_warmup
+    eager = napari_mpi.denoise(noisy, iterations=60, device="cuda", seed=0, precision=precision,
+                               tuning={"cuda_graphs": False})
+    assert len(replays) == 60 - DEFAULTS.cuda_graph_warmup  # none more: the switch turns it off
     # same masks, same arithmetic up to the order of floating-point sums
     assert abs(psnr(graphed, camera_crop) - psnr(eager, camera_crop)) < 0.1
     assert float(np.abs(graphed - eager).mean()) < 0.005
@@ -84,14 +88,14 @@ def test_a_stack_reusing_its_network_replays_one_graph_and_frees_it(camera_crop,
     torch.cuda.synchronize()
     allocated = torch.cuda.memory_allocated()
     out = napari_mpi.denoise(stack, iterations=40, device="cuda", reuse_network=True)
-    assert len(replays) == (40 - fill.CUDA_GRAPH_WARMUP) + 2 * continuation_steps(40)
+    assert len(replays) == (40 - DEFAULTS.cuda_graph_warmup) + 2 * continuation_steps(FillConfig(iterations=40))
     assert np.isfinite(out).all() and out.shape == stack.shape
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() == allocated  # the graph's memory pool went with the run
 
 
 def test_short_fills_stay_eager(camera_crop, replays):
-    napari_mpi.denoise(camera_crop, iterations=fill.CUDA_GRAPH_MIN_STEPS - 1, device="cuda")
+    napari_mpi.denoise(camera_crop, iterations=DEFAULTS.cuda_graph_min_steps - 1, device="cuda")
     assert replays == []
 
 
@@ -138,7 +142,7 @@ def test_pretraining_runs_on_gpu(tmp_path):
 
 
 def test_the_wiener_refinement_on_gpu_matches_the_cpu(camera_crop):
-    from napari_mpi.refine import refine_estimate
+    from napari_mpi.engine.refine import refine_estimate
 
     rng = np.random.default_rng(4)
     noisy = torch.from_numpy((camera_crop + rng.normal(0, 0.1, camera_crop.shape)).astype(np.float32))[None]

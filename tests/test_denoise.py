@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import napari_mpi
-from napari_mpi.network import SkipNet
+from napari_mpi.engine.network import SkipNet
 from napari_mpi.weights import load_checkpoint, resolve_weights, save_checkpoint
 
 from .conftest import FEW, psnr
@@ -173,8 +173,13 @@ def test_gray_weights_as_colour_start_as_the_gray_network_on_the_channel_mean(tm
 
 
 def test_the_plan_runs_the_presets_length_for_its_start():
-    from napari_mpi.fill import preset_beta, preset_iterations
     from napari_mpi.weights import default_start
+
+    def preset_iterations(name, start):
+        return napari_mpi.PRESETS[name].config(start).iterations
+
+    def preset_beta(name, start):
+        return napari_mpi.PRESETS[name].config(start).beta
 
     gray = napari_mpi.prepare((64, 64), np.float32)
     start = default_start(1, "pixel", gray.config.mask_ratio)
@@ -204,14 +209,14 @@ def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     reference = expected_counts(clean).astype(np.float64)
     data_range = float(reference.max() - reference.min())
     alone_events, reuse_events = [], []
-    from napari_mpi.fill import FINAL_PREDICTIONS, REUSE_PREDICTIONS, continuation_steps
+    from napari_mpi.engine.fill import continuation_steps
 
     alone = napari_mpi.denoise(stack, progress=alone_events.append)  # the fast preset, default weights
     reused = napari_mpi.denoise(stack, reuse_network=True, progress=reuse_events.append)
     plan = napari_mpi.prepare((128, 128), np.float32)
     first = plan.steps_per_plane  # the iterations, then the final predictions
-    later = continuation_steps(plan.config.iterations) + REUSE_PREDICTIONS  # 10% of the iterations, then predictions
-    assert len(alone_events) == 4 * first == 4 * (plan.config.iterations + FINAL_PREDICTIONS)
+    later = continuation_steps(plan.config) + plan.config.reuse_predictions  # a few steps, then predictions
+    assert len(alone_events) == 4 * first == 4 * (plan.config.iterations + plan.config.final_predictions)
     assert len(reuse_events) == first + 3 * later
     assert [e.iterations for e in reuse_events if e.plane > 0] == [later] * (3 * later)
     assert reuse_events[-1].fraction == 1.0
@@ -221,6 +226,22 @@ def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     assert reused_psnr > noisy_psnr + 3.0
     assert reused_psnr > alone_psnr - 0.5, (reused_psnr, alone_psnr)
     np.testing.assert_array_equal(reused[0], alone[0])  # the first plane is filled as before
+
+
+def test_tuning_sets_any_other_setting_and_is_validated():
+    image = np.random.default_rng(0).random((48, 48)).astype(np.float32)
+    events = []
+    napari_mpi.denoise(image, iterations=3, weights="random", refine="none", tuning={"final_predictions": 0},
+                       progress=events.append)
+    assert len(events) == 3  # no predictions after the last step
+    plan = napari_mpi.prepare((48, 48), np.float32, iterations=3, tuning={"final_predictions": 2})
+    assert plan.steps_per_plane == 5 and plan.describe()["final_predictions"] == 2
+    with pytest.raises(ValueError, match="unknown setting 'final_prediction'"):
+        napari_mpi.prepare((48, 48), np.float32, tuning={"final_prediction": 0})
+    with pytest.raises(ValueError, match="pass mask_ratio= itself"):
+        napari_mpi.prepare((48, 48), np.float32, tuning={"mask_ratio": 0.5})
+    with pytest.raises(ValueError, match="final_predictions must be a whole number"):
+        napari_mpi.prepare((48, 48), np.float32, tuning={"final_predictions": -1})
 
 
 def test_reusing_the_network_is_refused_where_it_cannot_work():

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_mpi.fill import (
-    FINAL_PREDICTIONS, FillConfig, build_model, config_for, ema_update_, iterative_fill, plane_steps,
-)
-from napari_mpi.masking import draw_mask, make_generator
+from napari_mpi.engine.estimates import ema_update_
+from napari_mpi.engine.fill import build_model, iterative_fill, plane_steps
+from napari_mpi.engine.masking import draw_mask, make_generator
+from napari_mpi.settings import PRESETS, FillConfig, config_for
 
 from .conftest import psnr
 
@@ -123,7 +123,11 @@ def test_presets():
 
 
 def test_presets_set_their_length_beta_and_learning_rate_by_the_start():
-    from napari_mpi.fill import DEFAULT_LR, preset_beta, preset_iterations, start_lr
+    def preset_iterations(name, start):
+        return PRESETS[name].config(start).iterations
+
+    def preset_beta(name, start):
+        return PRESETS[name].config(start).beta
 
     assert config_for("fast", start="pretrained").iterations == preset_iterations("fast", "pretrained") == 100
     assert config_for("quality", start="pretrained").iterations == preset_iterations("quality", "pretrained") < 1000
@@ -140,8 +144,8 @@ def test_presets_set_their_length_beta_and_learning_rate_by_the_start():
     with pytest.raises(ValueError, match="start must be"):
         preset_iterations("fast", "prior")
     # the gray weights as colour learn colour faster at a higher learning rate; a user's choice wins
-    assert config_for("fast", start="gray_as_colour").lr == start_lr("gray_as_colour") == 4e-3
-    assert config_for("fast", start="pretrained").lr == config_for("fast").lr == DEFAULT_LR == 2e-3
+    assert config_for("fast", start="gray_as_colour").lr == config_for("quality", start="gray_as_colour").lr == 4e-3
+    assert config_for("fast", start="pretrained").lr == config_for("fast").lr == FillConfig().lr == 2e-3
     assert config_for("quality", start="gray_as_colour", lr=1e-3).lr == 1e-3
     assert preset_iterations("auto", "pretrained") == preset_iterations("auto", "random")  # Auto stops by itself
 
@@ -163,38 +167,47 @@ def test_fill_removes_gaussian_noise(camera_crop):
     assert psnr(result, camera_crop) >= psnr(noisy, camera_crop) + 4.0
 
 
-def test_cli_spells_the_presets_like_the_engine():
-    from napari_mpi import cli
-    from napari_mpi.fill import DEFAULT_PRESET, PRESETS
+def test_every_setting_is_validated_and_named_in_its_error():
+    for name, bad in [("final_predictions", -1), ("reuse_step_fraction", 0.0), ("reuse_predictions", 1.5),
+                      ("crop_size", 32), ("crop_step_scale", 0), ("cuda_graphs", "yes"), ("auto_betas", ()),
+                      ("auto_holdout", 0.7), ("refine_max_mask_ratio", 1.0), ("cuda_graph_warmup", 0)]:
+        with pytest.raises(ValueError, match=name.replace("_", "[_ ]")):
+            FillConfig(**{name: bad})
+    with pytest.raises(ValueError, match="unknown setting 'final_prediction'"):
+        config_for("fast", final_prediction=0)
+    assert config_for("fast", start="pretrained", final_predictions=0).final_predictions == 0
 
-    assert cli.PRESET_NAMES == tuple(PRESETS)
-    assert cli.DEFAULT_PRESET_NAME == DEFAULT_PRESET
+
+def test_presets_are_settings_instances_and_the_cli_offers_them():
+    from napari_mpi import cli
+
+    assert all(isinstance(preset.config(start), FillConfig) for preset in PRESETS.values()
+               for start in ("random", "pretrained", "gray_as_colour"))
+    parser = cli.build_parser()
+    assert parser.parse_args(["denoise", "a.tif", "-o", "b.tif"]).preset == "fast"
+    assert parser.parse_args(["denoise", "a.tif", "-o", "b.tif", "--preset", "auto"]).preset == "auto"
 
 
 # ------------------------------------------------------------------------------------------ auto preset
 def test_auto_preset_is_selfsupervised_and_capped():
-    from napari_mpi.fill import PRESETS, config_for
-
     config = config_for("auto")
-    assert config.selfsup and config.iterations == PRESETS["auto"]["iterations"] == 300
+    assert config.selfsup and config.iterations == PRESETS["auto"].config("pretrained").iterations == 300
     assert not config_for("fast").selfsup
     with pytest.raises(ValueError, match="selfsup"):
         FillConfig(selfsup="yes")
 
 
 def _judge(shape=(1, 1, 64, 64), seed=0):
-    from napari_mpi.fill import _SelfSupervision
+    from napari_mpi.engine.auto import SelfSupervision
 
     x = torch.rand(shape, generator=torch.Generator().manual_seed(seed))
-    return x, _SelfSupervision(x, torch.Generator().manual_seed(seed))
+    return x, SelfSupervision(x, torch.Generator().manual_seed(seed), FillConfig())
 
 
 def test_auto_holds_out_a_tenth_of_the_pixels_and_trains_on_the_rest():
-    from napari_mpi.fill import AUTO_HOLDOUT
-
     x, judge = _judge((1, 1, 128, 128))
     assert judge.held.shape == (1, 1, 128, 128)
-    assert abs(float(judge.held.mean()) - AUTO_HOLDOUT) < 0.02
+    assert abs(float(judge.held.mean()) - FillConfig().auto_holdout) < 0.02
     assert torch.equal(judge.held + judge.trained, torch.ones_like(judge.held))
 
 
@@ -211,8 +224,7 @@ def test_auto_running_means_are_bias_corrected():
 
 
 def test_auto_stops_when_the_network_reproduces_its_training_pixels():
-    from napari_mpi.fill import AUTO_MEMORISATION_RISE, AUTO_MIN_ITERATIONS
-
+    rise, least = FillConfig().auto_memorisation_rise, FillConfig().auto_min_iterations
     x, judge = _judge((1, 1, 128, 128))
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(2)) * 0.1
     generator = torch.Generator().manual_seed(3)
@@ -225,15 +237,13 @@ def test_auto_stops_when_the_network_reproduces_its_training_pixels():
         if iteration % 10 == 0:
             reports.append(judge.check(iteration))
     early = [r for r in reports if r.iteration <= 60]
-    assert all(abs(r.memorisation) < 2 * AUTO_MEMORISATION_RISE and not r.stopped for r in early)
+    assert all(abs(r.memorisation) < 2 * rise and not r.stopped for r in early)
     stopped = [r for r in reports if r.stopped]
-    assert stopped and AUTO_MIN_ITERATIONS <= stopped[0].iteration <= 80
+    assert stopped and least <= stopped[0].iteration <= 80
     assert "learn the noise" in stopped[0].describe()
 
 
 def test_auto_fill_denoises_reports_and_is_reproducible(camera_crop):
-    from napari_mpi.fill import AUTO_BETAS, config_for
-
     noisy = camera_crop + np.random.default_rng(0).normal(0, 25 / 255, camera_crop.shape).astype(np.float32)
     config = config_for("auto", iterations=120)
     runs = []
@@ -241,7 +251,7 @@ def test_auto_fill_denoises_reports_and_is_reproducible(camera_crop):
         steps = list(iterative_fill(torch.from_numpy(noisy)[None], config, None, "cpu"))
         runs.append(steps)
     last = runs[0][-1]
-    assert last.auto is not None and last.auto.beta in AUTO_BETAS
+    assert last.auto is not None and last.auto.beta in config.auto_betas
     assert last.iteration == last.auto.iteration <= 120
     assert last.auto.stopped == (last.iteration < 120)
     assert [s.auto for s in runs[0] if s.auto] == [s.auto for s in runs[1] if s.auto]
@@ -251,13 +261,13 @@ def test_auto_fill_denoises_reports_and_is_reproducible(camera_crop):
 
 
 def test_a_plane_ends_with_predictions_of_the_trained_network_without_a_step():
-    from napari_mpi.fill import CarriedNetwork
+    from napari_mpi.engine.fill import CarriedNetwork
 
     config = FillConfig(iterations=40, seed=0, precision="fp32")
     carried = CarriedNetwork()
     steps = [(s.iteration, s.iterations, s.estimate.clone()) for s in iterative_fill(_noisy(0), config, device="cpu",
                                                                                      carried=carried)]
-    predictions = min(FINAL_PREDICTIONS, 40)
+    predictions = min(config.final_predictions, 40)
     assert predictions > 0 and len(steps) == plane_steps(config, 40, 40) == 40 + predictions
     assert [(i, n) for i, n, _ in steps] == [(i, 40 + predictions) for i in range(1, 41 + predictions)]
     # the last iterations train nothing: Adam stepped once per training iteration ...
@@ -270,7 +280,7 @@ def test_a_plane_ends_with_predictions_of_the_trained_network_without_a_step():
 
 
 def test_a_carried_network_continues_with_few_steps_then_predictions():
-    from napari_mpi.fill import REUSE_PREDICTIONS, CarriedNetwork, continuation_steps
+    from napari_mpi.engine.fill import CarriedNetwork, continuation_steps
 
     config = FillConfig(iterations=20, seed=0, precision="fp32")
     carried = CarriedNetwork()
@@ -282,9 +292,9 @@ def test_a_carried_network_continues_with_few_steps_then_predictions():
 
     image = _noisy(1)
     steps = list(iterative_fill(image, config, device="cpu", carried=carried))
-    trained = continuation_steps(20)
-    assert 1 <= trained < 20 and len(steps) == trained + REUSE_PREDICTIONS
-    assert {s.iterations for s in steps} == {trained + REUSE_PREDICTIONS}
+    trained, predictions = continuation_steps(config), config.reuse_predictions
+    assert 1 <= trained < 20 and len(steps) == trained + predictions
+    assert {s.iterations for s in steps} == {trained + predictions}
     assert carried.model is model  # the same network went on training ...
     assert carried.optimizer.state[next(model.parameters())]["step"].item() == adam_steps + trained  # ... a few steps
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
@@ -297,7 +307,7 @@ def test_a_carried_network_continues_with_few_steps_then_predictions():
 
 
 def test_a_carried_network_is_refused_by_the_auto_preset():
-    from napari_mpi.fill import CarriedNetwork
+    from napari_mpi.engine.fill import CarriedNetwork
 
     with pytest.raises(ValueError, match="cannot reuse one network"):
         next(iterative_fill(_noisy(0), config_for("auto"), device="cpu", carried=CarriedNetwork()))

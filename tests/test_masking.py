@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from napari_mpi.masking import draw_mask, make_generator
+from napari_mpi.engine.masking import draw_mask, make_generator
 
 
 def test_hidden_fraction_matches_ratio():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from napari_mpi.network import MIN_SIDE, SkipNet
+from napari_mpi.engine.network import MIN_SIDE, SkipNet
 
 
 def test_parameter_count_matches_the_paper_network():
@@ -30,14 +30,14 @@ def test_wrong_channel_count_is_a_clear_error():
 
 @pytest.mark.parametrize("width,skip_width,depth", [(64, 64, 5), (32, 16, 4)])
 def test_a_state_dict_says_which_network_it_came_from(width, skip_width, depth):
-    from napari_mpi.network import architecture_of
+    from napari_mpi.engine.network import architecture_of
 
     net = SkipNet(2, 1, width=width, skip_width=skip_width, depth=depth)
     assert architecture_of(net.state_dict()) == {"width": width, "skip_width": skip_width, "depth": depth}
 
 
 def test_a_foreign_state_dict_is_a_clear_error():
-    from napari_mpi.network import architecture_of
+    from napari_mpi.engine.network import architecture_of
 
     with pytest.raises(ValueError, match="not the state of a napari-mpi SkipNet"):
         architecture_of({"conv.weight": torch.zeros(3, 3)})

@@ -1,4 +1,4 @@
-"""The noise check (napari_mpi.noise): does an image's noise look spatially correlated?"""
+"""The noise check (napari_mpi.engine.noise): does an image's noise look spatially correlated?"""
 
 import warnings
 
@@ -7,8 +7,8 @@ import pytest
 from scipy.ndimage import gaussian_filter
 
 import napari_mpi
-from napari_mpi.denoise import DenoiseWarning, check_noise
-from napari_mpi.noise import CORRELATED_MASK_RATIO, CORRELATED_NOISE_THRESHOLD, noise_correlation
+from napari_mpi.api import DenoiseWarning, check_noise
+from napari_mpi.engine.noise import CORRELATED_MASK_RATIO, CORRELATED_NOISE_THRESHOLD, noise_correlation
 
 
 @pytest.fixture(scope="module")

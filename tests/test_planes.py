@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from napari_mpi.planes import check_dtype, normalize, plane_layout
+from napari_mpi.io.planes import check_dtype, normalize, plane_layout
 
 
 @pytest.mark.parametrize(

@@ -129,7 +129,7 @@ def test_rgb_pretraining_with_channel_masks(picture_folder, tmp_path):
 
 
 def test_default_weights_are_picked_by_channels_mode_and_ratio(tmp_path, monkeypatch):
-    from napari_mpi.network import SkipNet
+    from napari_mpi.engine.network import SkipNet
 
     made = {}
     for name, channels, mode, ratios in [
@@ -165,7 +165,7 @@ def test_shipped_weights_load_and_fit():
 
 
 def test_the_shipped_gray_weights_serve_the_default_mask_ratio():
-    from napari_mpi.fill import DEFAULT_MASK_RATIO
+    from napari_mpi.settings import DEFAULT_MASK_RATIO
 
     path = weights_module.default_checkpoint_path(1, "pixel", DEFAULT_MASK_RATIO)
     assert path is not None and path.name == "gray-pixel.pt"
@@ -175,8 +175,8 @@ def test_the_shipped_gray_weights_serve_the_default_mask_ratio():
 
 def test_a_checkpoint_of_another_width_loads_and_fills(tmp_path):
     """Checkpoints describe their own network: one made at another width than the default still works."""
-    from napari_mpi.fill import build_model
-    from napari_mpi.network import SkipNet, architecture_of
+    from napari_mpi.engine.fill import build_model
+    from napari_mpi.engine.network import SkipNet, architecture_of
 
     narrow = SkipNet(2, 1, width=24, skip_width=8)
     path = save_checkpoint(tmp_path / "narrow.pt", narrow.state_dict(), channels=1, mask_mode="pixel",

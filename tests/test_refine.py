@@ -1,13 +1,14 @@
-"""The collaborative Wiener refinement (napari_mpi.refine) and its place after the fill."""
+"""The collaborative Wiener refinement (napari_mpi.engine.refine) and its place after the fill."""
 
 import numpy as np
 import pytest
 import torch
 
 import napari_mpi
-from napari_mpi import refine
-from napari_mpi.denoise import DenoiseWarning
-from napari_mpi.refine import REFINE_MAX_MASK_RATIO, NoiseModel, collaborative_wiener, fit_noise_model, refine_estimate
+from napari_mpi.engine import refine
+from napari_mpi.api import DenoiseWarning
+from napari_mpi.settings import FillConfig
+from napari_mpi.engine.refine import NoiseModel, collaborative_wiener, fit_noise_model, refine_estimate
 
 from .conftest import psnr
 
@@ -106,7 +107,7 @@ def test_denoise_refines_by_default_and_can_skip_it(camera_crop):
 def test_auto_refines_only_at_mask_ratios_for_independent_noise():
     plan = lambda **kw: napari_mpi.prepare((64, 64), np.float32, weights="random", **kw)  # noqa: E731
     assert plan().refine == "wiener"
-    assert plan(mask_ratio=REFINE_MAX_MASK_RATIO).refine == "wiener"
+    assert plan(mask_ratio=FillConfig().refine_max_mask_ratio).refine == "wiener"
     assert plan(mask_ratio=0.85).refine == "none"  # spatially correlated noise: the filter's model does not hold
     assert plan(mask_ratio=0.85, refine="wiener").refine == "wiener"
     assert plan(refine="none").describe()["refine"] == "none"

@@ -22,14 +22,17 @@ import torch
 
 import napari_mpi
 from napari_mpi._sample_data import clean_fluorescence, expected_counts, noisy_fluorescence
-from napari_mpi.denoise import DenoiseWarning, prepare
-from napari_mpi.fill import FillConfig, iterative_fill, tile_starts, tiled_fill
-from napari_mpi.planes import MAX_OUTLIER, normalize
+from napari_mpi.api import DenoiseWarning, prepare
+from napari_mpi.engine.fill import iterative_fill
+from napari_mpi.engine.tiles import tile_starts, tiled_fill
+from napari_mpi.settings import FillConfig
+from napari_mpi.io.planes import MAX_OUTLIER, normalize
 
 from .conftest import FEW, psnr
 
-denoise_module = import_module("napari_mpi.denoise")  # the module; napari_mpi.denoise is the function
-fill_module = import_module("napari_mpi.fill")
+devices = import_module("napari_mpi.engine.devices")
+plane_module = import_module("napari_mpi.engine.plane")  # fills a plane: whole, in windows or in tiles
+tiles_module = import_module("napari_mpi.engine.tiles")
 
 
 def noisy(shape=(48, 48), seed=0) -> np.ndarray:
@@ -169,7 +172,7 @@ def test_nested_lists_work_like_arrays_and_ragged_ones_are_refused():
 def limit_memory(monkeypatch, max_pixels: int | None, error: Exception | None = None, calls: list | None = None):
     """Make the fill fail like a device without enough free memory on planes or tiles above
     ``max_pixels`` (None: on all); smaller ones run for real."""
-    real = fill_module.iterative_fill
+    real = tiles_module.iterative_fill
     error = error or torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     def fill(image, *args, **kwargs):
@@ -179,8 +182,8 @@ def limit_memory(monkeypatch, max_pixels: int | None, error: Exception | None = 
             raise error
         return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(fill_module, "iterative_fill", fill)  # used by tiled_fill
-    monkeypatch.setattr(denoise_module, "iterative_fill", fill)  # used for whole planes
+    monkeypatch.setattr(tiles_module, "iterative_fill", fill)  # used by tiled_fill
+    monkeypatch.setattr(plane_module, "iterative_fill", fill)  # used for whole planes
 
 
 def test_out_of_memory_retries_the_plane_in_tiles_with_the_same_quality(monkeypatch):
@@ -207,7 +210,7 @@ def test_out_of_memory_retries_the_plane_in_tiles_with_the_same_quality(monkeypa
 
 
 def test_out_of_memory_in_the_middle_of_a_plane_starts_it_again_in_tiles(monkeypatch):
-    real = fill_module.iterative_fill
+    real = tiles_module.iterative_fill
     failed = []
 
     def fill_that_fails_once(image, config, *args, **kwargs):
@@ -217,7 +220,7 @@ def test_out_of_memory_in_the_middle_of_a_plane_starts_it_again_in_tiles(monkeyp
                 raise torch.OutOfMemoryError("CUDA out of memory.")
             yield step
 
-    monkeypatch.setattr(denoise_module, "iterative_fill", fill_that_fails_once)
+    monkeypatch.setattr(plane_module, "iterative_fill", fill_that_fails_once)
     events = []
     image = noisy((2, 160, 160))
     with pytest.warns(DenoiseWarning, match="4 overlapping tiles"):
@@ -230,9 +233,9 @@ def test_out_of_memory_in_the_middle_of_a_plane_starts_it_again_in_tiles(monkeyp
 
 def test_a_cpu_plane_bigger_than_the_memory_available_is_tiled_before_it_starts(monkeypatch):
     # what a 160x160 fp32 fill needs, and what 128x128 tiles need: give it room for tiles only
-    whole_need, tile_need = (denoise_module.fill_memory(side, side, "fp32") for side in (160, 128))
-    available = int((tile_need + whole_need) / 2 / denoise_module.CPU_MEMORY_SHARE)
-    monkeypatch.setattr(denoise_module, "available_memory", lambda: available)
+    whole_need, tile_need = (devices.fill_memory(side, side, "fp32") for side in (160, 128))
+    available = int((tile_need + whole_need) / 2 / devices.CPU_MEMORY_SHARE)
+    monkeypatch.setattr(plane_module, "available_memory", lambda: available)
     calls: list = []
     limit_memory(monkeypatch, 10**9, calls=calls)  # counts the fills; never fails
     events = []
@@ -245,9 +248,9 @@ def test_a_cpu_plane_bigger_than_the_memory_available_is_tiled_before_it_starts(
 
 
 def test_tiled_planes_say_they_cannot_reuse_the_network(monkeypatch):
-    whole_need, tile_need = (denoise_module.fill_memory(side, side, "fp32") for side in (160, 128))
-    monkeypatch.setattr(denoise_module, "available_memory",
-                        lambda: int((tile_need + whole_need) / 2 / denoise_module.CPU_MEMORY_SHARE))
+    whole_need, tile_need = (devices.fill_memory(side, side, "fp32") for side in (160, 128))
+    monkeypatch.setattr(plane_module, "available_memory",
+                        lambda: int((tile_need + whole_need) / 2 / devices.CPU_MEMORY_SHARE))
     events = []
     with pytest.warns(DenoiseWarning, match="tiled planes cannot reuse the network .* each runs its full fill"):
         napari_mpi.denoise(noisy((2, 160, 160)), iterations=2, weights="random", precision="fp32", crop="none",
@@ -259,7 +262,7 @@ def test_tiled_planes_say_they_cannot_reuse_the_network(monkeypatch):
 
 @pytest.mark.parametrize("available", [None, 10**12], ids=["memory-unknown", "plenty"])
 def test_a_cpu_plane_that_fits_or_memory_unknown_is_filled_whole(monkeypatch, available):
-    monkeypatch.setattr(denoise_module, "available_memory", lambda: available)
+    monkeypatch.setattr(plane_module, "available_memory", lambda: available)
     calls: list = []
     limit_memory(monkeypatch, 10**9, calls=calls)
     with warnings.catch_warnings():
@@ -269,13 +272,13 @@ def test_a_cpu_plane_that_fits_or_memory_unknown_is_filled_whole(monkeypatch, av
 
 
 def test_cpu_memory_estimate_grows_with_the_padded_plane_and_is_lower_in_bf16():
-    fill_memory = denoise_module.fill_memory
-    assert fill_memory(2048, 2048, "fp32") == 2048 * 2048 * denoise_module.CPU_BYTES_PER_PIXEL["fp32"]
+    fill_memory = devices.fill_memory
+    assert fill_memory(2048, 2048, "fp32") == 2048 * 2048 * devices.CPU_BYTES_PER_PIXEL["fp32"]
     assert fill_memory(2048, 2048, "bf16") < fill_memory(2048, 2048, "fp32")
     assert fill_memory(500, 500, "fp32") == fill_memory(512, 512, "fp32")  # padded to a multiple of 32
     # a wider network from a checkpoint needs more: the paper's 64/64 measured 5200 bytes per pixel in fp32
     assert fill_memory(2048, 2048, "fp32", {"width": 64, "skip_width": 64, "depth": 5}) == 2048 * 2048 * 5200
-    available = denoise_module.available_memory()
+    available = devices.available_memory()
     assert available is None or available > 0
 
 
@@ -430,7 +433,7 @@ import sys, torch
 from importlib import import_module
 def fill(*args, **kwargs):
     raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
-import_module("napari_mpi.denoise").iterative_fill = import_module("napari_mpi.fill").iterative_fill = fill
+import_module("napari_mpi.engine.plane").iterative_fill = import_module("napari_mpi.engine.tiles").iterative_fill = fill
 from napari_mpi.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -444,7 +447,7 @@ def test_cli_out_of_memory_is_one_line(tmp_path):
     fails_cleanly(result, "ran out of memory on a 40x44 plane")
 
 
-# Rows fixed in the batch reader (napari_mpi.stores): tifffile's logged damage is refused, and
+# Rows fixed in the batch reader (napari_mpi.io.stores): tifffile's logged damage is refused, and
 # tifffile's repeated unknown axes ("QQQYX") get distinct letters.
 
 

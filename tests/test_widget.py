@@ -19,15 +19,27 @@ from qtpy.QtCore import QElapsedTimer, Qt, QTimer
 import napari_mpi._widget as widget_module
 from importlib import import_module
 from napari_mpi._widget import MPIDenoiseWidget, _denoise_job, format_duration, progress_text
-from napari_mpi.denoise import DenoiseProgress
-from napari_mpi.fill import preset_beta, preset_iterations, start_lr
+from napari_mpi.api import DenoiseProgress
+from napari_mpi.settings import PRESETS
+
+
+def preset_iterations(name, start):
+    return PRESETS[name].config(start).iterations
+
+
+def preset_beta(name, start):
+    return PRESETS[name].config(start).beta
+
+
+def start_lr(start):
+    return PRESETS["fast"].config(start).lr
 from napari_mpi.weights import default_start
 
 from .widget_support import (  # noqa: F401 (fixtures)
     RUN_TIMEOUT_MS, _one_torch_thread, messages, noisy, notes, viewer_widget, wait_finished,
 )
 
-denoise_module = import_module("napari_mpi.denoise")  # the module; napari_mpi.denoise is the function
+denoise_module = import_module("napari_mpi.api")  # the module; napari_mpi.denoise is the function
 
 # -- pure helpers ---------------------------------------------------------------------------
 

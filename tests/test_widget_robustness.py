@@ -23,8 +23,8 @@ from .widget_support import (  # noqa: F401 (fixtures)
 )
 from .widget_support import wait_finished as wait_for_run
 
-denoise_module = import_module("napari_mpi.denoise")  # the module; napari_mpi.denoise is the function
-fill_module = import_module("napari_mpi.fill")
+plane_module = import_module("napari_mpi.engine.plane")  # fills a plane: whole, in windows or in tiles
+tiles_module = import_module("napari_mpi.engine.tiles")
 
 LONG = 5000  # iterations of a run that a test stops part-way
 
@@ -249,7 +249,7 @@ def test_viewer_closed_mid_run(make_napari_viewer, qtbot, notes):
 def limit_memory(monkeypatch, max_pixels: int | None, calls: list | None = None):
     """Make the fill raise torch's CUDA out-of-memory error on planes (or tiles) above ``max_pixels``
     (None: on all), as a GPU with too little free memory does; smaller ones run for real."""
-    real = fill_module.iterative_fill
+    real = tiles_module.iterative_fill
 
     def fill(image, *args, **kwargs):
         if calls is not None:
@@ -258,8 +258,8 @@ def limit_memory(monkeypatch, max_pixels: int | None, calls: list | None = None)
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         return real(image, *args, **kwargs)
 
-    monkeypatch.setattr(fill_module, "iterative_fill", fill)  # used by tiled_fill
-    monkeypatch.setattr(denoise_module, "iterative_fill", fill)  # used for whole planes
+    monkeypatch.setattr(tiles_module, "iterative_fill", fill)  # used by tiled_fill
+    monkeypatch.setattr(plane_module, "iterative_fill", fill)  # used for whole planes
 
 
 def test_out_of_memory_retries_in_tiles_and_says_so(viewer_widget, qtbot, notes, monkeypatch):
@@ -308,7 +308,7 @@ def test_an_unexpected_engine_error_is_one_sentence_not_a_traceback(viewer_widge
         raise RuntimeError("cuDNN error: CUDNN_STATUS_INTERNAL_ERROR")
         yield  # pragma: no cover
 
-    monkeypatch.setattr(denoise_module, "iterative_fill", broken)
+    monkeypatch.setattr(plane_module, "iterative_fill", broken)
     viewer, widget = viewer_widget
     viewer.add_image(noisy(), name="cells")
     run = widget.start()

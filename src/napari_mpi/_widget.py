@@ -40,20 +40,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from .denoise import DenoisePlan, DenoiseProgress, DenoiseWarning, check_noise, denoise_steps, prepare
-from .fill import (
-    DEFAULT_LR,
-    DEFAULT_MASK_RATIO,
-    DEFAULT_PRESET,
-    PRESETS,
-    AutoReport,
-    Start,
-    available_devices,
-    preset_beta,
-    preset_iterations,
-    start_lr,
-)
-from .noise import CORRELATED_MASK_RATIO
+from .api import DenoisePlan, DenoiseProgress, DenoiseWarning, check_noise, denoise_steps, prepare
+from .engine.auto import AutoReport
+from .engine.devices import available_devices
+from .engine.noise import CORRELATED_MASK_RATIO
+from .settings import DEFAULT_MASK_RATIO, DEFAULT_PRESET, PRESETS, FillConfig, Start
 from .weights import default_start
 
 __all__ = ["MPIDenoiseWidget", "REDRAW_INTERVAL"]
@@ -637,8 +628,8 @@ class MPIDenoiseWidget(QWidget):
         self.lr.setDecimals(5)
         self.lr.setRange(0.00001, 0.1)
         self.lr.setSingleStep(0.0005)
-        self.lr.setValue(DEFAULT_LR)
-        self._start_lr = DEFAULT_LR  # the learning rate the current start uses: the field follows it until edited
+        self.lr.setValue(FillConfig.lr)
+        self._start_lr = FillConfig.lr  # the learning rate the current start uses: the field follows it until edited
         self.lr.setToolTip(TIPS["lr"])
         adv.addRow("Learning rate", self.lr)
         self.seed = QSpinBox()
@@ -711,7 +702,8 @@ class MPIDenoiseWidget(QWidget):
     @property
     def _auto_chosen(self) -> bool:
         """The chosen preset decides per plane itself (Auto)."""
-        return bool(PRESETS.get(self.preset_combo.currentText().lower(), {}).get("selfsup"))
+        preset = PRESETS.get(self.preset_combo.currentText().lower())
+        return preset is not None and preset.selfsup
 
     def _grey_out_for_auto(self) -> None:
         """Auto chooses beta itself and decides per plane: beta and network reuse are off for it."""
@@ -728,7 +720,7 @@ class MPIDenoiseWidget(QWidget):
     def _on_start_changed(self, *_: Any) -> None:
         """Another layer or mask ratio may change the start, and so a fixed preset's iterations and the
         learning rate (unless the user set their own)."""
-        lr = start_lr(self._start())
+        lr = PRESETS[DEFAULT_PRESET].config(self._start()).lr
         if math.isclose(self.lr.value(), self._start_lr):
             self.lr.setValue(lr)
         self._start_lr = lr
@@ -738,11 +730,11 @@ class MPIDenoiseWidget(QWidget):
 
     def _on_preset(self, label: str) -> None:
         self._grey_out_for_auto()
-        values = PRESETS.get(label.lower())
-        if values is None:  # Custom: keep the current values
+        preset = PRESETS.get(label.lower())
+        if preset is None:  # Custom: keep the current values
             return
-        start = self._start()
-        beta, iterations = preset_beta(label, start), preset_iterations(label, start)
+        config = preset.config(self._start())
+        beta, iterations = config.beta, config.iterations
         for widget, value in ((self.beta, beta), (self.iterations, iterations)):
             widget.blockSignals(True)
             widget.setValue(value)
@@ -753,11 +745,11 @@ class MPIDenoiseWidget(QWidget):
             return  # Auto with another iteration cap (its beta cannot be edited)
         label = "Custom"
         start = self._start()
-        for name, values in PRESETS.items():
-            if values.get("selfsup"):
+        for name, preset in PRESETS.items():
+            if preset.selfsup:
                 continue
-            iterations = preset_iterations(name, start)
-            if math.isclose(self.beta.value(), preset_beta(name, start)) and self.iterations.value() == iterations:
+            config = preset.config(start)
+            if math.isclose(self.beta.value(), config.beta) and self.iterations.value() == config.iterations:
                 label = name.capitalize()
         if self.preset_combo.currentText() != label:
             self.preset_combo.blockSignals(True)

@@ -11,9 +11,7 @@ from typing import Any
 
 import numpy as np
 
-#: fill.PRESETS / fill.DEFAULT_PRESET, spelt out so that ``--help`` needs no torch (a test keeps them equal)
-PRESET_NAMES = ("fast", "quality", "auto")
-DEFAULT_PRESET_NAME = "fast"
+from .settings import DEFAULT_PRESET, PRESET_NAMES
 
 
 def _progress_bar(**options):
@@ -59,7 +57,7 @@ def _steps(text: str) -> int:
 def _pretrain(args: argparse.Namespace) -> int:
     import torch
 
-    from .fill import resolve_device
+    from .engine.devices import resolve_device
     from .pretrain import PretrainConfig, pretrain
 
     config = PretrainConfig(
@@ -95,7 +93,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 def _read_image(path: Path, axes: str | None, stack: ExitStack) -> tuple[Any, str]:
     """Open TIFF (memory-mapped or page by page), Zarr / OME-Zarr (a folder) or another image format
     lazily where possible; return data and its axes (from --axes, else the file's metadata)."""
-    from .stores import open_image
+    from .io.stores import open_image
 
     data, found = open_image(path, stack)
     axes_used = (axes or found or "").upper()
@@ -122,7 +120,7 @@ def _roles(axes: str, shape: tuple[int, ...]) -> dict:
 
 def _check_output(source: Path, target: Path) -> str:
     """Refuse outputs that would overwrite the input or cannot be written; return the output kind."""
-    from .stores import output_kind
+    from .io.stores import output_kind
 
     kind = output_kind(target)
     source_path, target_path = source.resolve(), target.resolve()
@@ -152,7 +150,7 @@ def _check_output(source: Path, target: Path) -> str:
 
 def _write_image(target: Path, data: np.ndarray, axes: str, source_dtype: np.dtype, keep_dtype: bool) -> None:
     """Write a whole in-memory result (PNG) atomically: temporary file, then rename."""
-    from .stores import convert, output_dtype
+    from .io.stores import convert, output_dtype
 
     png = target.suffix.lower() == ".png"
     data = convert(data, output_dtype(source_dtype, "png" if png else "tiff", keep_dtype))
@@ -189,7 +187,7 @@ def _fingerprint(source: Path, data, plan) -> dict:
 
 def _local_planes(data, plan, sink, done: set[int], quiet: bool):
     """Denoise on this machine with the engine's generator; yields plane numbers as they are written."""
-    from .denoise import denoise_steps
+    from .api import denoise_steps
 
     position = 1 if plan.layout.n_planes > 1 else 0
     steps_bar = _progress_bar(total=plan.steps_per_plane, unit="it", position=position, disable=quiet, leave=False)
@@ -211,8 +209,8 @@ def _local_planes(data, plan, sink, done: set[int], quiet: bool):
 
 
 def _denoise(args: argparse.Namespace) -> int:
-    from .denoise import prepare, warn_if_noise_looks_correlated
-    from .stores import BatchOutput, output_dtype
+    from .api import prepare, warn_if_noise_looks_correlated
+    from .io.stores import BatchOutput, output_dtype
 
     kind = _check_output(args.input, args.output)
     if args.resume and kind == "png":
@@ -287,7 +285,7 @@ def _denoise(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from ._sample_data import clean_fluorescence, expected_counts, noisy_fluorescence
-    from .denoise import denoise
+    from .api import denoise
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -327,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("input", type=Path, help="noisy image: .tif/.tiff (any N-D), a Zarr or OME-Zarr folder, or .png")
     den.add_argument("-o", "--output", required=True, type=Path,
                      help="where to write the result: .tif/.tiff, .zarr, .ome.zarr (written plane by plane) or .png")
-    den.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET_NAME)
+    den.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET)
     den.add_argument("--mask-ratio", type=float, default=None, help="fraction hidden per step (default 0.3; 0.8-0.95 for correlated noise)")
     den.add_argument("--beta", type=float, default=None, help="EMA weight in [0, 1) (default from the preset)")
     den.add_argument("--iterations", type=int, default=None, help="fill steps per plane (default from the preset)")
@@ -361,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="denoise a locally made noisy fluorescence sample and write a before/after PNG")
     demo.add_argument("--out", default="demo-output", help="folder for noisy.tif, denoised.tif, before_after.png")
     demo.add_argument("--size", type=int, default=256)
-    demo.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET_NAME)
+    demo.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET)
     demo.add_argument("--iterations", type=int, default=None)
     demo.add_argument("--device", default="auto")
     demo.set_defaults(func=_demo)

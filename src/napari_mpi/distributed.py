@@ -22,7 +22,7 @@ from typing import Any, Container, Generator, Iterator
 
 import numpy as np
 
-from .denoise import DenoisePlan, PlaneSink, denoise_plane
+from .api import DenoisePlan, PlaneSink, denoise_plane
 
 __all__ = ["ClusterError", "connect", "distributed_steps", "denoise_distributed"]
 
@@ -96,7 +96,7 @@ def _denoise_task(plane: np.ndarray, plan: DenoisePlan, device: str, threads: in
     """Run on a worker: resolve the device there (its own GPU), then denoise the plane."""
     import torch
 
-    from .fill import resolve_device
+    from .engine.devices import resolve_device
 
     if threads:
         torch.set_num_threads(threads)

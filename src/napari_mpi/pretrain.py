@@ -20,8 +20,8 @@ from typing import Iterator, Literal
 import numpy as np
 import torch
 
-from .masking import MaskMode, draw_mask, make_generator, masked_mse
-from .network import SkipNet, architecture_of
+from .engine.masking import MaskMode, draw_mask, make_generator, masked_mse
+from .engine.network import SkipNet, architecture_of
 from .weights import load_checkpoint, read_payload, save_checkpoint
 
 __all__ = ["PretrainConfig", "PretrainStep", "ImageCorpus", "pretrain", "masked_loss"]

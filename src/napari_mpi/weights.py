@@ -22,8 +22,7 @@ from typing import Any
 
 import torch
 
-from .fill import Start
-from .masking import MaskMode
+from .settings import MaskMode, Start
 
 __all__ = [
     "Checkpoint",
@@ -56,7 +55,7 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     #: Gray weights spread over colour channels (:meth:`as_colour`): a start that knows images but not yet
-    #: colour, with its own preset lengths and learning rate (``fill.PRESETS``, ``fill.START_LR``).
+    #: colour, with its own preset lengths and learning rate (``settings.PRESETS``).
     from_gray: bool = False
 
     @property
@@ -66,7 +65,7 @@ class Checkpoint:
 
     @property
     def start(self) -> Start:
-        """What a fill from these weights starts from, which sets the presets' lengths (``fill.PRESETS``)."""
+        """What a fill from these weights starts from, which sets the presets' lengths (``settings.PRESETS``)."""
         return "gray_as_colour" if self.from_gray else "pretrained"
 
     def as_colour(self, channels: int = 3) -> Checkpoint:
@@ -176,7 +175,7 @@ def read_payload(path: str | Path) -> dict[str, Any]:
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """Load the network weights of a shipped or ``napari-mpi pretrain`` checkpoint (as float32)."""
-    from .network import SkipNet, architecture_of
+    from .engine.network import SkipNet, architecture_of
 
     payload = read_payload(path)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in payload["state_dict"].items()}
@@ -256,7 +255,7 @@ def default_checkpoint(channels: int, mask_mode: MaskMode, mask_ratio: float) ->
 
 
 def default_start(channels: int, mask_mode: MaskMode, mask_ratio: float) -> Start:
-    """What ``weights="default"`` starts a fill from (``fill.Start``), without loading the weights."""
+    """What ``weights="default"`` starts a fill from (``settings.Start``), without loading the weights."""
     source = _default_source(channels, mask_mode, mask_ratio)
     return "random" if source is None else "gray_as_colour" if source[1] else "pretrained"
 

@@ -7,16 +7,11 @@ is hidden with probability ``ratio``. Masks are drawn on the compute device from
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-__all__ = ["MaskMode", "draw_mask", "make_generator", "masked_mse"]
+from ..settings import MaskMode
 
-#: ``"pixel"``: one mask per pixel shared by all channels — the only correct choice for gray or
-#: fluorescence data (a per-channel mask on correlated channels lets the network copy noise through).
-#: ``"channel"``: an independent mask per channel, as the paper uses for RGB photographs.
-MaskMode = Literal["pixel", "channel"]
+__all__ = ["MaskMode", "draw_mask", "make_generator", "masked_mse"]
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:

@@ -22,17 +22,14 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
-    "REFINE_MODES", "REFINE_MAX_MASK_RATIO", "NoiseModel", "fit_noise_model", "collaborative_wiener", "refine_estimate",
+    "REFINE_MODES", "NoiseModel", "fit_noise_model", "collaborative_wiener", "refine_estimate",
     "resolve_refine",
 ]
 
-#: "auto": "wiener" up to REFINE_MAX_MASK_RATIO, else "none" (the default); "wiener": the collaborative
-#: Wiener filter after the fill; "none": the fill's estimate as is
+#: "auto": "wiener" up to ``FillConfig.refine_max_mask_ratio``, else "none" (the default); "wiener": the
+#: collaborative Wiener filter after the fill; "none": the fill's estimate as is. The filter assumes noise
+#: independent from pixel to pixel, and a high mask ratio is how a user says the noise is spatially correlated.
 REFINE_MODES = ("auto", "wiener", "none")
-#: The filter assumes noise independent from pixel to pixel. A higher mask ratio is how a user says the noise
-#: is spatially correlated (the paper's 0.8-0.95), where the filter lost 1.1-2.7 dB on FMD's colour widefield
-#: image (docs/benchmarks.md), so "auto" refines only up to this ratio (the shipped gray weights' range).
-REFINE_MAX_MASK_RATIO = 0.65
 
 BLOCK = 8  #: block side in pixels (BM3D's Wiener stage: 8)
 GROUP = 16  #: blocks per group, the reference included
@@ -204,7 +201,7 @@ def collaborative_wiener(
     """BM3D's Wiener stage on (C, H, W) tensors: blocks matched on channel 0 of ``pilot``, filtered per channel.
 
     ``variance`` (H, W) is the per-pixel noise variance; each group uses the mean over its blocks.
-    The noise is taken as white (independent from pixel to pixel): see REFINE_MAX_MASK_RATIO.
+    The noise is taken as white (independent from pixel to pixel): see ``FillConfig.refine_max_mask_ratio``.
     Planes smaller than a block are returned as the pilot.
     """
     channels, height, width = noisy.shape
@@ -251,10 +248,11 @@ def refine_estimate(noisy: torch.Tensor, estimate: torch.Tensor, *, colour: bool
     return torch.cat(planes), model
 
 
-def resolve_refine(refine: str, mask_ratio: float) -> str:
-    """"wiener" or "none": what ``refine`` (one of REFINE_MODES) does at ``mask_ratio``; ValueError otherwise."""
+def resolve_refine(refine: str, mask_ratio: float, max_mask_ratio: float) -> str:
+    """"wiener" or "none": what ``refine`` (one of REFINE_MODES) does at ``mask_ratio`` ("auto": "wiener" up to
+    ``max_mask_ratio``); ValueError otherwise."""
     if refine not in REFINE_MODES:
         raise ValueError(f"refine must be one of {', '.join(map(repr, REFINE_MODES))}, got {refine!r}")
     if refine == "auto":
-        return "wiener" if mask_ratio <= REFINE_MAX_MASK_RATIO else "none"
+        return "wiener" if mask_ratio <= max_mask_ratio else "none"
     return refine

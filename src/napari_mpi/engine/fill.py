@@ -1,0 +1,282 @@
+"""Iterative filling, Algorithm 1 of Ma et al. (MPI), as a generator.
+
+Each step draws a fresh Bernoulli mask M_t, predicts y_t = D(M_t * x, M_t) with the network in
+training mode (BatchNorm uses the statistics of this one image), takes one Adam step on the MSE
+over the hidden pixels (1 - M_t), and folds the prediction from *before* that step into the
+running estimate at the hidden pixels only::
+
+    ybar <- (1 - M_t) * (beta * ybar + (1 - beta) * y_t) + M_t * ybar
+
+The estimate starts as the noisy image. The generator yields after every step, which is the
+cancellation point: a consumer that stops iterating stops the work.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..settings import FillConfig
+from .auto import AutoReport, SelfSupervision
+from .cuda_graph import CudaGraphStep, capture
+from .devices import autocast, resolve_device, resolve_precision, same_device
+from .estimates import RunningMean, ema_update_
+from .masking import draw_mask, make_generator
+from .network import SkipNet, architecture_of, check_plane_size
+from .steps import predict, train_step
+
+__all__ = [
+    "FillStep",
+    "CarriedNetwork",
+    "iterative_fill",
+    "build_model",
+    "plane_network",
+    "check_plane",
+    "check_reuse",
+    "final_predictions",
+    "continuation_steps",
+    "crop_steps",
+    "plane_steps",
+]
+
+
+@dataclass
+class FillStep:
+    """One iteration's record. ``estimate`` is the live (C, H, W) running estimate on the compute
+    device, in [0, 1] units of the normalised plane: clone it before keeping it across steps."""
+
+    iteration: int
+    iterations: int
+    estimate: torch.Tensor
+    loss_tensor: torch.Tensor = field(repr=False)
+    auto: AutoReport | None = None  # the "auto" preset's last check (None for the other presets)
+
+    @property
+    def loss(self) -> float:
+        """Masked MSE of this step (synchronises with the device, so read it only when needed)."""
+        return float(self.loss_tensor)
+
+
+@dataclass
+class CarriedNetwork:
+    """The network and Adam state one plane's fill hands to the next plane's (a stack's planes reusing
+    one network). Empty until the first fill; ``iterative_fill`` fills and updates it."""
+
+    model: SkipNet | None = None
+    optimizer: torch.optim.Optimizer | None = None
+    #: the masks go on from the previous plane's: planes of a still scene reseeded alike would get the
+    #: same masks over the same content, and predictions that agree with each other's errors
+    generator: torch.Generator | None = None
+    #: the captured training step (CUDA), replayed for the next plane of the same shape
+    graph: CudaGraphStep | None = None
+
+    @property
+    def channels(self) -> int:
+        """Image channels of the carried network (0 when empty)."""
+        return self.model.out_channels if self.model is not None else 0
+
+    def fits(self, channels: int, device: torch.device) -> bool:
+        """Whether a plane of ``channels`` on ``device`` can continue from the carried network."""
+        return self.channels == channels and same_device(next(self.model.parameters()).device, device)
+
+    def clear(self) -> None:
+        self.model, self.optimizer, self.generator, self.graph = None, None, None, None
+
+
+def check_reuse(config: FillConfig) -> None:
+    """ValueError when planes of this fill cannot reuse one network (the auto preset decides per plane)."""
+    if config.selfsup:
+        raise ValueError("the auto preset decides per plane and cannot reuse one network across planes; "
+                         "choose the fast or quality preset to reuse it")
+
+
+def final_predictions(config: FillConfig) -> int:
+    """Predictions without a step that end the fill of a plane started from the weights:
+    ``config.final_predictions``, never more than the training steps; none for the auto preset, which ends
+    where it decides."""
+    return 0 if config.selfsup else min(config.final_predictions, config.iterations)
+
+
+def continuation_steps(config: FillConfig) -> int:
+    """Training steps of a plane that continues from the previous plane's network."""
+    return max(1, round(config.reuse_step_fraction * config.iterations))
+
+
+def crop_steps(iterations: int, height: int, width: int, crop: int, config: FillConfig) -> int:
+    """Training steps of a window fill that stands for ``iterations`` whole-plane steps on a height x width
+    plane: ``config.crop_step_scale`` of their pixels in windows of crop x crop (never fewer than
+    ``iterations``)."""
+    windows = height * width / (min(crop, height) * min(crop, width))
+    return max(iterations, round(config.crop_step_scale * iterations * windows))
+
+
+def plane_steps(config: FillConfig, height: int, width: int, crop: int = 0) -> int:
+    """Iterations of the fill of a height x width plane started from the weights (not continuing a carried
+    network): ``config.iterations`` training steps, then ``final_predictions(config)`` predictions without a step;
+    in crop x crop windows (``windows.crop_fill``) as many window steps as those stand for. The auto preset runs
+    at most its iterations."""
+    predictions = final_predictions(config)
+    if crop:
+        return (crop_steps(config.iterations, height, width, crop, config)
+                + crop_steps(predictions, height, width, crop, config))
+    return config.iterations + predictions
+
+
+#: serialises seeded initialisations (see build_model)
+_INIT_LOCK = threading.Lock()
+
+
+def build_model(channels: int, state_dict: dict[str, torch.Tensor] | None, seed: int, device: torch.device) -> SkipNet:
+    """A SkipNet for ``channels`` image channels (input = image + mask), with the given weights (and
+    the width they were trained at) or a seeded random initialisation of the default network."""
+    # torch's global generator is shared by all threads: planes denoised in parallel threads (Dask
+    # workers in one process) would interleave their draws and get other weights than a serial run
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = SkipNet(2 * channels, channels, **(architecture_of(state_dict) if state_dict is not None else {}))
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model.to(device)
+
+
+def plane_network(carried: CarriedNetwork | None, continuing: bool, channels: int,
+                  state_dict: dict[str, torch.Tensor] | None, config: FillConfig, dev: torch.device,
+                  capturable: bool = False) -> tuple[SkipNet, torch.optim.Optimizer, torch.Generator]:
+    """The network, Adam optimiser and mask generator a plane's fill trains, in training mode (BatchNorm
+    statistics of this image, as in the reference): the carried ones when ``continuing``, else new ones from
+    ``state_dict``, left in ``carried`` (when given) for the next plane. ``capturable``: Adam's step count lives
+    on the GPU, so that a CUDA graph can replay the update."""
+    if continuing:
+        model, optimizer, generator = carried.model, carried.optimizer, carried.generator
+    else:
+        model = build_model(channels, state_dict, config.seed, dev).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, **({"capturable": True} if capturable else {}))
+        generator = make_generator(config.seed, dev)
+        if carried is not None:
+            carried.model, carried.optimizer, carried.generator, carried.graph = model, optimizer, generator, None
+    model.train()
+    return model, optimizer, generator
+
+
+def check_plane(image: torch.Tensor, caller: str) -> tuple[int, int, int]:
+    """(C, H, W) of a plane a fill can work on; ValueError with a clear sentence otherwise."""
+    if image.ndim != 3:
+        raise ValueError(f"{caller} expects one (C, H, W) plane, got shape {tuple(image.shape)}")
+    channels, height, width = image.shape
+    check_plane_size(height, width)
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite values; replace them before denoising")
+    return channels, height, width
+
+
+class _Trainer:
+    """The training step of one plane's fill: eager, or (on CUDA) a few eager warm-up steps on a side stream,
+    as capture requires, then the captured step replayed (``FillConfig.cuda_graphs``)."""
+
+    def __init__(self, model, optimizer, x, cast, config: FillConfig, capturing: bool,
+                 graph: CudaGraphStep | None, carried: CarriedNetwork | None):
+        self.model, self.optimizer, self.x, self.cast = model, optimizer, x, cast
+        self.warmup_steps, self.graph, self.carried = config.cuda_graph_warmup, graph, carried
+        self.warmup = torch.cuda.Stream(x.device) if capturing else None  # the steps before the capture
+
+    def __call__(self, iteration: int, keep: torch.Tensor, weight: torch.Tensor):
+        if self.graph is not None:
+            return self.graph(keep, weight)
+        if self.warmup is None:
+            return train_step(self.model, self.optimizer, self.x, keep, weight, self.cast)
+        device = self.x.device
+        self.warmup.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(self.warmup):
+            result = train_step(self.model, self.optimizer, self.x, keep, weight, self.cast)
+        torch.cuda.current_stream(device).wait_stream(self.warmup)
+        if iteration == self.warmup_steps:
+            self.graph = capture(self.model, self.optimizer, self.x, self.cast)
+            self.warmup = None
+            if self.carried is not None:
+                self.carried.graph = self.graph
+        return result
+
+
+def iterative_fill(
+    image: torch.Tensor,
+    config: FillConfig,
+    state_dict: dict[str, torch.Tensor] | None = None,
+    device: str | torch.device = "auto",
+    carried: CarriedNetwork | None = None,
+) -> Iterator[FillStep]:
+    """Run Algorithm 1 on one normalised plane and yield a :class:`FillStep` after every iteration.
+
+    ``config.iterations`` training steps, then ``final_predictions(config)`` predictions of the trained network
+    without a step that go on into the running mean (``plane_steps``; the auto preset ends where it decides
+    instead). With ``carried`` holding the previous plane's network (same channels and device), the plane
+    continues from it instead: ``continuation_steps(config)`` training steps, then ``config.reuse_predictions``
+    predictions without a step; its estimate is the bias-corrected running mean of the predictions at hidden
+    pixels (the noisy image only where no mask hid a pixel). Either way the network is left in ``carried`` for
+    the next plane.
+
+    Parameters
+    ----------
+    image : torch.Tensor
+        The noisy plane, shape (C, H, W) (C = 1 gray, 3 RGB), roughly in [0, 1].
+    config : FillConfig
+        Every setting of the fill (mask ratio, beta, iterations, ...).
+    state_dict : dict or None
+        Pre-trained weights for a SkipNet with 2*C inputs and C outputs; None = random init.
+    device : str or torch.device
+        "auto", "cpu", "cuda", "mps" or a torch.device.
+    carried : CarriedNetwork, optional
+        Reuse one network across a stack's planes (not with ``config.selfsup``).
+    """
+    channels, height, width = check_plane(image, "iterative_fill")
+    if carried is not None:
+        check_reuse(config)
+    dev = resolve_device(device)
+    continuing = carried is not None and carried.fits(channels, dev)
+    # a new network captures its training step when there are enough steps to repay the capture
+    capturing = (not continuing and config.cuda_graphs and dev.type == "cuda"
+                 and config.iterations >= config.cuda_graph_min_steps)
+    model, optimizer, generator = plane_network(carried, continuing, channels, state_dict, config, dev, capturing)
+    if continuing:
+        steps = continuation_steps(config)
+        iterations = steps + config.reuse_predictions
+    else:
+        steps, iterations = config.iterations, plane_steps(config, height, width)
+
+    x = image.to(dev, torch.float32).unsqueeze(0)
+    graph = carried.graph if continuing else None
+    if graph is not None and graph.x.shape == x.shape:
+        graph.x.copy_(x)  # the captured step reads the plane from its own buffer
+        x = graph.x
+    else:
+        graph = None
+    cast = autocast(dev, resolve_precision(config.precision, dev))
+    trainer = _Trainer(model, optimizer, x, cast, config, capturing, graph, carried)
+    estimate = x[0].clone()
+    judge = SelfSupervision(x, generator, config) if config.selfsup else None
+    # a continuing plane has few predictions per pixel: their bias-corrected mean, without the noisy start
+    running = RunningMean(x[0], config.beta) if continuing else None
+    report: AutoReport | None = None
+
+    for iteration in range(1, iterations + 1):
+        keep = draw_mask(x.shape, config.mask_ratio, config.mask_mode, generator, dev)
+        hidden = 1.0 - keep
+        weight = hidden if judge is None else hidden * judge.trained  # the pixels the loss counts
+        if iteration > steps:  # the last predictions, without a training step
+            prediction, loss = predict(model, x, keep, weight, cast)
+        else:
+            prediction, loss = trainer(iteration, keep, weight)
+        if running is not None:
+            estimate = running.update(prediction[0], hidden[0])
+        elif judge is None:
+            ema_update_(estimate, prediction[0], hidden[0], config.beta)
+        else:
+            judge.update(prediction, hidden)
+            if judge.due(iteration, iterations):
+                report = judge.check(iteration)
+            estimate = judge.estimate()
+        yield FillStep(iteration, iterations, estimate, loss, report)
+        if report is not None and report.stopped:
+            return
