@@ -133,8 +133,8 @@ def main() -> None:
     low, high = np.percentile(crop, [0.5, 99.8])
     viewer.add_image(crop, name="noisy fluorescence", colormap="gray", contrast_limits=(float(low), float(high)))
     _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
-    widget.iterations.setValue(args.iterations)
-    widget.device.setCurrentText(args.device)
+    widget.form.iterations.value = args.iterations
+    widget.form.device.value = args.device
     grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid  # napari >= 0.9 / older
     grid.enabled = True  # input and output side by side
     pump(1.0)
@@ -163,7 +163,7 @@ def main() -> None:
     viewer.reset_view()
     pump(0.3)
     viewer.screenshot(str(args.out / "screenshot-done.png"), canvas_only=False)
-    widget.advanced_toggle.setChecked(True)
+    widget.form.advanced_toggle.value = True
     pump(0.3)
     widget.grab().save(str(args.out / "screenshot-widget.png"))
 

@@ -7,39 +7,40 @@ Every test waits for its worker to finish: a thread worker still running at tear
 from __future__ import annotations
 
 import math
-import sys
+import re
 import time
 
 import numpy as np
 import pytest
 import torch
 from napari.utils.notifications import NotificationSeverity
-from qtpy.QtCore import QElapsedTimer, Qt, QTimer
+from qtpy.QtCore import QElapsedTimer, QTimer
 
-import napari_mpi._widget as widget_module
-from importlib import import_module
-from napari_mpi._widget import MPIDenoiseWidget, _denoise_job, format_duration, progress_text
-from napari_mpi.api import DenoiseProgress
-from napari_mpi.settings import PRESETS
+from napari_mpi._widget import MPIDenoiseWidget
+from napari_mpi._widget import run as run_module
+from napari_mpi._widget.run import denoise_job
+from napari_mpi._widget.texts import TIPS, format_duration, progress_text
 
-
-def preset_iterations(name, start):
-    return PRESETS[name].config(start).iterations
-
-
-def preset_beta(name, start):
-    return PRESETS[name].config(start).beta
-
-
-def start_lr(start):
-    return PRESETS["fast"].config(start).lr
-from napari_mpi.weights import default_start
-
-from .widget_support import (  # noqa: F401 (fixtures)
-    RUN_TIMEOUT_MS, _one_torch_thread, messages, noisy, notes, viewer_widget, wait_finished,
+from .widget_support import (
+    RUN_TIMEOUT_MS,
+    DenoiseProgress,
+    _one_torch_thread,
+    api_module,
+    plane_module,
+    choose,
+    click,
+    default_start,
+    item_texts,
+    messages,
+    noisy,
+    notes,
+    preset_values,
+    start_lr,
+    viewer_widget,
+    wait_finished,
 )
 
-denoise_module = import_module("napari_mpi.api")  # the module; napari_mpi.denoise is the function
+SHARED_FIXTURES = (_one_torch_thread, notes, viewer_widget)  # found by pytest among this module's names
 
 # -- pure helpers ---------------------------------------------------------------------------
 
@@ -56,16 +57,16 @@ def _fake_steps(count: int, delay: float):
 
 def test_redraws_are_throttled_but_regular():
     out = np.zeros((8, 8), dtype=np.float32)
-    fast = list(_denoise_job(_fake_steps(300, 0.001), out, 0.1))  # ~1000 iterations per second
+    fast = list(denoise_job(_fake_steps(300, 0.001), out, 0.1))  # ~1000 iterations per second
     fresh = sum(flag for _, flag in fast)
     assert len(fast) == 300  # a yield (a cancellation point) after every iteration
     assert 1 <= fresh <= 8  # ~0.35 s of work: at most ~10 redraws per second
     assert fast[0][1]  # the live layer appears at the first step
-    slow = list(_denoise_job(_fake_steps(4, 0.12), out, 0.1))
+    slow = list(denoise_job(_fake_steps(4, 0.12), out, 0.1))
     assert all(flag for _, flag in slow)  # slower iterations: a redraw after every one
     assert out[0, 0] == 4  # the estimate of the last fresh event went into the output
     asked = []
-    adaptive = list(_denoise_job(_fake_steps(5, 0.01), out, lambda: asked.append(1) or 10.0))
+    adaptive = list(denoise_job(_fake_steps(5, 0.01), out, lambda: asked.append(1) or 10.0))
     assert [flag for _, flag in adaptive] == [True, False, False, False, False]  # the interval is asked each time
     assert len(asked) == 5
 
@@ -75,6 +76,14 @@ def test_progress_text():
     assert progress_text(event) == "plane 2/4, iteration 50/200, elapsed 0:30, ETA 1:06"
     assert format_duration(3725) == "1:02:05"
     assert format_duration(float("inf")) == "?"
+
+
+def test_tooltips_give_advice_and_point_to_the_benchmarks_not_figures():
+    for name, tip in TIPS.items():
+        assert not re.search(r"dB|\d(\.\d+)?x (faster|slower)|\d s\b|%", tip), name  # no measurements
+        assert "session" not in tip.lower() and "issue" not in tip.lower(), name  # no development history
+    assert "0.8-0.95" in TIPS["mask_ratio"] and "streaky" in TIPS["mask_ratio"]  # when to change it
+    assert all("docs/benchmarks.md" in TIPS[name] for name in ("preset", "mask_ratio", "reuse", "refine", "crop"))
 
 
 # -- the widget -----------------------------------------------------------------------------
@@ -90,36 +99,41 @@ def test_opens_through_manifest_and_in_layers_filter_menu(viewer_widget):
     assert [item.command for item in filter_menu] == ["napari-mpi.denoise_widget"]
     # presets fill in beta and iterations (fewer from the shipped pre-trained network, which gray images at
     # ordinary mask ratios start from); editing them switches to Custom
-    assert widget.preset_combo.currentText() == "Fast"
-    start = default_start(1, "pixel", widget.mask_ratio.value())
-    assert (widget.beta.value(), widget.iterations.value()) == (0.9, preset_iterations("fast", start))
-    widget.mask_ratio.setValue(0.9)  # no shipped checkpoint serves it: a random start, the paper's 200
-    assert (widget.preset_combo.currentText(), widget.iterations.value()) == ("Fast", 200)
-    widget.preset_combo.setCurrentText("Quality")
-    assert (widget.beta.value(), widget.iterations.value()) == (0.99, 1000)
-    widget.mask_ratio.setValue(0.3)
-    assert (widget.preset_combo.currentText(), widget.beta.value(), widget.iterations.value()) == (
-        "Quality", preset_beta("quality", start), preset_iterations("quality", start))
-    widget.iterations.setValue(300)
-    assert widget.preset_combo.currentText() == "Custom"
-    assert not widget.advanced.isVisibleTo(widget)  # the advanced section starts collapsed
-    devices = [widget.device.itemText(i) for i in range(widget.device.count())]
+    assert widget.form.preset.value == "Fast"
+    start = default_start(1, "pixel", widget.form.mask_ratio.value)
+    assert (widget.form.beta.value, widget.form.iterations.value) == (0.9, preset_values("fast", start)[1])
+    widget.form.mask_ratio.value = 0.9  # no shipped checkpoint serves it: a random start, the paper's 200
+    assert (widget.form.preset.value, widget.form.iterations.value) == ("Fast", 200)
+    widget.form.preset.value = "Quality"
+    assert (widget.form.beta.value, widget.form.iterations.value) == (0.99, 1000)
+    widget.form.mask_ratio.value = 0.3
+    assert (widget.form.preset.value, widget.form.beta.value, widget.form.iterations.value) == (
+        "Quality", *preset_values("quality", start))
+    widget.form.iterations.value = 300
+    assert widget.form.preset.value == "Custom"
+    assert not widget.form.advanced.native.isVisibleTo(widget)  # the advanced section starts collapsed
+    widget.form.advanced_toggle.value = True
+    assert not widget.form.advanced.native.isHidden()
+    widget.form.advanced_toggle.value = False
+    assert widget.form.advanced.native.isHidden()
+    devices = item_texts(widget.form.device)
     assert devices[:2] == ["auto", "cpu"] and ("cuda" in devices) == torch.cuda.is_available()
-    for control in (widget.layer_combo, widget.preset_combo, widget.mask_ratio, widget.beta, widget.iterations,
-                    widget.lr, widget.seed, widget.device, widget.channel_axis, widget.run_button):
-        assert control.toolTip()
+    form = widget.form
+    for control in (form.layer, form.preset, form.mask_ratio, form.beta, form.iterations,
+                    form.lr, form.seed, form.device, form.channel_axis, form.run_button):
+        assert control.tooltip and control.native.toolTip() == control.tooltip
 
 
 def test_run_updates_the_output_live_and_keeps_the_layer_geometry(viewer_widget, qtbot, notes, monkeypatch):
     # redraws slow down on a busy CPU (REDRAW_BUDGET); cap the interval so that this short run sees several
-    monkeypatch.setattr(widget_module, "MAX_REDRAW_INTERVAL", 0.3)
+    monkeypatch.setattr(run_module, "MAX_REDRAW_INTERVAL", 0.3)
     viewer, widget = viewer_widget
     data = noisy()
     original = data.copy()
     source = viewer.add_image(data, name="cells", scale=(0.5, 0.25), translate=(3.0, 4.0),
                               axis_labels=("y", "x"), units=("um", "um"), contrast_limits=(95, 140))
     assert widget.chosen_layer() is source
-    widget.iterations.setValue(20)
+    widget.form.iterations.value = 20
 
     updates: list[np.ndarray] = []
     stalls = []
@@ -139,10 +153,10 @@ def test_run_updates_the_output_live_and_keeps_the_layer_geometry(viewer_widget,
     viewer.layers.events.inserted.connect(on_inserted)
     clock.start()
     probe.start()
-    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
+    click(qtbot, widget.form.run_button)
     run = widget._run
-    assert run is not None and widget.run_button.text() == "Cancel"
-    assert not widget.iterations.isEnabled()  # parameters are locked while running
+    assert run is not None and widget.form.run_button.text == "Cancel"
+    assert not widget.form.iterations.enabled  # parameters are locked while running
     wait_finished(qtbot, run)
     probe.stop()
 
@@ -161,8 +175,8 @@ def test_run_updates_the_output_live_and_keeps_the_layer_geometry(viewer_widget,
     assert meta["status"] == "complete" and meta["iterations"] == 20 and meta["preset"] == "custom"
     assert meta["napari_mpi_version"] and meta["input_layer"] == "cells" and meta["mask_ratio"] == 0.3
     np.testing.assert_array_equal(source.data, original)  # the input is never modified
-    assert widget.run_button.text() == "Denoise" and widget.run_button.isEnabled()
-    assert widget.status.text().startswith("Done")
+    assert widget.form.run_button.text == "Denoise" and widget.form.run_button.enabled
+    assert widget.form.status.value.startswith("Done")
     assert not messages(notes())
     # napari stayed responsive: the GUI thread never stalled long (generous bound: shared CPU)
     assert max(stalls) < 2000, f"longest event-loop stall {max(stalls)} ms"
@@ -170,15 +184,15 @@ def test_run_updates_the_output_live_and_keeps_the_layer_geometry(viewer_widget,
 
 def test_cancel_stops_within_an_iteration_and_keeps_the_partial_result(viewer_widget, qtbot, notes, monkeypatch):
     freed = []
-    monkeypatch.setattr(denoise_module, "_free_device_memory", freed.append)
+    monkeypatch.setattr(api_module, "free_device_memory", freed.append)
     viewer, widget = viewer_widget
     viewer.add_image(noisy(), name="cells")
-    widget.iterations.setValue(5000)
-    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)
+    widget.form.iterations.value = 5000
+    click(qtbot, widget.form.run_button)
     run = widget._run
     qtbot.waitUntil(lambda: run.redraws >= 2, timeout=RUN_TIMEOUT_MS)
-    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)  # the button now says Cancel
-    assert widget.run_button.text() == "Cancelling..."
+    click(qtbot, widget.form.run_button)  # the button now says Cancel
+    assert widget.form.run_button.text == "Cancelling..."
     t0 = time.monotonic()
     wait_finished(qtbot, run)
     assert time.monotonic() - t0 < 10  # one iteration of a 48x48 plane is ~0.1 s
@@ -189,19 +203,19 @@ def test_cancel_stops_within_an_iteration_and_keeps_the_partial_result(viewer_wi
     assert np.abs(partial.data).sum() > 0  # what was computed is kept
     assert run.job.gi_frame is None  # the engine's generator (network, optimiser) was released
     assert freed == [run.plan.device] and run.latest is None  # then the device's cache was emptied
-    assert widget.run_button.text() == "Denoise" and widget.run_button.isEnabled()
-    assert widget.status.text().startswith("Cancelled")
+    assert widget.form.run_button.text == "Denoise" and widget.form.run_button.enabled
+    assert widget.form.status.value.startswith("Cancelled")
     assert not messages(notes())
 
 
 def test_stack_is_denoised_plane_by_plane_and_keeps_shape_and_scale(viewer_widget, qtbot, monkeypatch):
-    monkeypatch.setattr(widget_module, "REDRAW_INTERVAL", 0.0)  # a redraw after every iteration
-    monkeypatch.setattr(widget_module, "REDRAW_BUDGET", 1e9)  # however slow the redraws are
+    monkeypatch.setattr(run_module, "REDRAW_INTERVAL", 0.0)  # a redraw after every iteration
+    monkeypatch.setattr(run_module, "REDRAW_BUDGET", 1e9)  # however slow the redraws are
     viewer, widget = viewer_widget
     stack = np.stack([noisy(seed=s) for s in range(3)])
     viewer.add_image(stack, name="zstack", scale=(2.0, 0.5, 0.5), axis_labels=("z", "y", "x"))
     viewer.dims.set_point(0, 0)
-    widget.iterations.setValue(2)
+    widget.form.iterations.value = 2
     run = widget.start()
     wait_finished(qtbot, run)
     out = viewer.layers["zstack denoised"]
@@ -217,24 +231,22 @@ def test_rgb_layer_is_denoised_as_colour(viewer_widget, qtbot):
     rng = np.random.default_rng(0)
     photo = rng.integers(0, 256, size=(48, 48, 3), dtype=np.uint8)
     viewer.add_image(photo, name="photo", rgb=True)
-    assert widget.layer_combo.currentText() == "photo (RGB)"
+    assert widget.form.layer.current_choice == "photo (RGB)"
     assert widget.parameters()["rgb"] is True
-    assert widget.channel_axis.count() == 1  # only "none": the colour axis is not a channel axis
+    assert len(widget.form.channel_axis) == 1  # only "none": the colour axis is not a channel axis
     # colour starts from the gray weights spread over the channels, which still learn colour: its own lengths
-    start = default_start(3, "channel", widget.mask_ratio.value())
-    assert (widget.beta.value(), widget.iterations.value()) == (
-        preset_beta("fast", start), preset_iterations("fast", start)) == (0.95, 300)
-    widget.preset_combo.setCurrentText("Quality")
-    assert (widget.beta.value(), widget.iterations.value()) == (
-        preset_beta("quality", start), preset_iterations("quality", start))
-    assert math.isclose(widget.lr.value(), start_lr(start))  # 0.004 from the gray weights as colour
+    start = default_start(3, "channel", widget.form.mask_ratio.value)
+    assert (widget.form.beta.value, widget.form.iterations.value) == preset_values("fast", start) == (0.95, 300)
+    widget.form.preset.value = "Quality"
+    assert (widget.form.beta.value, widget.form.iterations.value) == preset_values("quality", start)
+    assert math.isclose(widget.form.lr.value, start_lr(start))  # 0.004 from the gray weights as colour
     viewer.add_image(noisy(seed=1), name="gray")  # another start: the learning rate follows it...
-    widget.layer_combo.setCurrentText("gray")
-    assert math.isclose(widget.lr.value(), start_lr(default_start(1, "pixel", widget.mask_ratio.value())))
-    widget.lr.setValue(0.001)  # ...until the user sets their own
-    widget.layer_combo.setCurrentText("photo (RGB)")
-    assert math.isclose(widget.lr.value(), 0.001)
-    widget.iterations.setValue(2)
+    choose(widget.form.layer, "gray")
+    assert math.isclose(widget.form.lr.value, start_lr(default_start(1, "pixel", widget.form.mask_ratio.value)))
+    widget.form.lr.value = 0.001  # ...until the user sets their own
+    choose(widget.form.layer, "photo (RGB)")
+    assert math.isclose(widget.form.lr.value, 0.001)
+    widget.form.iterations.value = 2
     run = widget.start()
     wait_finished(qtbot, run)
     out = viewer.layers["photo denoised"]
@@ -248,10 +260,10 @@ def test_channel_axis_is_offered_and_used(viewer_widget, qtbot):
     viewer, widget = viewer_widget
     cells = np.stack([noisy(seed=1), noisy(seed=2)], axis=0)  # (C, Y, X)
     viewer.add_image(cells, name="two channels")
-    assert widget.channel_axis.itemText(0) == "none"
-    widget.channel_axis.setCurrentIndex(widget.channel_axis.findData(0))
+    assert item_texts(widget.form.channel_axis)[0] == "none"
+    widget.form.channel_axis.value = 0
     assert widget.parameters()["channel_axis"] == 0
-    widget.iterations.setValue(1)
+    widget.form.iterations.value = 1
     run = widget.start()
     wait_finished(qtbot, run)
     out = viewer.layers["two channels denoised"]
@@ -271,7 +283,7 @@ def test_user_errors_become_notifications(viewer_widget, qtbot, notes, monkeypat
     bad = noisy().astype(np.float32)
     bad[3, 3] = np.nan
     viewer.add_image(bad, name="holes")
-    widget.iterations.setValue(2)
+    widget.form.iterations.value = 2
     run = widget.start()
     wait_finished(qtbot, run)
     assert run.state == "failed"
@@ -281,15 +293,15 @@ def test_user_errors_become_notifications(viewer_widget, qtbot, notes, monkeypat
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         yield  # pragma: no cover
 
-    monkeypatch.setattr(sys.modules["napari_mpi.denoise"], "iterative_fill", oom)
+    monkeypatch.setattr(plane_module, "iterative_fill", oom)
     viewer.add_image(noisy(), name="big")
     run = widget.start()
     wait_finished(qtbot, run)
     assert any("ran out of memory" in m and "'big'" in m for m in messages(notes()))
     monkeypatch.undo()
     # and the widget works again afterwards
-    assert widget.run_button.text() == "Denoise" and widget.run_button.isEnabled()
-    widget.iterations.setValue(1)
+    assert widget.form.run_button.text == "Denoise" and widget.form.run_button.enabled
+    widget.form.iterations.value = 1
     run = widget.start()
     wait_finished(qtbot, run)
     assert run.state == "done" and "big denoised" in viewer.layers
@@ -299,7 +311,7 @@ def test_user_errors_become_notifications(viewer_widget, qtbot, notes, monkeypat
 def test_layer_removed_mid_run_stops_with_a_warning(viewer_widget, qtbot, notes, which):
     viewer, widget = viewer_widget
     viewer.add_image(noisy(), name="cells")
-    widget.iterations.setValue(5000)
+    widget.form.iterations.value = 5000
     run = widget.start()
     qtbot.waitUntil(lambda: run.redraws >= 1, timeout=RUN_TIMEOUT_MS)
     viewer.layers.remove("cells" if which == "input" else "cells denoised")
@@ -310,13 +322,13 @@ def test_layer_removed_mid_run_stops_with_a_warning(viewer_widget, qtbot, notes,
     assert not messages(notes())
     if which == "input":
         assert viewer.layers["cells denoised (partial)"].metadata["status"] == "partial"
-    assert widget.run_button.text() == "Denoise"
+    assert widget.form.run_button.text == "Denoise"
 
 
 def test_closing_the_dock_mid_run_cancels_it(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     viewer.add_image(noisy(), name="cells")
-    widget.iterations.setValue(5000)
+    widget.form.iterations.value = 5000
     run = widget.start()
     qtbot.waitUntil(lambda: run.redraws >= 1, timeout=RUN_TIMEOUT_MS)
     viewer.window.remove_dock_widget(widget)  # what the dock's close button does
@@ -330,7 +342,7 @@ def test_closing_the_viewer_mid_run_stops_the_worker(make_napari_viewer, qtbot):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
     viewer.add_image(noisy(), name="cells")
-    widget.iterations.setValue(5000)
+    widget.form.iterations.value = 5000
     run = widget.start()
     qtbot.waitUntil(lambda: run.redraws >= 1, timeout=RUN_TIMEOUT_MS)
     viewer.close()
@@ -349,31 +361,34 @@ def test_chooser_follows_layers(make_napari_viewer, qtbot):
     _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
 
     def names():
-        return [widget.layer_combo.itemText(i) for i in range(widget.layer_combo.count())]
+        return item_texts(widget.form.layer)
 
     assert sorted(names()) == ["a", "b"]  # other layer types are not offered
-    assert widget.layer_combo.currentText() == "a"  # defaults to the selected layer
+    assert widget.form.layer.current_choice == "a"  # defaults to the selected layer
     viewer.add_image(noisy(seed=5), name="c")  # napari selects a new layer: the chooser follows
-    assert "c" in names() and widget.layer_combo.currentText() == "c"
+    assert "c" in names() and widget.form.layer.current_choice == "c"
     viewer.layers["c"].name = "renamed"
     assert "renamed" in names() and "c" not in names()
-    assert widget.layer_combo.currentText() == "renamed"
+    assert widget.form.layer.current_choice == "renamed"
     viewer.layers.remove("renamed")
     assert sorted(names()) == ["a", "b"]
     assert widget.chosen_layer() is not None
     viewer.layers.selection.active = viewer.layers["b"]
-    assert widget.layer_combo.currentText() == "b"
+    assert widget.form.layer.current_choice == "b"
+    choose(widget.form.layer, "a")
+    widget.form.container.reset_choices()  # what magicgui does when the form is docked or undocked
+    assert sorted(names()) == ["a", "b"] and widget.chosen_layer() is viewer.layers["a"]
     viewer.layers.clear()
-    assert names() == [] and not widget.run_button.isEnabled()
+    assert names() == [] and not widget.form.run_button.enabled
 
 
 def test_auto_preset_chooses_beta_itself_and_reports_its_decision(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     viewer.add_image(noisy((64, 64)), name="cells")
-    widget.preset_combo.setCurrentText("Auto")
-    assert not widget.beta.isEnabled()  # Auto picks its running mean by held-out error
-    widget.iterations.setValue(60)  # the cap; editing it keeps Auto
-    assert widget.preset_combo.currentText() == "Auto"
+    widget.form.preset.value = "Auto"
+    assert not widget.form.beta.enabled  # Auto picks its running mean by held-out error
+    widget.form.iterations.value = 60  # the cap; editing it keeps Auto
+    assert widget.form.preset.value == "Auto"
     params = widget.parameters()
     assert params["preset"] == "auto" and params["beta"] is None and params["iterations"] == 60
     run = widget.start()
@@ -381,35 +396,35 @@ def test_auto_preset_chooses_beta_itself_and_reports_its_decision(viewer_widget,
     assert run.state == "done"
     decision = viewer.layers["cells denoised"].metadata["auto"]["0"]
     assert decision["iterations"] <= 60 and decision["beta"] in (0.8, 0.9, 0.95, 0.98, 0.99)
-    assert "Auto " in widget.status.text() and "held-out error" in widget.status.text()
-    assert not widget.beta.isEnabled()  # still Auto after the run re-enabled the controls
-    widget.preset_combo.setCurrentText("Fast")
-    assert widget.beta.isEnabled()
+    assert "Auto " in widget.form.status.value and "held-out error" in widget.form.status.value
+    assert not widget.form.beta.enabled  # still Auto after the run re-enabled the controls
+    widget.form.preset.value = "Fast"
+    assert widget.form.beta.enabled
 
 
 def test_reuse_network_box_runs_a_stack_with_fewer_iterations_and_not_with_auto(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     viewer.add_image(np.stack([noisy(seed=2 * z) for z in range(3)]), name="stack")
-    widget.iterations.setValue(30)
-    widget.reuse.setChecked(True)
+    widget.form.iterations.value = 30
+    widget.form.reuse.value = True
     assert widget.parameters()["reuse_network"] is True
     run = widget.start()
-    assert not widget.reuse.isEnabled()  # no changes while it runs
+    assert not widget.form.reuse.enabled  # no changes while it runs
     wait_finished(qtbot, run)
-    assert run.state == "done" and widget.reuse.isEnabled()
+    assert run.state == "done" and widget.form.reuse.enabled
     layer = viewer.layers["stack denoised"]
     assert layer.metadata["reuse_network"] is True and np.isfinite(layer.data).all()
     assert layer.metadata["refine"] == "wiener"  # the Wiener refinement is on by default
-    widget.refine.setChecked(False)
+    widget.form.refine.value = False
     assert widget.parameters()["refine"] == "none"
     assert layer.metadata["crop"] == 0  # planes reusing a network train on whole planes
     assert widget.parameters()["crop"] == "auto"  # windows of big planes on the CPU, by default
-    widget.crop.setChecked(False)
+    widget.form.crop.value = False
     assert widget.parameters()["crop"] == "none"
-    widget.preset_combo.setCurrentText("Auto")  # Auto decides per plane: the box is off for it
-    assert not widget.reuse.isEnabled() and widget.parameters()["reuse_network"] is False
-    widget.preset_combo.setCurrentText("Fast")
-    assert widget.reuse.isEnabled() and widget.parameters()["reuse_network"] is True
+    widget.form.preset.value = "Auto"  # Auto decides per plane: the box is off for it
+    assert not widget.form.reuse.enabled and widget.parameters()["reuse_network"] is False
+    widget.form.preset.value = "Fast"
+    assert widget.form.reuse.enabled and widget.parameters()["reuse_network"] is True
 
 
 def test_lazy_layer_is_denoised_plane_by_plane_into_a_disk_backed_output(viewer_widget, qtbot, notes):
@@ -438,7 +453,7 @@ def test_lazy_layer_is_denoised_plane_by_plane_into_a_disk_backed_output(viewer_
     lazy = da.from_array(stack, chunks=(1, 48, 48)).map_blocks(load, dtype=stack.dtype)
     with dask.config.set(scheduler="synchronous"), Spy():  # tasks run in the computing thread
         viewer.add_image(lazy, name="movie")
-        widget.iterations.setValue(3)
+        widget.form.iterations.value = 3
         computes.clear()
         run = widget.start()
         wait_finished(qtbot, run)
@@ -456,31 +471,31 @@ def test_correlated_noise_shows_a_hint_that_sets_the_mask_ratio_in_one_click(vie
     viewer, widget = viewer_widget
     noise = gaussian_filter(np.random.default_rng(5).normal(0, 1, (96, 96)), 1.0)
     viewer.add_image(noisy((96, 96)), name="independent")
-    assert widget.chosen_layer().name == "independent" and widget.hint_box.isHidden()
+    assert widget.chosen_layer().name == "independent" and widget.form.hint_box.native.isHidden()
     viewer.add_image((0.5 + 0.1 * noise / noise.std()).astype(np.float32), name="blotchy")
     assert widget.chosen_layer().name == "blotchy"
-    assert not widget.hint_box.isHidden() and "spatially correlated" in widget.noise_hint.text()
-    assert widget.mask_ratio.value() == pytest.approx(0.3)
-    widget.use_hint.click()
-    assert widget.mask_ratio.value() == pytest.approx(0.85) and widget.parameters()["mask_ratio"] == 0.85
-    widget.layer_combo.setCurrentIndex(widget.layer_combo.findText("independent"))  # no hint there
-    assert widget.hint_box.isHidden()
+    assert not widget.form.hint_box.native.isHidden() and "spatially correlated" in widget.form.noise_hint.value
+    assert widget.form.mask_ratio.value == pytest.approx(0.3)
+    widget.form.use_hint.native.click()
+    assert widget.form.mask_ratio.value == pytest.approx(0.85) and widget.parameters()["mask_ratio"] == 0.85
+    choose(widget.form.layer, "independent")  # no hint there
+    assert widget.form.hint_box.native.isHidden()
 
 
 def test_a_big_plane_trains_on_windows_and_reports_their_steps(viewer_widget, qtbot, notes, monkeypatch):
     viewer, widget = viewer_widget
     shown = []  # (iteration, iterations) of every status line
-    text = widget_module.progress_text
-    monkeypatch.setattr(widget_module, "progress_text", lambda event: shown.append(
+    text = run_module.progress_text
+    monkeypatch.setattr(run_module, "progress_text", lambda event: shown.append(
         (event.iteration, event.iterations)) or text(event))
     viewer.add_image(noisy((512, 512)), name="frame")
-    widget.iterations.setValue(2)
-    widget.refine.setChecked(False)
-    widget.device.setCurrentText("cpu")
+    widget.form.iterations.value = 2
+    widget.form.refine.value = False
+    widget.form.device.value = "cpu"
     run = widget.start()
     # 2 whole-plane steps' pixels in 256² windows, then as many predictions
     assert run.plan.crop == 256 and run.plan.steps_per_plane == 16
-    assert "2 iterations, then 2 predictions (as 16 steps on 256x256 windows)" in widget.status.text()
+    assert "2 iterations, then 2 predictions (as 16 steps on 256x256 windows)" in widget.form.status.value
     wait_finished(qtbot, run)
     assert run.state == "done" and shown and {total for _, total in shown} == {16} and run.pbar.total == 16
     layer = viewer.layers["frame denoised"]

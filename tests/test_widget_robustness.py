@@ -7,24 +7,29 @@ Small images (24x24 to 160x160) and 1-3 iterations keep each run to about a seco
 
 from __future__ import annotations
 
-from importlib import import_module
-
 import numpy as np
 import pytest
 import torch
 from napari.layers import Image
 from napari.utils.notifications import ErrorNotification, NotificationSeverity
-from qtpy.QtCore import Qt
 
 from napari_mpi._widget import MPIDenoiseWidget
 
-from .widget_support import (  # noqa: F401 (fixtures)
-    RUN_TIMEOUT_MS, _one_torch_thread, messages, noisy, notes, viewer_widget,
+from .widget_support import (
+    RUN_TIMEOUT_MS,
+    _one_torch_thread,
+    api_module,
+    plane_module,
+    click,
+    tiles_module,
+    messages,
+    noisy,
+    notes,
+    viewer_widget,
 )
 from .widget_support import wait_finished as wait_for_run
 
-plane_module = import_module("napari_mpi.engine.plane")  # fills a plane: whole, in windows or in tiles
-tiles_module = import_module("napari_mpi.engine.tiles")
+SHARED_FIXTURES = (_one_torch_thread, notes, viewer_widget)  # found by pytest among this module's names
 
 LONG = 5000  # iterations of a run that a test stops part-way
 
@@ -51,20 +56,20 @@ def assert_no_thread(run) -> None:
 def assert_usable(viewer, widget, qtbot, notes_before: int | None = None) -> None:
     """The widget is idle and denoises a small image successfully."""
     assert widget._run is None
-    assert widget.run_button.text() == "Denoise"
-    for control in (widget.layer_combo, widget.iterations, widget.mask_ratio, widget.device):
-        assert control.isEnabled()
+    assert widget.form.run_button.text == "Denoise"
+    for control in (widget.form.layer, widget.form.iterations, widget.form.mask_ratio, widget.form.device):
+        assert control.enabled
     layer = viewer.add_image(noisy((24, 24), seed=7), name="check")
     viewer.layers.selection.active = layer
     assert widget.chosen_layer() is layer
-    widget.iterations.setValue(1)
+    widget.form.iterations.value = 1
     run = widget.start()
     assert run is not None
     wait_finished(qtbot, run)
     assert run.state == "done"
     result = viewer.layers["check denoised"]
     assert result.metadata["status"] == "complete" and np.isfinite(result.data).all()
-    assert widget.status.text().startswith("Done")
+    assert widget.form.status.value.startswith("Done")
 
 
 # -- bad values and shapes ------------------------------------------------------------------
@@ -77,7 +82,7 @@ def test_nan_or_inf_layer_is_one_clear_error(viewer_widget, qtbot, notes, bad):
     data[5, 7] = bad
     original = data.copy()
     viewer.add_image(data, name="holes")
-    widget.iterations.setValue(2)
+    widget.form.iterations.value = 2
     run = widget.start()
     assert run is not None  # the values are checked in the worker, not on the GUI thread
     wait_finished(qtbot, run)
@@ -88,7 +93,7 @@ def test_nan_or_inf_layer_is_one_clear_error(viewer_widget, qtbot, notes, bad):
     assert not raw_errors(notes())  # no exception notification with a traceback button
     assert "holes denoised" not in viewer.layers and "holes denoised (partial)" not in viewer.layers
     np.testing.assert_array_equal(viewer.layers["holes"].data, original)
-    assert widget.status.text().startswith("Failed")
+    assert widget.form.status.value.startswith("Failed")
     assert_usable(viewer, widget, qtbot)
 
 
@@ -96,7 +101,7 @@ def test_constant_layer_is_its_own_result(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     flat = np.full((32, 40), 120, dtype=np.uint16)
     viewer.add_image(flat, name="flat")
-    widget.iterations.setValue(3)
+    widget.form.iterations.value = 3
     run = widget.start()
     wait_finished(qtbot, run)
     assert run.state == "done"
@@ -133,7 +138,7 @@ def test_5d_and_6d_layers_are_denoised_plane_by_plane(viewer_widget, qtbot, note
     data = (100 + 20 * rng.standard_normal(shape)).astype(np.float32)
     original = data.copy()
     viewer.add_image(data, name="nd")
-    widget.iterations.setValue(1)
+    widget.form.iterations.value = 1
     run = widget.start()
     wait_finished(qtbot, run)
     assert run.state == "done"
@@ -171,8 +176,8 @@ def test_labels_and_points_layers_are_not_offered(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     labels = viewer.add_labels(np.zeros((24, 24), dtype=np.uint8), name="labels")
     viewer.add_points([[1, 1]], name="points")
-    assert widget.layer_combo.count() == 0 and widget.chosen_layer() is None
-    assert not widget.run_button.isEnabled()
+    assert len(widget.form.layer) == 0 and widget.chosen_layer() is None
+    assert not widget.form.run_button.enabled
     assert widget.start() is None and widget._run is None
     assert any("image layer" in m for m in messages(notes(), NotificationSeverity.WARNING))
     # an image next to them: choosing the labels layer in napari does not make it the input
@@ -189,7 +194,7 @@ def test_labels_and_points_layers_are_not_offered(viewer_widget, qtbot, notes):
 def start_long_run(viewer, widget, qtbot, name="cells"):
     data = noisy()
     viewer.add_image(data, name=name)
-    widget.iterations.setValue(LONG)
+    widget.form.iterations.value = LONG
     run = widget.start()
     qtbot.waitUntil(lambda: run.redraws >= 1, timeout=RUN_TIMEOUT_MS)
     return run, data.copy()
@@ -207,15 +212,15 @@ def test_layer_removed_mid_run(viewer_widget, qtbot, notes, which):
     assert len(warnings) == 1 and "was removed" in warnings[0] and "stopped" in warnings[0]
     assert not messages(notes()) and not raw_errors(notes())
     np.testing.assert_array_equal(source.data, original)  # removed or not, the input data is untouched
-    assert widget.status.text().startswith("Stopped")
+    assert widget.form.status.value.startswith("Stopped")
     assert_usable(viewer, widget, qtbot)
 
 
 def test_cancel_mid_run_then_cancel_again_and_run_again(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     run, original = start_long_run(viewer, widget, qtbot)
-    qtbot.mouseClick(widget.run_button, Qt.MouseButton.LeftButton)  # Cancel
-    assert widget.run_button.text() == "Cancelling..." and not widget.run_button.isEnabled()
+    click(qtbot, widget.form.run_button)  # Cancel
+    assert widget.form.run_button.text == "Cancelling..." and not widget.form.run_button.enabled
     widget.cancel()  # a second cancel (keyboard, script) while stopping is harmless
     assert widget.start() is None  # and so is a start while the run is stopping
     wait_finished(qtbot, run)
@@ -268,7 +273,7 @@ def test_out_of_memory_retries_in_tiles_and_says_so(viewer_widget, qtbot, notes,
     limit_memory(monkeypatch, 128 * 128, calls)
     data = noisy((160, 160))
     viewer.add_image(data, name="big")
-    widget.iterations.setValue(2)
+    widget.form.iterations.value = 2
     run = widget.start()
     wait_finished(qtbot, run)
     assert run.state == "done"
@@ -288,7 +293,7 @@ def test_out_of_memory_even_in_tiles_is_one_clear_error(viewer_widget, qtbot, no
     limit_memory(monkeypatch, None)
     data = noisy((160, 160))
     viewer.add_image(data, name="big")
-    widget.iterations.setValue(2)
+    widget.form.iterations.value = 2
     run = widget.start()
     wait_finished(qtbot, run)
     assert run.state == "failed"

@@ -1,0 +1,179 @@
+"""The widget's form: every control declared once, with magicgui's widgets and containers.
+
+The form holds no behaviour of its own beyond showing, hiding and locking its controls: the dock widget
+(:mod:`.widget`) connects to their ``changed`` signals. Choices that follow the viewer (the image layers, the
+chosen layer's axes) are callables over lists the form keeps, so that magicgui's ``reset_choices`` (when the
+form is docked or undocked) redraws the same choices.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import Any
+
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    Label,
+    ProgressBar,
+    PushButton,
+    SpinBox,
+    Widget,
+)
+from qtpy.QtWidgets import QComboBox, QSizePolicy
+
+from .texts import ADVANCED_TIP, TIPS
+
+__all__ = ["CUSTOM", "DenoiseForm", "quietly"]
+
+#: The preset label shown when beta and iterations match no preset.
+CUSTOM = "Custom"
+#: Steps of the progress bar.
+PROGRESS_STEPS = 1000
+
+
+def _float_box(name: str, low: float, high: float, step: float, decimals: int, value: float) -> FloatSpinBox:
+    box = FloatSpinBox(name=name, tooltip=TIPS[name])
+    box.native.setDecimals(decimals)  # before the range, which the spin box rounds to its decimals
+    box.min, box.max, box.step, box.value = low, high, step, value
+    return box
+
+
+def _wrapping(label: Label) -> Label:
+    label.native.setWordWrap(True)
+    label.native.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
+    return label
+
+
+def _holding(container: Container, widgets: list[Widget], margins: tuple[int, ...] = (0, 0, 0, 0)) -> Container:
+    container.extend(widgets)
+    container.margins = margins
+    return container
+
+
+def _row(text: str, *fields: Widget, **options: Any) -> Container:
+    """A labelled row of a column: ``Label(text)``, then the fields (the label takes the first field's tooltip)."""
+    label = Label(value=text, tooltip=fields[0].tooltip)
+    return _holding(Container(layout="horizontal", labels=False, **options), [label, *fields])
+
+
+def _align(column: Container) -> None:
+    """Give the labels of a column's rows one width, that of the widest as the font it is drawn in renders it
+    (magicgui's own labels are measured in the application's font, which napari's theme enlarges)."""
+    labels = [row[0] for row in column if isinstance(row, Container)]
+    for label in labels:
+        label.native.ensurePolished()
+    width = max(label.native.sizeHint().width() for label in labels)
+    for label in labels:
+        label.min_width = width
+
+
+def quietly(*widgets: Widget) -> ExitStack:
+    """A context in which changing these widgets' values emits no ``changed`` signal."""
+    stack = ExitStack()
+    for widget in widgets:
+        stack.enter_context(widget.changed.blocked())
+    return stack
+
+
+class DenoiseForm:
+    """The controls of the dock widget; ``container`` holds them all (its ``native`` is what napari docks).
+
+    ``presets``: the engine's preset names (shown capitalised, then Custom); ``devices``: the device choices;
+    ``mask_ratio`` and ``lr``: the initial values of those fields.
+    """
+
+    def __init__(self, *, presets: Sequence[str], devices: Sequence[str], mask_ratio: float, lr: float) -> None:
+        self._choices: dict[str, list[tuple[str, Any]]] = {"layer": [], "channel_axis": [("none", None)]}
+        self._declare_main(presets, mask_ratio)
+        self._declare_advanced(devices, lr)
+        self._declare_run()
+        self.parameters = [
+            self.layer, self.preset, self.mask_ratio, self.beta, self.iterations, self.lr, self.seed,
+            self.device, self.channel_axis, self.refine, self.crop, self.reuse,
+        ]
+        self.container = _holding(Container(name="mpi_denoise", labels=False), [
+            self.main, self.advanced_toggle, self.advanced, self.reuse, self.follow,
+            self.run_button, self.progress_bar, self.status,
+        ])
+
+    def _declare_main(self, presets: Sequence[str], mask_ratio: float) -> None:
+        self.layer = ComboBox(name="layer", tooltip=TIPS["layer"],
+                              choices=lambda _: self._choices["layer"])
+        self.layer.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.layer.native.setMinimumContentsLength(12)  # long layer names do not widen the dock
+        self.preset = ComboBox(name="preset", tooltip=TIPS["preset"],
+                               choices=[name.capitalize() for name in presets] + [CUSTOM])
+        self.mask_ratio = _float_box("mask_ratio", 0.05, 0.95, 0.05, 2, mask_ratio)
+        # shown when the chosen layer's noise looks spatially correlated: a hint, one click to take
+        self.noise_hint = _wrapping(Label(name="noise_hint", tooltip=TIPS["noise_hint"]))
+        self.use_hint = PushButton(name="use_hint", text="Use", tooltip=TIPS["noise_hint"])
+        self.hint_box = _row("", self.noise_hint, self.use_hint, name="hint_box", visible=False)
+        self.beta = _float_box("beta", 0.0, 0.999, 0.01, 3, 0.9)
+        self.iterations = SpinBox(name="iterations", min=1, max=100_000, step=50, tooltip=TIPS["iterations"])
+        self.main = _holding(Container(name="main", labels=False), [
+            _row("Image", self.layer), _row("Preset", self.preset), _row("Mask ratio", self.mask_ratio),
+            self.hint_box, _row("Beta", self.beta), _row("Iterations", self.iterations),
+        ])
+
+    def _declare_advanced(self, devices: Sequence[str], lr: float) -> None:
+        self.advanced_toggle = CheckBox(name="advanced_toggle", text="Advanced", value=False, tooltip=ADVANCED_TIP)
+        self.lr = _float_box("lr", 0.00001, 0.1, 0.0005, 5, lr)
+        self.seed = SpinBox(name="seed", min=0, max=2**31 - 1, value=0, tooltip=TIPS["seed"])
+        self.device = ComboBox(name="device", choices=list(devices), tooltip=TIPS["device"])
+        self.channel_axis = ComboBox(name="channel_axis", tooltip=TIPS["channel_axis"],
+                                     choices=lambda _: self._choices["channel_axis"])
+        self.refine = CheckBox(name="refine", text="Wiener refinement after the fill (mask ratio up to 0.65)",
+                               value=True, tooltip=TIPS["refine"])
+        self.crop = CheckBox(name="crop", text="Train on 256x256 windows of big gray planes (CPU, faster)",
+                             value=True, tooltip=TIPS["crop"])
+        self.advanced = _holding(Container(name="advanced", labels=False, visible=False), [
+            _row("Learning rate", self.lr), _row("Seed", self.seed), _row("Device", self.device),
+            _row("Channel axis", self.channel_axis), self.refine, self.crop,
+        ], margins=(12, 0, 0, 0))
+        self.advanced_toggle.changed.connect(self._show_advanced)
+
+    def _declare_run(self) -> None:
+        self.reuse = CheckBox(name="reuse", text="Reuse the network from plane to plane (faster)", value=False,
+                              tooltip=TIPS["reuse"])
+        self.follow = CheckBox(name="follow", text="Show the plane being denoised", value=True,
+                               tooltip=TIPS["follow"])
+        self.run_button = PushButton(name="run_button", text="Denoise", tooltip=TIPS["run"])
+        self.progress_bar = ProgressBar(name="progress_bar", min=0, max=PROGRESS_STEPS, value=0, readout=False,
+                                        visible=False)
+        self.status = _wrapping(Label(name="status", value=""))
+
+    # -- behaviour of the form itself ----------------------------------------------------
+    def _show_advanced(self, shown: bool) -> None:
+        self.advanced.visible = shown
+
+    def align_labels(self) -> None:
+        """Line up the fields of the main and the advanced column (once napari's theme styles the form)."""
+        _align(self.main)
+        _align(self.advanced)
+
+    def set_choices(self, combo: ComboBox, items: list[tuple[str, Any]], value: Any) -> None:
+        """Show ``items`` ((text, data) pairs, in this order) in ``combo`` and choose ``value`` (the first item when
+        it is not among them), without a ``changed`` signal."""
+        self._choices[combo.name][:] = items
+        with quietly(combo):
+            combo.choices = ()  # start empty so that the new order holds
+            combo.reset_choices()
+            if items:
+                combo.value = value if any(data is value or data == value for _, data in items) else items[0][1]
+
+    def lock(self, running: bool) -> None:
+        """Lock the parameters while a run goes on; the run button turns into Cancel."""
+        for widget in self.parameters:
+            widget.enabled = not running
+        self.run_button.text = "Cancel" if running else "Denoise"
+        self.progress_bar.visible = running
+        if running:
+            self.progress_bar.value = 0
+
+    def show_progress(self, text: str, fraction: float) -> None:
+        self.status.value = text
+        self.progress_bar.value = int(round(PROGRESS_STEPS * fraction))

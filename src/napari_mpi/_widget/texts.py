@@ -1,0 +1,210 @@
+"""Words the widget shows: tooltips that say when to change a value, status lines and notification messages.
+
+Tooltips give advice, not measurements: the figures behind the advice are on the benchmarks page
+(:data:`BENCHMARKS`). Nothing here imports the engine; the functions take what they word as arguments.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = [
+    "ADVANCED_TIP", "BENCHMARKS", "NO_LAYER", "TIPS", "cannot_start", "engine_warning", "format_duration",
+    "input_removed", "noise_hint", "output_removed", "panel_closed", "progress_text", "run_summary", "starting",
+    "user_message", "window_closed",
+]
+
+#: Where the measurements behind the advice live (in the napari-mpi repository and on its site).
+BENCHMARKS = "docs/benchmarks.md"
+_SEE = f"Measurements: {BENCHMARKS}."
+
+TIPS = {
+    "layer": (
+        "The image layer to denoise. Only image layers are listed; RGB layers are denoised as colour.\n"
+        "The input layer is never changed: the result goes to a new layer '<name> denoised'."
+    ),
+    "preset": (
+        "Fast: start here. Gray images start from the shipped pre-trained network and need few iterations;\n"
+        "colour images start from the same network and run longer, since they still learn colour.\n"
+        "Quality: more iterations and a longer running average. It is not better on every kind of data:\n"
+        "compare it with Fast on a crop of your own images before denoising a whole stack.\n"
+        "Auto (experimental): decides for each plane when to stop (at most 'Iterations') and which beta to\n"
+        "use, by holding some pixels back from training and stopping when the network starts to learn the\n"
+        "noise itself. Try it when you are unsure how long to run.\n"
+        "Custom: your own beta and iterations (chosen automatically when you edit them).\n" + _SEE
+    ),
+    "mask_ratio": (
+        "Fraction of pixels hidden from the network in each step (0.05-0.95).\n"
+        "Keep the default for ordinary camera noise (shot and read noise, independent from pixel to pixel).\n"
+        "Raise it to 0.8-0.95 when the noise is streaky or blotchy (grain larger than one pixel, e.g. after\n"
+        "binning, deconvolution or lossy compression): with few hidden pixels the network could copy such\n"
+        "noise from the neighbours.\n" + _SEE
+    ),
+    "beta": (
+        "Weight of the running average of the network's predictions (0-0.999). Higher averages more\n"
+        "predictions: smoother, but it needs more iterations to settle. The presets pair it with their\n"
+        "iterations: change both together, or lower beta for a quick preview with few iterations."
+    ),
+    "iterations": (
+        "Fill steps per plane; the time grows in proportion. The presets choose it from what the plane starts\n"
+        "from: fewer from the shipped pre-trained network (which would start to reproduce the noise with as\n"
+        "many steps as a random start needs), more for colour images. After them the trained network makes a\n"
+        "few predictions without training, which the progress counts too.\n"
+        "Raise it when the result still looks grainy; lower it for a quick preview."
+    ),
+    "lr": (
+        "Learning rate of the fine-tuning on your image. It follows the chosen layer (colour images learn\n"
+        "colour faster with a higher one) unless you change it.\n"
+        "Rarely needs changing: lower it (e.g. 0.001) if the result shows artefacts or blotches."
+    ),
+    "seed": (
+        "Seeds the random masks: the same image, parameters and seed give the same result.\n"
+        "Change it to check that a faint detail is real: real structure appears with every seed."
+    ),
+    "device": (
+        "Where to compute. auto: a CUDA GPU, then Apple MPS, then the CPU.\n"
+        "Choose cpu when the GPU runs out of memory or is busy with other work."
+    ),
+    "channel_axis": (
+        "Leave at 'none' for a single-channel image, stack or time-lapse.\n"
+        "Pick the axis that holds separate fluorescence channels (e.g. C in a ZCYX layer) so that each\n"
+        "channel is denoised on its own as a gray image. RGB layers are handled as colour automatically."
+    ),
+    "reuse": (
+        "For z-stacks and time-lapses whose neighbouring planes look alike: each plane after the first\n"
+        "continues from the previous plane's network with a fraction of the iterations, which is much faster\n"
+        "and on such stacks often better too.\n"
+        "Leave it off when the planes differ (separate fields of view, stains), and check one plane against a\n"
+        "run without it if unsure. Not with Auto.\n" + _SEE
+    ),
+    "refine": (
+        "After each plane's fill, a block-matching Wiener filter with the fill's result as its guide and a\n"
+        "noise model fitted to what the fill removed (no settings). Keep it on: it usually improves the result\n"
+        "for little extra time. It assumes noise independent from pixel to pixel, so it is skipped at mask\n"
+        "ratios above 0.65 (correlated noise). Turn it off to see the fill's own result.\n" + _SEE
+    ),
+    "crop": (
+        "On the CPU, train each fill step on a random 256x256 window of a big gray plane (512x512 and up)\n"
+        "instead of the whole plane: faster, and the memory is one window's, so big planes need no tiles.\n"
+        "The plane's result gathers the windows' predictions and the Wiener refinement evens them out.\n"
+        "Iterations still count whole-plane steps: the progress shows the window steps that stand for them.\n"
+        "Colour planes stay whole. Not with Auto. When reusing the network, later planes continue in windows\n"
+        "too. Turn it off to train on whole planes.\n" + _SEE
+    ),
+    "noise_hint": (
+        "napari-mpi checks whether the noise of the chosen image is shared by neighbouring pixels (colour\n"
+        "cameras, resampled or filtered images). At the default mask ratio the fill then learns to copy the\n"
+        "noise; the suggested ratio hides enough pixels to avoid it. The check also fires on some nearly clean\n"
+        "images, where a high ratio blurs detail: compare both on a crop if unsure.\n" + _SEE
+    ),
+    "follow": "Move the viewer's sliders to the plane being denoised, so you can watch it improve.",
+    "run": (
+        "Denoise the chosen layer in the background; napari stays usable.\n"
+        "While it runs this button cancels: what was computed so far is kept in a '(partial)' layer."
+    ),
+}
+
+ADVANCED_TIP = "Learning rate, seed, device, channel axis, the Wiener refinement and windows: rarely needed."
+
+NO_LAYER = "Open or choose an image layer to denoise first."
+
+
+def format_duration(seconds: float) -> str:
+    """``m:ss`` or ``h:mm:ss``; ``?`` when unknown."""
+    if not math.isfinite(seconds) or seconds < 0:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def progress_text(event: Any) -> str:
+    """"plane i/N, iteration k/T, elapsed m:ss, ETA m:ss" for one progress event (a DenoiseProgress)."""
+    fraction = event.fraction
+    eta = event.elapsed * (1.0 - fraction) / fraction if fraction > 0 else math.inf
+    tiles = f" (in {event.tiles} tiles)" if event.tiles > 1 else ""
+    auto = event.auto
+    decided = f", auto: beta {auto.beta:g}, memorisation +{max(auto.rise, 0):.0%}" if auto is not None else ""
+    return (
+        f"plane {event.plane + 1}/{event.n_planes}{tiles}, iteration {event.iteration}/{event.iterations}, "
+        f"elapsed {format_duration(event.elapsed)}, ETA {format_duration(eta)}{decided}"
+    )
+
+
+def starting(plan: Any) -> str:
+    """The status line while a run starts (``plan``: a DenoisePlan)."""
+    return f"Starting on {plan.device.type.upper()}: {plan.layout.n_planes} plane(s) of {plan.describe_length()}..."
+
+
+def noise_hint(score: float, mask_ratio: float) -> str:
+    """The hint shown under the mask ratio when the chosen layer's noise looks spatially correlated."""
+    return f"Noise looks spatially correlated (score {score:.2f}): a mask ratio of {mask_ratio:g} may do much better."
+
+
+def user_message(exc: BaseException, name: str, device: str | None = None) -> str:
+    """One clear sentence for an error raised while denoising layer ``name`` on ``device`` ("cpu", "cuda", ...)."""
+    text = str(exc).strip().rstrip(".")
+    lowered = text.lower()
+    if isinstance(exc, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered:
+        detail = text.split(";")[0].strip() or "not enough memory"  # the engine's own advice names API arguments
+        advice = ("Close other programs to free memory, or denoise a smaller crop." if device == "cpu"
+                  else "Close other programs using the GPU, or choose device 'cpu' under Advanced.")
+        return f"Denoising '{name}' ran out of memory ({detail}). {advice}"
+    if isinstance(exc, ValueError):
+        return f"Cannot denoise '{name}': {text}."
+    return (
+        f"Denoising '{name}' stopped because of an unexpected error ({type(exc).__name__}: {text}). "
+        "What was computed so far is kept."
+    )
+
+
+def cannot_start(exc: BaseException, name: str) -> str:
+    """Preparing a run failed for another reason than the parameters (e.g. a damaged weights file)."""
+    return f"Cannot start denoising '{name}' ({type(exc).__name__}: {exc})."
+
+
+def engine_warning(name: str, message: Any) -> str:
+    """A warning of the engine's own (e.g. a plane denoised in tiles after running out of memory)."""
+    return f"Denoising '{name}': {message}."
+
+
+def input_removed(name: str) -> str:
+    return f"The layer '{name}' was removed while it was being denoised, so denoising stopped."
+
+
+def output_removed(output: str, name: str) -> str:
+    return f"The output layer '{output}' was removed, so denoising of '{name}' stopped."
+
+
+def panel_closed(name: str) -> str:
+    return f"The MPI denoise panel was closed, so denoising '{name}' stopped; what was computed so far is kept."
+
+
+def window_closed(name: str) -> str:
+    return f"Denoising '{name}' was cancelled because its napari window was closed."
+
+
+def _auto_summary(reports: list[Any]) -> str:
+    """What the Auto preset decided (AutoReports, one per plane), appended to the "Done" line."""
+    if len(reports) == 1:
+        return f" {reports[0].describe()}."
+    if not reports:
+        return ""
+    stops = [report.iteration for report in reports]
+    stopped = sum(report.stopped for report in reports)
+    return f" Auto ran {min(stops)}-{max(stops)} iterations per plane ({stopped} of {len(reports)} stopped early)."
+
+
+def run_summary(state: str, elapsed: float, output: str | None, latest: Any, reports: list[Any]) -> str:
+    """The status line after a run: "Done in 0:12; ..." or "Cancelled at plane 1/3, iteration 5/100 after 0:04"."""
+    took = format_duration(elapsed)
+    if state == "done":
+        return f"Done in {took}; the result is the layer '{output or ''}'." + _auto_summary(reports)
+    where = ""
+    if latest is not None:
+        where = f" at plane {latest.plane + 1}/{latest.n_planes}, iteration {latest.iteration}/{latest.iterations}"
+    verb = {"cancelled": "Cancelled", "stopped": "Stopped", "failed": "Failed"}.get(state, "Stopped")
+    kept = "; the partial result is kept" if output is not None else ""
+    return f"{verb}{where} after {took}{kept}."
