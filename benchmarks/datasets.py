@@ -8,7 +8,7 @@ Nothing here is part of the package and no image is stored in the repository: th
 * ``noisy``, ``clean``: float32 in the 8-bit range scaled to [0, 1] (value / 255). Synthetic noise is
   not clipped, so noisy kodak images go slightly outside [0, 1];
 * ``kind``: ``"gray"`` (H, W), ``"rgb"`` (H, W, 3) or ``"stack"`` (Z, H, W: denoised plane by plane);
-* ``dataset``: the dataset key below; ``compare``: ``"direct"`` or ``"affine"`` (see ``metrics``).
+* ``dataset``: the dataset key below; ``compare``: ``"direct"`` or ``"affine"`` (see ``metrics.py``).
 
 Datasets (``DATASETS``):
 
@@ -25,7 +25,12 @@ Datasets (``DATASETS``):
 ``kodak-gauss25``         Kodak24 RGB with additive white Gaussian noise, sigma 25/255 (not clipped).
 ``kodak-poisson30``       Kodak24 as gray (``skimage.color.rgb2gray``) with Poisson noise at peak 30:
                           ``noisy = Poisson(30 * clean) / 30``.
+``cbsd68-gauss25``        Held out (not in ``DEFAULT_DATASETS``; nothing is tuned on it): CBSD68 RGB sorted by
+                          name with Gaussian noise, sigma 25/255 (not clipped).
 ========================  ================================================================================
+
+``load_stack`` builds the stacks of ``stacks.py`` (``STACKS``: synthetic, FMD fields of view, an FMD
+time-lapse, the FMD 3-slice stack, a colour time-lapse of a still scene).
 
 Crops are centred (``crop=None`` or 0 keeps the whole image) and taken before synthetic noise is
 drawn; synthetic noise uses a fixed seed per image (``numpy.random.default_rng([seed, index])``), so
@@ -36,8 +41,9 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
@@ -45,12 +51,16 @@ __all__ = [
     "Sample",
     "DATASETS",
     "DEFAULT_DATASETS",
+    "STACKS",
     "data_root",
     "require_data_root",
-    "parse_study_args",
     "load",
+    "load_stack",
     "center_crop",
     "machine_info",
+    "versions",
+    "run_record",
+    "write_json",
 ]
 
 ENV_VAR = "NAPARI_MPI_DATA"
@@ -90,29 +100,14 @@ def require_data_root(explicit: str | os.PathLike | None = None) -> Path:
     return root
 
 
-# ---------------------------------------------------------------------------------------------- helpers
-
-
-def parse_study_args(parser, argv=None, threads: int = 0):
-    """Add the options every study script takes (--threads, default ``threads``; --data, --out), parse ``argv``
-    and apply --threads (``torch.set_num_threads``; 0 = torch's choice)."""
-    parser.add_argument("--threads", type=int, default=threads)
-    parser.add_argument("--data", default=None)
-    parser.add_argument("--out", type=Path)
-    args = parser.parse_args(argv)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    return args
+# ---------------------------------------------------------------------------------------------- records
 
 
 def machine_info() -> dict:
-    """Versions, thread count, CPU (and GPU) model: recorded with every benchmark result."""
+    """Platform, CPU model and count, torch's thread count and the GPU, if any: recorded with every result."""
     import platform
-    from importlib import metadata
 
-    info: dict = {"python": platform.python_version(), "platform": platform.platform()}
+    info: dict = {"platform": platform.platform(), "python": platform.python_version()}
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as handle:
@@ -127,40 +122,86 @@ def machine_info() -> dict:
         info["affinity_cpus"] = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         pass
-    for package in ("napari-mpi", "torch", "numpy", "scikit-image", "scipy", "bm3d"):
-        try:
-            info[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            info[package] = None
     try:
         import torch
 
         info["torch_threads"] = torch.get_num_threads()
         if torch.cuda.is_available():
             info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
     except ImportError:
         pass
     return info
 
 
-def report_variants(rows: list[dict], variants: list[str], out: Path | None, args) -> None:
-    """For a study that scored several variants per image (rows of ``{"dataset", "image", variant: {"psnr",
-    ...}}``): print each dataset's mean PSNR per variant and its gap to the first variant (mean, worst,
-    best image), and write the rows with the machine and the arguments to ``out`` as JSON."""
+def versions() -> dict:
+    """Versions of napari-mpi (``napari_mpi.__version__``) and of what the benchmarks measure with (None = not
+    installed), and the repository's commit when it is a git checkout."""
+    import subprocess
+    from importlib import metadata
+
+    found = {}
+    for key, distribution in (("napari_mpi", "napari-mpi"), ("torch", "torch"), ("numpy", "numpy"),
+                              ("scikit-image", "scikit-image"), ("scipy", "scipy"), ("bm3d", "bm3d")):
+        try:
+            found[key] = metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            found[key] = None
+    try:
+        import napari_mpi
+
+        found["napari_mpi"] = napari_mpi.__version__
+    except ImportError:
+        pass
+    try:
+        commit = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                                text=True, timeout=10, check=True).stdout.strip()
+        found["commit"] = commit or None
+    except (OSError, subprocess.SubprocessError):
+        found["commit"] = None
+    return found
+
+
+def run_record(config: dict, argv: list[str] | None = None) -> dict:
+    """The head of every result file: date (UTC), command line, machine, versions and the script's options
+    (``config``); ``argv``: the arguments when ``main(argv)`` was called from Python, else ``sys.argv``'s."""
+    import shlex
+    from datetime import UTC, datetime
+
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    return {
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "command": shlex.join([Path(sys.executable).name, sys.argv[0], *arguments]),
+        "machine": machine_info(),
+        "versions": versions(),
+        "config": {key: _plain(value) for key, value in config.items()},
+    }
+
+
+def write_json(path: str | os.PathLike, record: dict) -> None:
+    """Write ``record`` to ``path`` (folders made as needed), replacing the file only once the new text is
+    complete, so that a run stopped while writing keeps its last whole record."""
     import json
 
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        sub = [r for r in rows if r["dataset"] == dataset]
-        base = np.array([r[variants[0]]["psnr"] for r in sub])
-        for v in variants:
-            values = np.array([r[v]["psnr"] for r in sub])
-            gap = values - base
-            print(f"{dataset} {v}: mean PSNR {values.mean():.3f} over {len(sub)}, vs {variants[0]} {gap.mean():+.3f} "
-                  f"(worst {gap.min():+.3f}, best {gap.max():+.3f})")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        record = {"machine": machine_info(), "args": vars(args) | {"out": str(out)}, "rows": rows}
-        Path(out).write_text(json.dumps(record, indent=1, default=str))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(record, indent=1, default=_plain) + "\n")
+    partial.replace(path)
+
+
+def _plain(value):
+    """JSON-friendly: numpy scalars and arrays as numbers and lists, paths and anything else as text."""
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if value is None or isinstance(value, (bool, int, float, str, list, tuple, dict)):
+        return value
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------- helpers
 
 
 def center_crop(image: np.ndarray, crop: int | None, kind: str) -> np.ndarray:
@@ -226,17 +267,20 @@ def load_fmd_confocal(root: Path, crop: int | None = None, limit: int | None = N
             raise FileNotFoundError(f"no raw frames in {raw_dir}")
         frame0 = raw_dir / "HV110_P0500510000.png"
         raw = frame0 if frame0.is_file() else frames[0]
-        yield _pair(f"fov{fov.name}", _unit(_imread(raw)), _unit(_imread(fov / "avg50.png")), "gray", crop, "fmd-confocal")
+        clean = _unit(_imread(fov / "avg50.png"))
+        yield _pair(f"fov{fov.name}", _unit(_imread(raw)), clean, "gray", crop, "fmd-confocal")
 
 
 def load_fmd_nd(root: Path, crop: int | None = None, limit: int | None = None, **_) -> Iterator[Sample]:
     """The other FMD pairs: FISH, BPAE_R (gray), WideField BPAE (RGB), the 3-slice BPAE R/G/B stack."""
     base = root / "fmd-nd-samples"
+    r_fov1 = "confocal_bpae_r_fov1"
     pairs = [
         ("Confocal_FISH_3", "2D_raw/Confocal_FISH_3.png", "2D_gt/gt_Confocal_FISH_3.png", "gray"),
-        ("Confocal_BPAE_R_1", "confocal_bpae_r_fov1/image_R_1_001.png", "confocal_bpae_r_fov1/image_R_1_avg50.png", "gray"),
+        ("Confocal_BPAE_R_1", f"{r_fov1}/image_R_1_001.png", f"{r_fov1}/image_R_1_avg50.png", "gray"),
         ("WideField_BPAE_rgb", "2D_raw/WideField_BPAE_raw_rgb_new1.png", "2D_gt/WideField_BPAE_gt_rgb_new1.png", "rgb"),
-        ("Confocal_BPAE_stack", "3D_raw/3D_volume_raw_stack1_32bit.tif", "3D_gt/3D_volume_gt_stack1_32bit.tif", "stack"),
+        ("Confocal_BPAE_stack", "3D_raw/3D_volume_raw_stack1_32bit.tif", "3D_gt/3D_volume_gt_stack1_32bit.tif",
+         "stack"),
     ]
     for name, raw, gt, kind in pairs[:limit]:
         noisy, clean = _imread(base / raw), _imread(base / gt)
@@ -314,7 +358,7 @@ DATASETS: dict[str, Callable[..., Iterator[Sample]]] = {
     "kodak-poisson30": load_kodak_poisson,
     "cbsd68-gauss25": load_cbsd68_gauss,
 }
-#: issue 7's sets; cbsd68-gauss25 is held out (checks, not tuning)
+#: what quality.py runs by default; cbsd68-gauss25 is held out (checks, not tuning)
 DEFAULT_DATASETS = ("fmd-confocal", "fmd-nd", "gigadb", "kodak-gauss25", "kodak-poisson30")
 
 
@@ -325,20 +369,82 @@ def load(dataset: str, root: Path, crop: int | None = None, limit: int | None = 
     return DATASETS[dataset](root, crop=crop, limit=limit, **options)
 
 
+# ---------------------------------------------------------------------------------------------- stacks
+# Noisy / clean (planes, H, W) stacks for stacks.py ((planes, H, W, 3) for colour-still); the clean stack is
+# broadcast where every plane shows the same scene.
+
+STACKS = ("synthetic", "fmd-fovs", "fmd-timelapse", "fmd-3slice", "colour-still")
+
+
+def synthetic_stack(planes: int, side: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Smooth 3-D blobs sampled every few slices (adjacent planes alike), Poisson (30 photons at white) +
+    Gaussian (sigma 0.03) noise."""
+    from scipy.ndimage import gaussian_filter
+    from skimage.data import binary_blobs
+
+    volume = binary_blobs(length=side, n_dim=3, volume_fraction=0.2, blob_size_fraction=0.08, rng=seed)
+    volume = gaussian_filter(volume.astype(np.float32), 1.5)[:: max(1, side // planes)][:planes]
+    clean = (0.05 + 0.9 * volume / volume.max()).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    noisy = rng.poisson(clean * 30) / 30 + rng.normal(0, 0.03, clean.shape)
+    return noisy.astype(np.float32), clean
+
+
+def colour_still_stack(planes: int, side: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """A colour time-lapse of a still scene: scikit-image's astronaut (centre 256x256, resized to ``side``),
+    fresh Gaussian noise (sigma 25/255) in every frame."""
+    from skimage.data import astronaut
+    from skimage.transform import resize
+
+    picture = astronaut()[128:384, 128:384].astype(np.float32) / 255.0
+    clean = resize(picture, (side, side, 3), anti_aliasing=True).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    noisy = clean[None] + rng.normal(0, 25 / 255, (planes, *clean.shape))
+    return noisy.astype(np.float32), np.broadcast_to(clean, noisy.shape)
+
+
+def load_stack(name: str, planes: int, crop: int, data: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(noisy, clean) of one of ``STACKS``, at most ``planes`` planes, centre-cropped to ``crop``:
+
+    ``synthetic`` and ``colour-still`` (above; ``crop`` is their side), ``fmd-fovs`` (frame 0 of each FMD
+    Confocal_BPAE_B field of view: planes as different as a time-lapse with cuts), ``fmd-timelapse`` (the
+    raw frames of FOV 1: a time-lapse of a fixed sample, every frame against the avg50 ground truth),
+    ``fmd-3slice`` (the 3-plane FMD R/G/B z-stack: three stains)."""
+    if name == "synthetic":
+        return synthetic_stack(planes, crop)
+    if name == "colour-still":
+        return colour_still_stack(planes, crop)
+    root = require_data_root(data)
+    if name == "fmd-fovs":
+        samples = list(load("fmd-confocal", root, crop=crop, limit=planes))
+        return np.stack([s.noisy for s in samples]), np.stack([s.clean for s in samples])
+    if name == "fmd-timelapse":
+        base = root / "fmd-confocal-bpae-b"
+        frames = sorted((base / "raw" / "1").glob("*.png"))[:planes]
+        if not frames:
+            raise FileNotFoundError(f"no raw frames in {base / 'raw' / '1'}")
+        noisy = center_crop(np.stack([_unit(_imread(f)) for f in frames]), crop, "stack")
+        clean = center_crop(_unit(_imread(base / "gt" / "1" / "avg50.png")), crop, "gray")
+        return noisy, np.broadcast_to(clean, noisy.shape)
+    if name == "fmd-3slice":
+        sample = next(s for s in load("fmd-nd", root) if s.kind == "stack")
+        return center_crop(sample.noisy, crop, "stack")[:planes], center_crop(sample.clean, crop, "stack")[:planes]
+    raise ValueError(f"unknown stack {name!r}; choose from {', '.join(STACKS)}")
+
+
 if __name__ == "__main__":  # a quick inventory: python benchmarks/datasets.py [--crop N]
     import argparse
 
-    parser = argparse.ArgumentParser(description="List the benchmark pairs and their noisy-input PSNR.")
+    from metrics import score
+
+    parser = argparse.ArgumentParser(description="List the benchmark pairs and their noisy-input PSNR / SSIM.")
     parser.add_argument("--data", default=None)
     parser.add_argument("--crop", type=int, default=256)
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
     root = require_data_root(args.data)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from quality import metrics  # noqa: E402
-
     for key in DATASETS:
         for s in load(key, root, crop=args.crop, limit=args.limit):
-            psnr, ssim = metrics(s.noisy, s.clean, s.kind, s.compare)
+            psnr, ssim = score(s.noisy, s.clean, s.kind, s.compare)
             print(f"{key:16s} {s.name:22s} {s.kind:5s} {str(s.noisy.shape):15s} {s.noisy.dtype} "
                   f"clean [{s.clean.min():.3f}, {s.clean.max():.3f}]  noisy PSNR {psnr:6.2f} SSIM {ssim:.3f}")

@@ -6,7 +6,10 @@ self-supervised calibration, Batson & Royer 2019). Run from the repository root,
 
     python benchmarks/quality.py --crop 256                                     # everything (slow on a CPU)
     python benchmarks/quality.py --datasets fmd-confocal --limit 4 --methods noisy,box3,gauss-cal,mpi-fast
-    python benchmarks/quality.py --crop 64 --limit 2 --iterations 5 --out results.json --md results.md
+    python benchmarks/quality.py --crop 64 --limit 2 --iterations 5 --out quality.json --md quality.md
+    python benchmarks/quality.py --methods noisy,mpi-fast --tuning final_predictions=0 --out q-nofinal.json
+
+``--out FILE.json`` is what ``plots.py --quality`` draws.
 
 Rows (``--methods``, comma separated; ``mpi-<preset>`` works for any preset the engine knows):
 
@@ -25,7 +28,8 @@ tv-cal         Chambolle TV, weight (0.1x-30x the estimated sigma) calibrated, a
                returns (the scikit-image tutorial recipe: the calibrated filter with each pixel's own
                value replaced by its neighbours' mean; 16 passes). bm3d-jinv is slow (24 BM3D runs).
 mpi-fast       napari_mpi.denoise(preset="fast"); ``--mask-ratio/--beta/--iterations/--weights/
-mpi-quality    --precision/--seed/--device`` override the preset for every mpi row
+mpi-quality    --precision/--seed/--device/--refine`` override the preset for every mpi row, ``--tuning``
+               passes other FillConfig fields (``napari_mpi.denoise(tuning=...)``)
 
 "Calibrated" = the parameters minimising the self-supervised J-invariant loss of
 ``skimage.restoration.calibrate_denoiser`` (one stride-4 mask, ``approximate_loss=True``); a chosen
@@ -36,9 +40,9 @@ Metrics: PSNR and SSIM (Gaussian window sigma 1.5, as Wang et al.) with the data
 reference's file format: 8-bit, i.e. 1.0 after the /255 scaling (as the FMD and MPI papers report).
 ``--data-range clean`` uses max - min of the clean crop instead (beware: a background-only crop then
 gets a tiny range and a meaningless PSNR). RGB: over all channels (SSIM with ``channel_axis``);
-stacks: PSNR over the volume, SSIM averaged over planes. GigaDB pairs were contrast-stretched separately, so every output there
-(the noisy input included) is first mapped to the clean image by a least-squares affine fit
-``a * output + b`` (as in CARE), then scored.
+stacks: PSNR over the volume, SSIM averaged over planes (``metrics.py``). GigaDB pairs were
+contrast-stretched separately, so every output there (the noisy input included) is first mapped to the
+clean image by a least-squares affine fit ``a * output + b`` (as in CARE), then scored.
 
 The table per dataset: mean PSNR, mean SSIM, mean gain over the noisy input, the worst single-image
 PSNR gap to the best baseline (the classical row with the highest mean PSNR; negative = loses), and
@@ -48,63 +52,18 @@ mean seconds per image (wall clock, this process's threads).
 from __future__ import annotations
 
 import argparse
-import json
-import math
+import ast
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
+from datasets import DATASETS, DEFAULT_DATASETS, Sample, load, require_data_root, run_record, write_json
+from metrics import score
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from datasets import DATASETS, DEFAULT_DATASETS, Sample, load, machine_info, require_data_root  # noqa: E402
-
-# ---------------------------------------------------------------------------------------------- metrics
-
-
-def affine_fit(output: np.ndarray, clean: np.ndarray) -> np.ndarray:
-    """``a * output + b`` with a, b minimising the squared error to ``clean`` (least squares)."""
-    x = output.astype(np.float64).ravel()
-    y = clean.astype(np.float64).ravel()
-    x_mean, y_mean = x.mean(), y.mean()
-    var = ((x - x_mean) ** 2).sum()
-    a = ((x - x_mean) * (y - y_mean)).sum() / var if var > 0 else 0.0
-    b = y_mean - a * x_mean
-    return (a * output.astype(np.float64) + b).astype(np.float32)
-
-
-def data_range_of(clean: np.ndarray, mode: str = "unit") -> float:
-    if mode == "unit":
-        return 1.0
-    span = float(clean.max() - clean.min())
-    return span if span > 0 else 1.0
-
-
-def metrics(output: np.ndarray, clean: np.ndarray, kind: str, compare: str = "direct",
-            data_range: str = "unit") -> tuple[float, float]:
-    """(PSNR in dB, SSIM) of ``output`` against ``clean``."""
-    from skimage.metrics import structural_similarity
-
-    output = np.asarray(output, dtype=np.float32)
-    clean = np.asarray(clean, dtype=np.float32)
-    if output.shape != clean.shape:
-        raise ValueError(f"output shape {output.shape} != clean shape {clean.shape}")
-    if compare == "affine":
-        output = affine_fit(output, clean)
-    rng = data_range_of(clean, data_range)
-    mse = float(np.mean((output.astype(np.float64) - clean.astype(np.float64)) ** 2))
-    psnr = 10.0 * math.log10(rng**2 / mse) if mse > 0 else float("inf")
-    options = dict(data_range=rng, gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
-    if kind == "rgb":
-        ssim = structural_similarity(clean, output, channel_axis=-1, **options)
-    elif kind == "stack":
-        ssim = float(np.mean([structural_similarity(c, o, **options) for c, o in zip(clean, output)]))
-    else:
-        ssim = structural_similarity(clean, output, **options)
-    return psnr, float(ssim)
-
+import napari_mpi
 
 # ---------------------------------------------------------------------------------------------- baselines
 # Each 2-D function takes one plane (H, W) or colour image (H, W, 3) and ``rgb``; it returns
@@ -150,7 +109,8 @@ def _calibrate(image, function, grid: dict, rgb: bool, key: str, stride: int = 4
 
     from skimage.restoration import calibrate_denoiser
 
-    cache_key = (key, image.shape, image.dtype.str, rgb, hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest())
+    digest = hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+    cache_key = (key, image.shape, image.dtype.str, rgb, digest)
     if cache_key in _CACHE:
         best, jinv, info, seconds = _CACHE[cache_key]
         _REUSED[0] += seconds
@@ -238,7 +198,8 @@ def bm3d_est(image, rgb):
 
 def nlm_est(image, rgb):
     sigma = float(np.mean(_sigma(image, rgb)))
-    return _nlm(image, h=0.8 * sigma, sigma=sigma, channel_axis=_ca(rgb)), {"sigma": round(sigma, 5), "h": round(0.8 * sigma, 5)}
+    info = {"sigma": round(sigma, 5), "h": round(0.8 * sigma, 5)}
+    return _nlm(image, h=0.8 * sigma, sigma=sigma, channel_axis=_ca(rgb)), info
 
 
 # Search grids: (grid, estimated sigma or None) from the noisy image alone.
@@ -320,28 +281,44 @@ class MpiOptions:
     seed: int = 0
     device: str = "auto"
     refine: str = "auto"
+    tuning: dict = field(default_factory=dict)
 
 
 def mpi_method(preset: str, options: MpiOptions) -> Callable[[Sample], tuple[np.ndarray, dict]]:
     def run(sample: Sample):
-        import napari_mpi
+        from napari_mpi.engine.devices import resolve_precision
 
         kwargs = dict(mask_ratio=options.mask_ratio, beta=options.beta, iterations=options.iterations,
                       preset=preset, rgb=sample.kind == "rgb", seed=options.seed, device=options.device,
-                      weights=options.weights, precision=options.precision, refine=options.refine)
+                      weights=options.weights, precision=options.precision, refine=options.refine,
+                      tuning=options.tuning or None)
         plan = napari_mpi.prepare(sample.noisy.shape, sample.noisy.dtype, **kwargs)
         out = napari_mpi.denoise(sample.noisy, **kwargs)
-        keep = ("preset", "mask_ratio", "beta", "iterations", "precision", "device", "weights", "refine")
+        keep = ("preset", "mask_ratio", "beta", "iterations", "precision", "device", "weights", "refine", "crop")
         info = {k: v for k, v in plan.describe().items() if k in keep}
-        try:  # what "auto" precision became on this machine
-            from napari_mpi.fill import resolve_precision
-
-            info["precision_used"] = resolve_precision(plan.config.precision, plan.device)
-        except (ImportError, AttributeError, TypeError):
-            pass
+        info["precision_used"] = resolve_precision(plan.config.precision, plan.device)  # what "auto" became here
+        if options.tuning:
+            info["tuning"] = dict(options.tuning)
         return out, info
 
     return run
+
+
+def parse_tuning(text: str | None) -> dict:
+    """``"final_predictions=0,crop_size=128"`` -> ``{"final_predictions": 0, "crop_size": 128}``: FillConfig fields
+    for ``napari_mpi.denoise(tuning=...)`` (values read as Python literals, else kept as text)."""
+    tuning = {}
+    for item in (text or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"--tuning takes NAME=VALUE pairs, got {item!r}")
+        try:
+            tuning[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            tuning[key.strip()] = value.strip()
+    return tuning
 
 
 # ---------------------------------------------------------------------------------------------- registry
@@ -352,8 +329,8 @@ def _per_plane(function) -> Callable[[Sample], tuple[np.ndarray, dict]]:
 
     def run(sample: Sample):
         if sample.kind == "stack":
-            outs, infos = zip(*(function(plane, False) for plane in sample.noisy))
-            return np.stack(outs), {"planes": list(infos)}
+            results = [function(plane, False) for plane in sample.noisy]
+            return np.stack([out for out, _ in results]), {"planes": [info for _, info in results]}
         return function(sample.noisy, sample.kind == "rgb")
 
     return run
@@ -373,8 +350,8 @@ BASELINES: dict[str, Callable] = {
     "tv-cal": _calibrated("tv", _tv, _tv_grid, jinv_output=False),
     "tv-jinv": _calibrated("tv", _tv, _tv_grid, jinv_output=True),
 }
-DEFAULT_METHODS = ("noisy", "box3", "bm3d-est", "bm3d-cal", "bm3d-jinv", "nlm-est", "nlm-cal", "gauss-cal", "gauss-jinv",
-                   "wavelet-cal", "wavelet-jinv", "tv-cal", "tv-jinv", "mpi-fast", "mpi-quality")
+DEFAULT_METHODS = ("noisy", "box3", "bm3d-est", "bm3d-cal", "bm3d-jinv", "nlm-est", "nlm-cal", "gauss-cal",
+                   "gauss-jinv", "wavelet-cal", "wavelet-jinv", "tv-cal", "tv-jinv", "mpi-fast", "mpi-quality")
 ALL_METHODS = ("noisy", *BASELINES, "mpi-fast", "mpi-quality")
 
 
@@ -474,7 +451,8 @@ def parse_args(argv=None):
                         help=f"comma-separated, from: {', '.join(DATASETS)}")
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                         help=f"comma-separated rows, from: {', '.join(ALL_METHODS)}, mpi-<preset>; 'all' = every one")
-    parser.add_argument("--crop", type=int, default=256, help="centre crop side in pixels, 0 = whole images (default 256)")
+    parser.add_argument("--crop", type=int, default=256,
+                        help="centre crop side in pixels, 0 = whole images (default 256)")
     parser.add_argument("--limit", type=int, default=None, help="at most K images per dataset")
     parser.add_argument("--sigma", type=float, default=25.0, help="kodak-gauss25 noise std in 0-255 units (default 25)")
     parser.add_argument("--peak", type=float, default=30.0, help="kodak-poisson30 photons at white (default 30)")
@@ -490,13 +468,49 @@ def parse_args(argv=None):
     mpi.add_argument("--seed", type=int, default=0)
     mpi.add_argument("--device", default="auto")
     mpi.add_argument("--refine", default="auto", choices=("auto", "wiener", "none"),
-                     help="what follows the fill (napari_mpi.refine); none = the fill's estimate alone")
+                     help="what follows the fill (the Wiener refinement); none = the fill's estimate alone")
+    mpi.add_argument("--tuning", default=None, metavar="NAME=VALUE,...",
+                     help="other FillConfig fields for every mpi row, e.g. final_predictions=0,crop_size=128 "
+                          "(napari_mpi.denoise(tuning=...))")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's choice)")
-    parser.add_argument("--out", default=None, help="write every per-image result and the summary as JSON")
+    parser.add_argument("--out", default=None, help="write every per-image result and the summary as JSON (rewritten "
+                                                    "after every image)")
     parser.add_argument("--md", default=None, help="write the Markdown tables to this file")
     parser.add_argument("--per-image", action="store_true", help="add per-image PSNR tables to the Markdown")
-    parser.add_argument("--fail-fast", action="store_true", help="stop at the first method error instead of recording it")
+    parser.add_argument("--fail-fast", action="store_true",
+                        help="stop at the first method error instead of recording it")
     return parser.parse_args(argv)
+
+
+def run_method(method: str, runner, sample: Sample, data_range: str, fail_fast: bool) -> dict:
+    """One row: the method on one sample, scored; an error is recorded in the row (or raised with ``fail_fast``)."""
+    row = {"dataset": sample.dataset, "image": sample.name, "kind": sample.kind, "shape": list(sample.noisy.shape),
+           "method": method}
+    reused_seconds()
+    start = time.perf_counter()
+    try:
+        output, info = runner(sample)
+        # a calibration shared with an earlier row is charged to this row too
+        row["seconds"] = time.perf_counter() - start + reused_seconds()
+        row["psnr"], row["ssim"] = score(output, sample.clean, sample.kind, sample.compare, data_range)
+        row["info"] = info
+    except Exception as exc:  # a failing method must not lose the rest of a long run
+        if fail_fast:
+            raise
+        row.update(seconds=time.perf_counter() - start, psnr=None, ssim=None, error=repr(exc))
+    scored = row.get("psnr") is not None
+    status = f"{row['psnr']:6.2f} dB  SSIM {row['ssim']:.4f}" if scored else f"ERROR {row['error']}"
+    print(f"[{sample.dataset} {sample.name} {method}] {status}  {row['seconds']:.2f} s", file=sys.stderr, flush=True)
+    return row
+
+
+def header(record: dict) -> str:
+    """One line naming the crop, data range, machine and versions of a result file."""
+    config, machine, versions = record["config"], record["machine"], record["versions"]
+    gpu = f", GPU {machine['gpu']}" if machine.get("gpu") else ""
+    return (f"Crop {config['crop'] or 'full'}, data range '{config['data_range']}', {machine['cpu']} "
+            f"({machine.get('torch_threads')} torch threads){gpu}, torch {versions['torch']}, "
+            f"napari-mpi {versions['napari_mpi']}, {record['date']}.\n")
 
 
 def main(argv=None) -> int:
@@ -507,8 +521,8 @@ def main(argv=None) -> int:
         if d not in DATASETS:
             raise SystemExit(f"unknown dataset {d!r}; choose from {', '.join(DATASETS)}")
     methods = list(ALL_METHODS) if args.methods == "all" else [m.strip() for m in args.methods.split(",") if m.strip()]
-    options = MpiOptions(args.mask_ratio, args.beta, args.iterations, args.weights, args.precision, args.seed, args.device,
-                         args.refine)
+    options = MpiOptions(args.mask_ratio, args.beta, args.iterations, args.weights, args.precision, args.seed,
+                         args.device, args.refine, parse_tuning(args.tuning))
     runners = {m: make_method(m, options) for m in methods}
     if args.threads:
         import torch
@@ -516,46 +530,24 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
 
     config = {k: v for k, v in vars(args).items() if k not in ("out", "md")}
-    config.update(methods=methods, datasets=datasets, data=str(root))
-    record = {"config": config, "machine": machine_info(), "rows": [], "summary": {}}
+    config.update(methods=methods, datasets=datasets, data=str(root), tuning=options.tuning)
+    record = run_record(config, argv) | {"rows": [], "summary": {}}
     rows: list[dict] = record["rows"]
 
     def save():
         record["summary"] = summarise(rows, methods)
         if args.out:
-            Path(args.out).write_text(json.dumps(record, indent=1, default=str))
+            write_json(args.out, record)
 
     for dataset in datasets:
         for sample in load(dataset, root, crop=args.crop or None, limit=args.limit, sigma=args.sigma, peak=args.peak):
-            for method in methods:
-                row = {"dataset": dataset, "image": sample.name, "kind": sample.kind, "shape": list(sample.noisy.shape),
-                       "method": method}
-                reused_seconds()
-                start = time.perf_counter()
-                try:
-                    output, info = runners[method](sample)
-                    # a calibration shared with an earlier row is charged to this row too
-                    row["seconds"] = time.perf_counter() - start + reused_seconds()
-                    row["psnr"], row["ssim"] = metrics(output, sample.clean, sample.kind, sample.compare, args.data_range)
-                    row["info"] = info
-                except Exception as exc:  # a failing method must not lose the rest of a long run
-                    if args.fail_fast:
-                        raise
-                    row.update(seconds=time.perf_counter() - start, psnr=None, ssim=None, error=repr(exc))
-                rows.append(row)
-                status = (f"{row['psnr']:6.2f} dB  SSIM {row['ssim']:.4f}" if row.get("psnr") is not None
-                          else f"ERROR {row['error']}")
-                print(f"[{dataset} {sample.name} {method}] {status}  {row['seconds']:.2f} s", file=sys.stderr, flush=True)
+            rows.extend(run_method(m, runners[m], sample, args.data_range, args.fail_fast) for m in methods)
             save()
     save()
-    text = markdown(record["summary"], rows, args.per_image)
-    m = record["machine"]
-    header = (f"Crop {args.crop or 'full'}, data range '{args.data_range}', {m['cpu']} ({m.get('torch_threads')} torch "
-              f"threads), torch {m['torch']}, napari-mpi {m['napari-mpi']}.\n")
-    print(header)
+    text = header(record) + "\n" + markdown(record["summary"], rows, args.per_image)
     print(text)
     if args.md:
-        Path(args.md).write_text(header + "\n" + text)
+        Path(args.md).write_text(text)
     return 1 if any(r.get("error") for r in rows) else 0
 
 
