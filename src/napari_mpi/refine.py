@@ -30,8 +30,9 @@ __all__ = [
 #: Wiener filter after the fill; "none": the fill's estimate as is
 REFINE_MODES = ("auto", "wiener", "none")
 #: The filter assumes noise independent from pixel to pixel. A higher mask ratio is how a user says the noise
-#: is spatially correlated (the paper's 0.8-0.95), where the filter lost 1.1-2.7 dB on FMD's colour widefield
-#: image (docs/benchmarks.md), so "auto" refines only up to this ratio (the shipped gray weights' range).
+#: is spatially correlated (the paper's 0.8-0.95), where the filter makes the result worse (figures in
+#: docs/benchmarks.md, "Wiener refinement after the fill"), so "auto" refines only up to this ratio (the shipped
+#: gray weights' range).
 REFINE_MAX_MASK_RATIO = 0.65
 
 BLOCK = 8  #: block side in pixels (BM3D's Wiener stage: 8)
@@ -177,7 +178,8 @@ def _filter_groups(matches: torch.Tensor, flat: tuple, numerator: torch.Tensor, 
     flat_noisy, flat_pilot, flat_var = flat
     device, dtype = flat_noisy.device, flat_noisy.dtype
     group = matches.shape[1]
-    offsets = (torch.arange(block, device=device)[:, None] * width + torch.arange(block, device=device)[None, :]).flatten()
+    span = torch.arange(block, device=device)
+    offsets = (span[:, None] * width + span[None, :]).flatten()
     basis_2d = torch.kron(_dct_matrix(block, device, dtype), _dct_matrix(block, device, dtype))  # (b*b, b*b)
     basis_group = _dct_matrix(group, device, dtype)  # (group, group)
     kaiser = _kaiser(block, KAISER_BETA, device, dtype)
