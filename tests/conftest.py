@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -27,3 +32,13 @@ def camera_crop() -> np.ndarray:
 def psnr(estimate: np.ndarray, reference: np.ndarray, data_range: float = 1.0) -> float:
     mse = float(np.mean((np.asarray(estimate, np.float64) - np.asarray(reference, np.float64)) ** 2))
     return 10.0 * np.log10(data_range**2 / mse)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    """``napari-mpi ARGS`` in a fresh Python process."""
+    return subprocess.run([sys.executable, "-m", "napari_mpi.cli", *args], capture_output=True, text=True, timeout=300)
+
+
+def digest(path: Path) -> str:
+    """sha256 of a file's bytes (to show that an input was left alone)."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -77,8 +77,10 @@ def test_dask_in_zarr_out_equals_in_memory_run(tmp_path):
     """A lazy input and an on-disk sink give the very numbers of the in-memory run; skip leaves planes alone."""
     data = np.random.default_rng(3).integers(0, 3000, (3, 32, 36)).astype(np.uint16)
     expected = napari_mpi.denoise(data, iterations=2, weights="random", device="cpu")
-    sink = zarr.create_array(str(tmp_path / "out.zarr"), shape=data.shape, chunks=(1, 32, 36), dtype="float32", fill_value=-1)
-    returned = napari_mpi.denoise(da.from_array(data, chunks=(1, 32, 36)), iterations=2, weights="random", device="cpu", out=sink)
+    sink = zarr.create_array(str(tmp_path / "out.zarr"), shape=data.shape, chunks=(1, 32, 36), dtype="float32",
+                             fill_value=-1)
+    returned = napari_mpi.denoise(da.from_array(data, chunks=(1, 32, 36)), iterations=2, weights="random", device="cpu",
+                                  out=sink)
     assert returned is sink
     assert np.array_equal(zarr.open_array(str(tmp_path / "out.zarr"))[:], expected)
 
@@ -246,13 +248,14 @@ def test_resume_refuses_other_settings_and_restarts_without_flag(tmp_path, capsy
                      photometric="minisblack", metadata={"axes": "ZYX"})
     target = tmp_path / "out.tif"
     # an unfinished run, as a kill leaves it: a partial output and its record
-    from napari_mpi.io.stores import BatchOutput
+    from napari_mpi.io.batch_output import BatchOutput
 
     plan = napari_mpi.prepare((2, 32, 32), np.uint16, iterations=2, weights="random")
     output = BatchOutput(target, "tiff", plan.layout, np.dtype(np.float32), "ZYX",
                          cli._fingerprint(source, np.zeros(1, np.uint16), plan), resume=False)
     output.writer[(0, slice(None), slice(None))] = np.zeros((32, 32), np.float32)
-    line = one_line_error(capsys, "cannot resume", "denoise", str(source), "-o", str(target), "--resume", "--seed", "1", *FAST)
+    line = one_line_error(capsys, "cannot resume", "denoise", str(source), "-o", str(target), "--resume", "--seed", "1",
+                          *FAST)
     assert "parameters" in line
     assert output.partial.exists(), "a refused resume must keep the unfinished run"
     assert cli.main(["denoise", str(source), "-o", str(target), "--iterations", "2", "--weights", "random"]) == 0

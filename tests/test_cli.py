@@ -2,24 +2,15 @@
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 
+from .conftest import digest, run_cli
+
 FAST = ["--iterations", "2", "--weights", "random", "-q"]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "napari_mpi.cli", *args], capture_output=True, text=True, timeout=300)
-
-
-def digest(path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.fixture
@@ -47,7 +38,8 @@ def test_axes_option_channels_and_keep_dtype(tmp_path):
     source = tmp_path / "tc.tif"
     tifffile.imwrite(source, np.random.default_rng(1).integers(0, 255, (2, 2, 40, 40), dtype=np.uint8))
     out = tmp_path / "tc-out.tif"
-    result = run_cli("denoise", str(source), "-o", str(out), "--axes", "TCYX", "--keep-dtype", "--refine", "none", *FAST)
+    result = run_cli("denoise", str(source), "-o", str(out), "--axes", "TCYX", "--keep-dtype", "--refine", "none",
+                     *FAST)
     assert result.returncode == 0, result.stderr
     with tifffile.TiffFile(out) as tif:
         assert tif.series[0].axes == "TCYX" and tif.series[0].dtype == np.uint8
@@ -72,7 +64,8 @@ def _assert_clean_failure(result, phrase):
 
 
 def test_missing_input(tmp_path):
-    _assert_clean_failure(run_cli("denoise", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "o.tif"), *FAST), "not found")
+    result = run_cli("denoise", str(tmp_path / "nope.tif"), "-o", str(tmp_path / "o.tif"), *FAST)
+    _assert_clean_failure(result, "not found")
 
 
 def test_corrupt_tiff(tmp_path):
@@ -85,12 +78,14 @@ def test_corrupt_tiff(tmp_path):
 
 def test_axes_that_do_not_fit(zstack, tmp_path):
     source, _ = zstack
-    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--axes", "TZYX", *FAST), "dimensions")
+    result = run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--axes", "TZYX", *FAST)
+    _assert_clean_failure(result, "dimensions")
 
 
 def test_unwritable_output_folder(zstack, tmp_path):
     source, _ = zstack
-    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "no" / "such" / "o.tif"), *FAST), "does not exist")
+    result = run_cli("denoise", str(source), "-o", str(tmp_path / "no" / "such" / "o.tif"), *FAST)
+    _assert_clean_failure(result, "does not exist")
     # /proc refuses new files even for root (CI runs as root, where chmod would not stop a write)
     unwritable = Path("/proc") if Path("/proc/self").exists() else tmp_path / "locked"
     if unwritable.name == "locked":
@@ -108,7 +103,8 @@ def test_output_equal_to_input(zstack):
 
 def test_bad_parameter_is_one_line(zstack, tmp_path):
     source, _ = zstack
-    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--mask-ratio", "1.2", *FAST), "mask ratio")
+    result = run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--mask-ratio", "1.2", *FAST)
+    _assert_clean_failure(result, "mask ratio")
 
 
 def test_weights_for_another_network_are_a_one_line_error(tmp_path):
@@ -171,8 +167,8 @@ def test_crop_option_trains_on_windows_and_refuses_a_bad_side(tmp_path):
     source = tmp_path / "wide.tif"
     tifffile.imwrite(source, np.random.default_rng(3).integers(0, 4000, size=(96, 160), dtype=np.uint16))
     target = tmp_path / "out.tif"
-    done = run_cli("denoise", str(source), "-o", str(target), "--crop", "64", "--iterations", "2", "--weights", "random",
-                   "--refine", "none")
+    done = run_cli("denoise", str(source), "-o", str(target), "--crop", "64", "--iterations", "2", "--weights",
+                   "random", "--refine", "none")
     assert done.returncode == 0, done.stderr
     # 2 steps and 2 predictions, each worth 2 x 96*160 / 64^2 = 7.5 window steps
     assert "2 iterations, then 2 predictions (as 16 steps on 64x64 windows)" in done.stdout

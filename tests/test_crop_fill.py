@@ -81,8 +81,9 @@ def test_every_pass_of_windows_covers_every_pixel(height, width, crop):
             size_h, size_w = min(crop, height), min(crop, width)
             assert 0 <= top <= height - size_h and 0 <= left <= width - size_w
             # the used part: all but CROP_MARGIN at a window edge inside the plane
-            rows = slice(top + (CROP_MARGIN if top else 0), top + size_h - (CROP_MARGIN if top + size_h < height else 0))
-            cols = slice(left + (CROP_MARGIN if left else 0), left + size_w - (CROP_MARGIN if left + size_w < width else 0))
+            bottom, right = top + size_h, left + size_w
+            rows = slice(top + (CROP_MARGIN if top else 0), bottom - (CROP_MARGIN if bottom < height else 0))
+            cols = slice(left + (CROP_MARGIN if left else 0), right - (CROP_MARGIN if right < width else 0))
             covered[rows, cols] += 1
         assert covered.min() >= 1 and covered.mean() <= 3  # every pixel, none far more often
 
@@ -132,7 +133,8 @@ def test_a_carried_network_continues_in_windows(camera_plane):
 
 def test_a_stack_reusing_the_network_continues_in_windows(camera_plane):
     clean, _ = camera_plane
-    stack = np.stack([clean + np.random.default_rng(t).normal(0, 0.1, clean.shape) for t in range(3)]).astype(np.float32)
+    noisy = [clean + np.random.default_rng(t).normal(0, 0.1, clean.shape) for t in range(3)]
+    stack = np.stack(noisy).astype(np.float32)
     events, alone_events = [], []
     reused = napari_mpi.denoise(stack, iterations=3, crop=64, reuse_network=True, refine="none", progress=events.append)
     alone = napari_mpi.denoise(stack, iterations=3, crop=64, refine="none", progress=alone_events.append)

@@ -198,10 +198,10 @@ def test_the_plan_runs_the_presets_length_for_its_start():
 
 
 def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
-    """A time-lapse of a still sample: the same clean image, fresh noise in every plane. (Measured on this
-    sample from a random start with 7% steps: -0.16 dB at 128x128 but -1.4 dB at 64x64, where the first
-    plane's network has memorised more of its noise; on the real FMD time-lapse from the shipped prior
-    with 10% steps + 10 predictions and the refinement, +0.56 dB at 128x128, docs/benchmarks.md.)"""
+    """A time-lapse of a still sample: the same clean image, fresh noise in every plane. (Keep the planes at
+    128x128 or more: at 64x64 the first plane's network memorises more of its noise and reusing it costs
+    clearly more; measured figures, here and on the real FMD time-lapse, in docs/benchmarks.md, "Stacks:
+    planes sharing one network".)"""
     from napari_mpi._sample_data import clean_fluorescence, expected_counts, noisy_fluorescence
 
     clean = clean_fluorescence((128, 128), seed=0)

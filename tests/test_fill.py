@@ -68,7 +68,7 @@ def test_matches_a_plain_reference_implementation_of_algorithm_1():
         y = y.detach()
         ybar = (1 - m) * (config.beta * ybar + (1 - config.beta) * y) + m * ybar
         expected.append((ybar[0].clone(), float(loss.detach())))
-    for (_, estimate, loss), (want, want_loss) in zip(_run(image, config), expected):
+    for (_, estimate, loss), (want, want_loss) in zip(_run(image, config), expected, strict=False):
         assert torch.allclose(estimate, want, atol=1e-6)
         assert loss == pytest.approx(want_loss, rel=1e-5)
 
@@ -297,7 +297,7 @@ def test_a_carried_network_continues_with_few_steps_then_predictions():
     assert {s.iterations for s in steps} == {trained + predictions}
     assert carried.model is model  # the same network went on training ...
     assert carried.optimizer.state[next(model.parameters())]["step"].item() == adam_steps + trained  # ... a few steps
-    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     estimate = steps[-1].estimate
     # bias-corrected mean of predictions (in (0, 1): the network ends in a sigmoid) where a mask hid a
     # pixel; the noisy value only where none did (12 masks hiding 30%: 0.7**12 = 1.4% of the pixels)

@@ -79,7 +79,8 @@ def test_init_trains_on_from_finished_weights_with_a_fresh_schedule(picture_fold
 
     def distance(path) -> float:
         state = read_payload(path)["state_dict"]
-        return sum(float((state[k].float() - start[k].float()).abs().sum()) for k in start if start[k].is_floating_point())
+        return sum(float((state[k].float() - start[k].float()).abs().sum())
+                   for k in start if start[k].is_floating_point())
 
     assert distance(longer) < 0.5 * distance(fresh)
 

@@ -7,6 +7,8 @@ its input. Tiny arrays and 1-2 iterations keep each example to a few tens of mil
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import torch
 from hypothesis import HealthCheck, event, given, settings
@@ -116,7 +118,8 @@ def test_normalisation_is_finite_and_inverts_exactly_up_to_the_clip(plane):
     exact = (plane - norm.low) / norm.scale
     kept = (exact > -MAX_OUTLIER) & (exact < 1 + MAX_OUTLIER)
     back = norm.invert(data).astype(np.float64)
-    tolerance = 1e-6 * (np.abs(plane - norm.low) + norm.scale) + np.abs(plane) * 2.0**-23 + TINY32  # + float32 output rounding
+    # + float32 output rounding
+    tolerance = 1e-6 * (np.abs(plane - norm.low) + norm.scale) + np.abs(plane) * 2.0**-23 + TINY32
     assert (np.abs(back - plane)[kept] <= tolerance[kept]).all()
     # clipped defects come back between the robust range and their own value
     clipped = ~kept
@@ -130,9 +133,9 @@ def test_tiles_cover_every_pixel_with_weights_adding_up_to_one(length, tile, ove
     starts = tile_starts(length, tile, overlap)
     tile = min(tile, length)
     assert starts == sorted(set(starts)) and starts[0] == 0 and starts[-1] + tile == length
-    assert all(b - a <= tile - overlap for a, b in zip(starts, starts[1:]))
+    assert all(b - a <= tile - overlap for a, b in itertools.pairwise(starts))
     total = torch.zeros(length)
-    for start, weights in zip(starts, _axis_weights(starts, tile)):
+    for start, weights in zip(starts, _axis_weights(starts, tile), strict=True):
         assert (weights > 0).all() and weights.shape == (tile,)
         total[start:start + tile] += weights
     torch.testing.assert_close(total, torch.ones(length))  # a partition of unity: blending keeps values

@@ -114,14 +114,12 @@ def test_auto_refines_only_at_mask_ratios_for_independent_noise():
 
 
 def test_out_of_memory_in_the_refinement_keeps_the_fill_result(camera_crop, monkeypatch):
-    import sys
-
-    denoise_module = sys.modules["napari_mpi.denoise"]  # the package's name "denoise" is the function
+    from napari_mpi.engine import plane
 
     def fail(*_, **__):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(denoise_module, "refine_estimate", fail)
+    monkeypatch.setattr(plane, "refine_estimate", fail)
     options = dict(iterations=5, weights="random")
     with pytest.warns(DenoiseWarning, match="Wiener refinement"):
         result = napari_mpi.denoise(camera_crop, **options)

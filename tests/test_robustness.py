@@ -8,12 +8,11 @@ and one line on stderr, and the input file is never modified.
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import subprocess
 import sys
 import warnings
 from importlib import import_module
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,7 +27,7 @@ from napari_mpi.engine.tiles import tile_starts, tiled_fill
 from napari_mpi.settings import FillConfig
 from napari_mpi.io.planes import MAX_OUTLIER, normalize
 
-from .conftest import FEW, psnr
+from .conftest import FEW, digest, psnr, run_cli
 
 devices = import_module("napari_mpi.engine.devices")
 plane_module = import_module("napari_mpi.engine.plane")  # fills a plane: whole, in windows or in tiles
@@ -240,7 +239,8 @@ def test_a_cpu_plane_bigger_than_the_memory_available_is_tiled_before_it_starts(
     limit_memory(monkeypatch, 10**9, calls=calls)  # counts the fills; never fails
     events = []
     image = noisy((2, 160, 160))
-    with pytest.warns(DenoiseWarning, match=r"160x160 plane at once would take about .* GiB .* 4 overlapping tiles of 128x128") as caught:
+    warning = r"160x160 plane at once would take about .* GiB .* 4 overlapping tiles of 128x128"
+    with pytest.warns(DenoiseWarning, match=warning) as caught:
         result = napari_mpi.denoise(image, iterations=3, weights="random", precision="fp32", progress=events.append)
     assert len([w for w in caught if issubclass(w.category, DenoiseWarning)]) == 1  # once per run, not per plane
     assert calls == [(128, 128)] * 8  # the whole planes were never tried
@@ -319,7 +319,7 @@ def test_tiles_cover_the_plane_and_cross_fade_between_the_tiles_own_results():
     for length, tile in [(300, 128), (160, 128), (129, 128), (128, 128), (1000, 166)]:
         starts = tile_starts(length, tile, 32)
         assert starts[0] == 0 and starts[-1] + tile == length
-        assert all(b - a <= tile - 32 for a, b in zip(starts, starts[1:]))  # overlap of at least 32
+        assert all(b - a <= tile - 32 for a, b in itertools.pairwise(starts))  # overlap of at least 32
     # a 64x80 plane in 48x48 tiles: rows start at 0 and 16, columns at 0 and 32
     image = torch.from_numpy(np.random.default_rng(4).random((1, 64, 80), dtype=np.float32))
     config = FillConfig(iterations=2, seed=5)
@@ -343,14 +343,6 @@ def test_tiles_cover_the_plane_and_cross_fade_between_the_tiles_own_results():
 # -- the command line -----------------------------------------------------------------------
 
 FAST = ["--iterations", "1", "--weights", "random", "-q"]
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "napari_mpi.cli", *args], capture_output=True, text=True, timeout=300)
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def fails_cleanly(result: subprocess.CompletedProcess, phrase: str) -> None:

@@ -52,7 +52,9 @@ def expected_counts(clean: np.ndarray, photons: float = PHOTONS) -> np.ndarray:
     return (clean * photons + OFFSET).astype(np.float32)
 
 
-def noisy_fluorescence(clean: np.ndarray, photons: float = PHOTONS, read_noise: float = 2.0, seed: int = 1) -> np.ndarray:
+def noisy_fluorescence(
+    clean: np.ndarray, photons: float = PHOTONS, read_noise: float = 2.0, seed: int = 1
+) -> np.ndarray:
     """Poisson-Gaussian camera model: ``photons`` at the brightest pixel, Gaussian read noise in
     counts, plus the dark offset; returns uint16 counts like a real camera."""
     rng = np.random.default_rng(seed)

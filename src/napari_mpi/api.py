@@ -244,7 +244,7 @@ def _resolve_crop(crop: str | int, plane: tuple[int, int], device: torch.device,
 class PlaneSink(Protocol):
     """Where finished planes go: anything that takes ``sink[index] = plane`` for the layout's plane indices.
 
-    A numpy array, a ``numpy.memmap``, a zarr array, or :class:`napari_mpi.stores.MappedArray` (an
+    A numpy array, a ``numpy.memmap``, a zarr array, or :class:`napari_mpi.io.stores.MappedArray` (an
     uncompressed TIFF on disk): with an on-disk sink only one plane is ever held in memory.
     """
 

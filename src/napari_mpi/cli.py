@@ -39,7 +39,9 @@ def _crop_option(text: str) -> str | int:
     try:
         return int(text)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected auto, none or a window side in pixels like 256, got {text!r}") from exc
+        raise argparse.ArgumentTypeError(
+            f"expected auto, none or a window side in pixels like 256, got {text!r}"
+        ) from exc
 
 
 def _steps(text: str) -> int:
@@ -85,7 +87,8 @@ def _pretrain(args: argparse.Namespace) -> int:
             if bar.total != record.steps and record.steps:
                 bar.total = record.steps  # "auto" planned its schedule
             bar.update(1)
-            bar.set_postfix(loss=f"{record.loss:.4g}", lr=f"{record.lr:.2e}", saved="yes" if record.checkpointed else "", refresh=False)
+            saved = "yes" if record.checkpointed else ""
+            bar.set_postfix(loss=f"{record.loss:.4g}", lr=f"{record.lr:.2e}", saved=saved, refresh=False)
     print(f"checkpoint: {args.out}")
     return 0
 
@@ -100,7 +103,9 @@ def _read_image(path: Path, axes: str | None, stack: ExitStack) -> tuple[Any, st
     if not axes_used:
         axes_used = "YX" if data.ndim == 2 else "Q" * (data.ndim - 2) + "YX"
     if len(axes_used) != data.ndim:
-        raise ValueError(f"--axes {axes_used} has {len(axes_used)} letters but {path.name} has {data.ndim} dimensions {data.shape}")
+        raise ValueError(
+            f"--axes {axes_used} has {len(axes_used)} letters but {path.name} has {data.ndim} dimensions {data.shape}"
+        )
     if len(set(axes_used)) != len(axes_used) or "Y" not in axes_used or "X" not in axes_used:
         raise ValueError(f"axes {axes_used!r} must name Y and X once each (e.g. YX, ZYX, TZCYX, YXS for RGB)")
     return data, axes_used
@@ -127,7 +132,9 @@ def _check_output(source: Path, target: Path) -> str:
     if target_path == source_path:
         raise ValueError("output path equals the input path; choose another name so the input is never overwritten")
     if source_path in target_path.parents or target_path in source_path.parents:
-        raise ValueError(f"output {target} and input {source} lie inside one another; choose another place for the output")
+        raise ValueError(
+            f"output {target} and input {source} lie inside one another; choose another place for the output"
+        )
     if kind in ("zarr", "ome-zarr"):
         if target.is_file():
             raise ValueError(f"output {target} is a file, not a Zarr folder; remove it or choose another name")
@@ -165,7 +172,8 @@ def _write_image(target: Path, data: np.ndarray, axes: str, source_dtype: np.dty
         else:
             import tifffile
 
-            tifffile.imwrite(tmp, data, metadata={"axes": axes}, photometric="rgb" if axes.endswith("S") else "minisblack")
+            photometric = "rgb" if axes.endswith("S") else "minisblack"
+            tifffile.imwrite(tmp, data, metadata={"axes": axes}, photometric=photometric)
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -210,19 +218,9 @@ def _local_planes(data, plan, sink, done: set[int], quiet: bool):
 
 def _denoise(args: argparse.Namespace) -> int:
     from .api import prepare, warn_if_noise_looks_correlated
-    from .io.stores import BatchOutput, output_dtype
 
     kind = _check_output(args.input, args.output)
-    if args.resume and kind == "png":
-        raise ValueError("--resume needs a .tif, .zarr or .ome.zarr output (a PNG is written whole at the end)")
-    if args.workers is not None and args.scheduler != "local":
-        raise ValueError("--workers applies to --scheduler local only")
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be 1 or more, got {args.workers}")
-    if args.reuse_network and args.scheduler:
-        raise ValueError("--reuse-network runs the planes one after the other; it cannot be combined with --scheduler")
-    if args.scheduler and args.scheduler != "local" and "://" not in args.scheduler:
-        raise ValueError(f"--scheduler must be 'local' or a scheduler address like tcp://host:8786, got {args.scheduler!r}")
+    _check_denoise_options(args, kind)
     if args.threads:
         import torch
 
@@ -235,52 +233,84 @@ def _denoise(args: argparse.Namespace) -> int:
             precision=args.precision, reuse_network=args.reuse_network, refine=args.refine, crop=args.crop,
             **_roles(axes, data.shape),
         )
-        warn_if_noise_looks_correlated(data, args.mask_ratio, option="run with --mask-ratio ", **_roles(axes, data.shape))
-        n_planes = plan.layout.n_planes
-        output = None
-        if kind == "png":
-            sink = np.zeros(plan.layout.shape, dtype=np.float32)
-            done: set[int] = set()
-        else:
-            output = BatchOutput(args.output, kind, plan.layout, output_dtype(data.dtype, kind, args.keep_dtype), axes,
-                                 _fingerprint(args.input, data, plan), attrs=plan.describe(), resume=args.resume)
-            sink, done = output.writer, output.done
-            if output.restarted and not args.quiet:
-                print(f"starting {args.output} over (an unfinished run was there; --resume continues one)")
-            if args.resume and not args.quiet:
-                print(f"resuming: {len(done)} of {n_planes} plane(s) already written" if output.resumed
-                      else "resuming: no unfinished run of this output found; starting from the first plane")
-        planes_bar = _progress_bar(total=n_planes, initial=len(done), unit="plane", position=0,
-                                   disable=args.quiet or n_planes == 1)
-        try:
-            if args.scheduler:
-                from .distributed import connect, distributed_steps
-
-                client = stack.enter_context(connect(args.scheduler, workers=args.workers))
-                threads = args.threads or None
-                if args.scheduler == "local" and threads is None:  # share this machine's cores among its workers
-                    threads = max(1, (os.cpu_count() or 1) // max(1, len(client.nthreads())))
-                planes = distributed_steps(data, plan, client, sink, skip=done, device=args.device, threads=threads)
-            else:
-                planes = _local_planes(data, plan, sink, done, args.quiet)
-            for _ in planes:
-                planes_bar.update(1)
-        except Exception:
-            if output is not None and not output.done:  # nothing to resume: leave no partial files behind
-                output.discard()
-            raise
-        finally:
-            planes_bar.close()
+        warn_if_noise_looks_correlated(data, args.mask_ratio, option="run with --mask-ratio ",
+                                       **_roles(axes, data.shape))
+        output, sink, done = _open_sink(args, kind, data, axes, plan)
+        _run_planes(args, data, plan, sink, done, output, stack)
         if output is not None:
             output.finish()
         else:
             _write_image(args.output, sink, axes, data.dtype, args.keep_dtype)
     if not args.quiet:
+        n_planes = plan.layout.n_planes
         resumed = f", {len(done)} from the earlier run" if done else ""
-        print(f"wrote {args.output} ({'x'.join(map(str, plan.layout.shape))}, axes {axes}, {n_planes} plane(s){resumed}, "
-              f"preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {plan.describe_length()}"
-              f"{' (the first plane; the next ones reused its network)' if plan.reuse_network and n_planes > 1 else ''})")
+        reused = " (the first plane; the next ones reused its network)" if plan.reuse_network and n_planes > 1 else ""
+        print(f"wrote {args.output} ({'x'.join(map(str, plan.layout.shape))}, axes {axes}, {n_planes} plane(s)"
+              f"{resumed}, preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {plan.describe_length()}"
+              f"{reused})")
     return 0
+
+
+def _check_denoise_options(args: argparse.Namespace, kind: str) -> None:
+    """Refuse combinations of ``denoise`` options that cannot work, before anything is read."""
+    if args.resume and kind == "png":
+        raise ValueError("--resume needs a .tif, .zarr or .ome.zarr output (a PNG is written whole at the end)")
+    if args.workers is not None and args.scheduler != "local":
+        raise ValueError("--workers applies to --scheduler local only")
+    if args.workers is not None and args.workers < 1:
+        raise ValueError(f"--workers must be 1 or more, got {args.workers}")
+    if args.reuse_network and args.scheduler:
+        raise ValueError("--reuse-network runs the planes one after the other; it cannot be combined with --scheduler")
+    if args.scheduler and args.scheduler != "local" and "://" not in args.scheduler:
+        raise ValueError(
+            f"--scheduler must be 'local' or a scheduler address like tcp://host:8786, got {args.scheduler!r}"
+        )
+
+
+def _open_sink(args: argparse.Namespace, kind: str, data, axes: str, plan):
+    """Where the planes go: (the resumable output or None, the sink to write into, planes already written).
+    A PNG is filled in memory and written whole at the end."""
+    from .io.batch_output import BatchOutput
+    from .io.stores import output_dtype
+
+    if kind == "png":
+        done: set[int] = set()
+        return None, np.zeros(plan.layout.shape, dtype=np.float32), done
+    output = BatchOutput(args.output, kind, plan.layout, output_dtype(data.dtype, kind, args.keep_dtype), axes,
+                         _fingerprint(args.input, data, plan), attrs=plan.describe(), resume=args.resume)
+    if output.restarted and not args.quiet:
+        print(f"starting {args.output} over (an unfinished run was there; --resume continues one)")
+    if args.resume and not args.quiet:
+        print(f"resuming: {len(output.done)} of {plan.layout.n_planes} plane(s) already written" if output.resumed
+              else "resuming: no unfinished run of this output found; starting from the first plane")
+    return output, output.writer, output.done
+
+
+def _run_planes(args: argparse.Namespace, data, plan, sink, done: set[int], output, stack: ExitStack) -> None:
+    """Denoise the planes not yet ``done`` into ``sink``, here or on a Dask cluster, with a progress bar.
+    A run that fails before any plane is written leaves no partial output behind."""
+    n_planes = plan.layout.n_planes
+    planes_bar = _progress_bar(total=n_planes, initial=len(done), unit="plane", position=0,
+                               disable=args.quiet or n_planes == 1)
+    try:
+        if args.scheduler:
+            from .distributed import connect, distributed_steps
+
+            client = stack.enter_context(connect(args.scheduler, workers=args.workers))
+            threads = args.threads or None
+            if args.scheduler == "local" and threads is None:  # share this machine's cores among its workers
+                threads = max(1, (os.cpu_count() or 1) // max(1, len(client.nthreads())))
+            planes = distributed_steps(data, plan, client, sink, skip=done, device=args.device, threads=threads)
+        else:
+            planes = _local_planes(data, plan, sink, done, args.quiet)
+        for _ in planes:
+            planes_bar.update(1)
+    except Exception:
+        if output is not None and not output.done:  # nothing to resume: leave no partial files behind
+            output.discard()
+        raise
+    finally:
+        planes_bar.close()
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -311,7 +341,8 @@ def _demo(args: argparse.Namespace) -> int:
     lo, hi = np.percentile(panel, [0.5, 99.8])
     from skimage.io import imsave
 
-    imsave(out / "before_after.png", (np.clip((panel - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8), check_contrast=False)
+    picture = (np.clip((panel - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    imsave(out / "before_after.png", picture, check_contrast=False)
     print(f"PSNR vs the known clean image: noisy {psnr(noisy):.2f} dB -> denoised {psnr(result):.2f} dB")
     print(f"wrote {out / 'noisy.tif'}, {out / 'denoised.tif'} and {out / 'before_after.png'}")
     return 0
@@ -320,13 +351,20 @@ def _demo(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="napari-mpi", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_denoise_parser(sub)
+    _add_demo_parser(sub)
+    _add_pretrain_parser(sub)
+    return parser
 
+
+def _add_denoise_parser(sub) -> None:
     den = sub.add_parser("denoise", help="denoise a TIFF, Zarr / OME-Zarr or PNG image plane by plane")
     den.add_argument("input", type=Path, help="noisy image: .tif/.tiff (any N-D), a Zarr or OME-Zarr folder, or .png")
     den.add_argument("-o", "--output", required=True, type=Path,
                      help="where to write the result: .tif/.tiff, .zarr, .ome.zarr (written plane by plane) or .png")
     den.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET)
-    den.add_argument("--mask-ratio", type=float, default=None, help="fraction hidden per step (default 0.3; 0.8-0.95 for correlated noise)")
+    den.add_argument("--mask-ratio", type=float, default=None,
+                     help="fraction hidden per step (default 0.3; 0.8-0.95 for correlated noise)")
     den.add_argument("--beta", type=float, default=None, help="EMA weight in [0, 1) (default from the preset)")
     den.add_argument("--iterations", type=int, default=None, help="fill steps per plane (default from the preset)")
     den.add_argument("--axes", default=None, help="axis letters, e.g. YX, ZYX, TZCYX, YXS (RGB); default from the file")
@@ -334,15 +372,17 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("--seed", type=int, default=0)
     den.add_argument("--weights", default="default", help="'default', 'random' or a checkpoint file")
     den.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
-    den.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default; use fewer on a busy machine)")
-    den.add_argument("--keep-dtype", action="store_true", help="write the input's integer type (rounded) instead of float32")
+    den.add_argument("--threads", type=int, default=0,
+                     help="CPU threads (0 = torch's default; use fewer on a busy machine)")
+    den.add_argument("--keep-dtype", action="store_true",
+                     help="write the input's integer type (rounded) instead of float32")
     den.add_argument("--reuse-network", action="store_true",
                      help="z-stacks / time-lapses whose neighbouring planes look alike: each plane continues from the "
                           "previous plane's network with ~10%% of the iterations (~5x faster; not with --preset auto)")
     den.add_argument("--refine", choices=("auto", "wiener", "none"), default="auto",
-                     help="after each plane's fill: a block-matching Wiener filter with the fill's estimate as its pilot "
-                          "(+0.25-0.54 dB for ~0.3 s per 256x256 plane); auto (default): wiener for mask ratios up to "
-                          "0.65, none above (it assumes independent noise)")
+                     help="after each plane's fill: a block-matching Wiener filter with the fill's estimate as its "
+                          "pilot (+0.25-0.54 dB for ~0.3 s per 256x256 plane); auto (default): wiener for mask "
+                          "ratios up to 0.65, none above (it assumes independent noise)")
     den.add_argument("--crop", type=_crop_option, default="auto",
                      help="train each fill step on a random window of this many pixels per side instead of the whole "
                           "plane (512x512 and up: as good, 1.4-2x faster, the memory of one window); auto (default): "
@@ -356,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     den.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     den.set_defaults(func=_denoise)
 
+
+def _add_demo_parser(sub) -> None:
     demo = sub.add_parser("demo", help="denoise a locally made noisy fluorescence sample and write a before/after PNG")
     demo.add_argument("--out", default="demo-output", help="folder for noisy.tif, denoised.tif, before_after.png")
     demo.add_argument("--size", type=int, default=256)
@@ -364,11 +406,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.set_defaults(func=_demo)
 
+
+def _add_pretrain_parser(sub) -> None:
     pre = sub.add_parser("pretrain", help="masked pre-training on a folder of clean natural images")
     pre.add_argument("--images", required=True, type=Path, help="folder of clean training images")
     pre.add_argument("--out", required=True, type=Path, help="checkpoint file to write (and update)")
     pre.add_argument("--channels", type=int, choices=(1, 3), default=1)
-    pre.add_argument("--mask-mode", choices=("pixel", "channel"), default=None, help="default: pixel for 1, channel for 3")
+    pre.add_argument("--mask-mode", choices=("pixel", "channel"), default=None,
+                     help="default: pixel for 1, channel for 3")
     pre.add_argument("--mask-ratio", type=_ratio_range, default=(0.3, 0.3), help="0.3, or a range like 0.2-0.9")
     pre.add_argument("--crop", type=int, default=128)
     pre.add_argument("--batch", type=int, default=16)
@@ -379,18 +424,19 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--history", type=Path, default=None,
                      help="folder for a weights-only copy of every checkpoint, named by step")
     pre.add_argument("--loss", choices=("mse", "psnr"), default="mse",
-                     help="MSE on hidden pixels (default; measured better, docs/pretraining.md) or its log, as the reference code")
+                     help="MSE on hidden pixels (default; measured better, docs/pretraining.md) or its log, as the "
+                          "reference code")
     pre.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
     pre.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after this long")
     pre.add_argument("--checkpoint-minutes", type=float, default=5.0)
     pre.add_argument("--resume", type=Path, default=None, help="continue a run from its checkpoint")
     pre.add_argument("--init", type=Path, default=None,
-                     help="start from these weights (a finished run or a shipped file) with a fresh schedule; gray weights can start a colour run")
+                     help="start from these weights (a finished run or a shipped file) with a fresh schedule; gray "
+                          "weights can start a colour run")
     pre.add_argument("--device", default="auto")
     pre.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
     pre.add_argument("--seed", type=int, default=0)
     pre.set_defaults(func=_pretrain)
-    return parser
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:

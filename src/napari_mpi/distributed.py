@@ -1,6 +1,6 @@
 """Scale-out: spread the planes of one run over Dask distributed workers.
 
-Each worker denoises whole planes with :func:`napari_mpi.denoise.denoise_plane` — the same engine and
+Each worker denoises whole planes with :func:`napari_mpi.api.denoise_plane` — the same engine and
 the same per-plane seed as a local run — and sends the plane back; the client reads the input and
 writes every result itself (one writer, so the output and its resume record stay consistent). At most
 ``window`` planes are in flight, so the client holds a few planes, never the stack.
@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Container, Generator, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any, Container, Generator, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -148,16 +149,7 @@ def distributed_steps(
         submit(window)
         for future in running:
             number, index, _ = pending.pop(future.key)
-            try:
-                result = future.result()
-            except distributed.client.FutureCancelledError as exc:
-                raise ClusterError(f"plane {number} was cancelled by the cluster: {exc}") from exc
-            except Exception as exc:
-                if type(exc).__name__ == "KilledWorker":
-                    raise ClusterError(f"Dask workers died on plane {number} (out of memory?); "
-                                       "fix the workers, then rerun with --resume") from exc
-                raise
-            out[index] = result
+            out[index] = _plane_result(future, number, distributed)
             future.release()
             yield number
             submit(1)
@@ -166,6 +158,19 @@ def distributed_steps(
             client.cancel([future for _, _, future in pending.values()], force=True)
         client.cancel([shared_plan], force=True)
     return out
+
+
+def _plane_result(future, number: int, distributed) -> np.ndarray:
+    """A finished plane's result; a cancelled plane or dying workers as a ClusterError."""
+    try:
+        return future.result()
+    except distributed.client.FutureCancelledError as exc:
+        raise ClusterError(f"plane {number} was cancelled by the cluster: {exc}") from exc
+    except Exception as exc:
+        if type(exc).__name__ == "KilledWorker":
+            raise ClusterError(f"Dask workers died on plane {number} (out of memory?); "
+                               "fix the workers, then rerun with --resume") from exc
+        raise
 
 
 def denoise_distributed(image, plan: DenoisePlan, client, out: PlaneSink | None = None, **options) -> PlaneSink:

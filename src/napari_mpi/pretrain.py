@@ -13,16 +13,17 @@ import math
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 import torch
 
 from .engine.masking import MaskMode, draw_mask, make_generator, masked_mse
 from .engine.network import SkipNet, architecture_of
-from .weights import load_checkpoint, read_payload, save_checkpoint
+from .weights import Checkpoint, load_checkpoint, read_payload, save_checkpoint
 
 __all__ = ["PretrainConfig", "PretrainStep", "ImageCorpus", "pretrain", "masked_loss"]
 
@@ -138,7 +139,9 @@ def masked_loss(prediction: torch.Tensor, target: torch.Tensor, hidden: torch.Te
     return mse
 
 
-def _prefetch(corpus: ImageCorpus, config: PretrainConfig, start: int, depth: int = 4) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _prefetch(
+    corpus: ImageCorpus, config: PretrainConfig, start: int, depth: int = 4
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Build batches in a background thread so the compute never waits on cropping."""
     buffer: queue.Queue = queue.Queue(maxsize=depth)
     stop = threading.Event()
@@ -199,18 +202,43 @@ def pretrain(
     if init is not None and resume is not None:
         raise ValueError("give either resume (continue a run) or init (start from its weights), not both")
     dev = torch.device(device)
-    out = Path(out)
     torch.manual_seed(config.seed)
     payload = read_payload(resume) if resume is not None else None
+    start_weights, earlier_steps = _start_weights(init, config.channels)
+    model, optimizer, scheduler = _build(config, dev, payload, start_weights)
+    start, elapsed_before = 0, 0.0
+    if start_weights is not None:
+        model.load_state_dict(start_weights.state_dict)
+    if payload is not None:
+        config, start, elapsed_before = _restore(resume, payload, config, model, optimizer, scheduler, max_minutes)
+    if dev.type == "cpu" or dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    corpus = ImageCorpus(images, config.channels, config.crop, config.short_side)
+    run = _Run(config, model, optimizer, scheduler, corpus, dev, start, elapsed_before)
+    output = _Output(Path(out), images, init, start_weights, earlier_steps, history, _hardware(dev))
+    yield from _train(run, output, max_minutes)
+
+
+def _start_weights(init: str | Path | None, channels: int) -> tuple[Checkpoint | None, int]:
+    """The checkpoint ``init`` names, as ``channels`` channels (gray weights spread over colour ones), and
+    the steps that made it (its own and those of the runs it started from)."""
     start_weights = load_checkpoint(init) if init is not None else None
-    if start_weights is not None and start_weights.channels == 1 and config.channels == 3:
+    if start_weights is not None and start_weights.channels == 1 and channels == 3:
         start_weights = start_weights.as_colour()  # a colour run from gray weights: the fill's colour start
-    if start_weights is not None and start_weights.channels != config.channels:
-        raise ValueError(f"{init} has {start_weights.channels} channel(s); this run trains {config.channels}")
+    if start_weights is not None and start_weights.channels != channels:
+        raise ValueError(f"{init} has {start_weights.channels} channel(s); this run trains {channels}")
     earlier_steps = 0
     if start_weights is not None:
         earlier = start_weights.metadata
         earlier_steps = int(earlier.get("steps", 0)) + int(earlier.get("earlier_steps", 0))
+    return start_weights, earlier_steps
+
+
+def _build(
+    config: PretrainConfig, dev: torch.device, payload: dict | None, start_weights: Checkpoint | None
+) -> tuple[SkipNet, torch.optim.Optimizer, torch.optim.lr_scheduler.CosineAnnealingLR]:
+    """The network (seeded by the caller), its AdamW optimiser and cosine learning-rate schedule."""
     # a resumed (or warm-started) run keeps the width it was started with, even after the default network changed
     if payload is not None:
         architecture = architecture_of(payload["state_dict"])
@@ -223,116 +251,182 @@ def pretrain(
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=config.steps or _UNPLANNED, eta_min=config.min_lr
     )
-    start, elapsed_before = 0, 0.0
-    if start_weights is not None:
-        model.load_state_dict(start_weights.state_dict)
-    if payload is not None:
-        training = payload.get("training")
-        if not training:
-            raise ValueError(f"{resume} holds no training state (a shipped checkpoint?): cannot resume from it")
-        saved = PretrainConfig(**{**training["config"], "mask_ratios": tuple(training["config"]["mask_ratios"])})
-        if config.steps == 0:
-            config = replace(config, steps=saved.steps)  # "auto" keeps the schedule the run planned
-        if replace(saved, checkpoint_minutes=config.checkpoint_minutes) != config:
-            raise ValueError(f"{resume} was trained with a different recipe: {saved}; resume with the same options")
-        model.load_state_dict(payload["state_dict"])
-        optimizer.load_state_dict(training["optimizer"])
-        scheduler.load_state_dict(training["scheduler"])
-        start, elapsed_before = int(training["step"]), float(training.get("seconds", 0.0))
-        if config.steps == 0 and max_minutes is None:
-            raise ValueError(f"{resume} stopped before it planned its steps: resume it with a time budget")
-    if dev.type == "cpu" or dev.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    corpus = ImageCorpus(images, config.channels, config.crop, config.short_side)
+    return model, optimizer, scheduler
+
+
+def _restore(
+    resume: str | Path,
+    payload: dict,
+    config: PretrainConfig,
+    model: SkipNet,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR,
+    max_minutes: float | None,
+) -> tuple[PretrainConfig, int, float]:
+    """Load a checkpoint's training state into the run: (its config, the step, the seconds it trained)."""
+    training = payload.get("training")
+    if not training:
+        raise ValueError(f"{resume} holds no training state (a shipped checkpoint?): cannot resume from it")
+    saved = PretrainConfig(**{**training["config"], "mask_ratios": tuple(training["config"]["mask_ratios"])})
+    if config.steps == 0:
+        config = replace(config, steps=saved.steps)  # "auto" keeps the schedule the run planned
+    if replace(saved, checkpoint_minutes=config.checkpoint_minutes) != config:
+        raise ValueError(f"{resume} was trained with a different recipe: {saved}; resume with the same options")
+    model.load_state_dict(payload["state_dict"])
+    optimizer.load_state_dict(training["optimizer"])
+    scheduler.load_state_dict(training["scheduler"])
+    start, elapsed_before = int(training["step"]), float(training.get("seconds", 0.0))
+    if config.steps == 0 and max_minutes is None:
+        raise ValueError(f"{resume} stopped before it planned its steps: resume it with a time budget")
+    return config, start, elapsed_before
+
+
+@dataclass
+class _Run:
+    """What a pre-training run changes from step to step, and the clock it keeps."""
+
+    config: PretrainConfig
+    model: SkipNet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.CosineAnnealingLR
+    corpus: ImageCorpus
+    device: torch.device
+    start: int  # the step this call started from (0, or a resumed run's step)
+    elapsed_before: float  # seconds trained before this call (a resumed run)
+    step: int = field(init=False)
+    t0: float = field(init=False)
+    last_save: float = field(init=False)
+    probe_start: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.step = self.start
+        self.t0 = self.last_save = self.probe_start = time.monotonic()
+
+    def seconds(self) -> float:
+        """Seconds trained so far, earlier calls included."""
+        return self.elapsed_before + time.monotonic() - self.t0
+
+
+@dataclass(frozen=True)
+class _Output:
+    """Where a run's checkpoints go, and what their metadata say about where it started."""
+
+    out: Path
+    images: str | Path
+    init: str | Path | None
+    start_weights: Checkpoint | None
+    earlier_steps: int
+    history: str | Path | None
+    hardware: str
+
+
+def _train(run: _Run, output: _Output, max_minutes: float | None) -> Iterator[PretrainStep]:
+    """The training loop: one step per batch, the "auto" plan, checkpoints, and a record per step."""
+    config, dev = run.config, run.device
     autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     clip = 0.01 if config.loss == "psnr" else None  # the reference code's setting for its log loss
-
-    t0 = time.monotonic()
-    last_save = t0
-    probe_start = t0
-    step = start
-    hardware = _hardware(dev)
-
-    def checkpoint(loss: float) -> None:
-        metadata = {
-            "data": str(images),
-            "images": len(corpus),
-            "steps": step,
-            "planned_steps": config.steps,
-            "batch": config.batch,
-            "crop": config.crop,
-            "short_side": config.short_side,
-            "loss": config.loss,
-            "last_loss": loss,
-            "precision": config.precision,
-            "network": architecture_of(model.state_dict()),
-            "seconds": round(elapsed_before + time.monotonic() - t0, 1),
-            "hardware": hardware,
-            "torch": str(torch.__version__),
-        }
-        if start_weights is not None:
-            metadata.update(initialised_from=Path(init).name, earlier_steps=earlier_steps,
-                            initialised_as_colour=start_weights.from_gray)
-        common = dict(channels=config.channels, mask_mode=config.mask_mode, mask_ratios=config.mask_ratios,
-                      metadata=metadata)
-        save_checkpoint(
-            out,
-            model.state_dict(),
-            training={
-                "config": {**asdict(config), "mask_ratios": list(config.mask_ratios)},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "step": step,
-                "seconds": elapsed_before + time.monotonic() - t0,
-            },
-            **common,
-        )
-        if history is not None:
-            save_checkpoint(Path(history) / f"{out.stem}-{step}.pt", model.state_dict(), half=True, **common)
-
-    loss_value = math.nan
-    batches = _prefetch(corpus, config, start)
+    batches = _prefetch(run.corpus, config, run.start)
     try:
         for clean, ratios in batches:
-            if config.steps and step >= config.steps:
+            if run.config.steps and run.step >= run.config.steps:
                 return
-            clean = clean.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            gen = make_generator(config.seed * 1_000_003 + step, dev)
-            keep = draw_mask(clean.shape, ratios, config.mask_mode, gen, dev)
-            hidden = 1.0 - keep
-            with autocast:
-                prediction = model(torch.cat([clean * keep, keep], dim=1))
-            loss = masked_loss(prediction.float(), clean, hidden, config.loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if clip is not None:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loss_value = float(loss.detach())
-            if not math.isfinite(loss_value):
-                raise RuntimeError(f"pre-training diverged at step {step} (loss {loss_value}); lower the learning rate")
+            loss_value = _step(run, clean, ratios, autocast, clip)
             now = time.monotonic()
-            if config.steps == 0:  # "auto": time a few steps, then plan the schedule to end with the budget
-                if step - start == AUTO_WARMUP_STEPS:
-                    probe_start = now
-                elif step - start == AUTO_WARMUP_STEPS + AUTO_PROBE_STEPS:
-                    per_step = (now - probe_start) / AUTO_PROBE_STEPS
-                    remaining = max_minutes * 60 - (now - t0)
-                    config = replace(config, steps=step + max(1, int(0.98 * remaining / per_step)))
-                    scheduler.T_max = config.steps
-            out_of_time = max_minutes is not None and now - t0 >= max_minutes * 60
-            due = now - last_save >= config.checkpoint_minutes * 60 or step == config.steps or out_of_time
+            if run.config.steps == 0:  # "auto": time a few steps, then plan the schedule to end with the budget
+                _plan(run, now, max_minutes)
+            out_of_time = max_minutes is not None and now - run.t0 >= max_minutes * 60
+            due = now - run.last_save >= run.config.checkpoint_minutes * 60 or run.step == run.config.steps
+            due = due or out_of_time
             if due:
-                checkpoint(loss_value)
-                last_save = now
-            yield PretrainStep(step, config.steps, loss_value, scheduler.get_last_lr()[0], due)
-            if out_of_time or step == config.steps:
+                _checkpoint(run, output, loss_value)
+                run.last_save = now
+            yield PretrainStep(run.step, run.config.steps, loss_value, run.scheduler.get_last_lr()[0], due)
+            if out_of_time or run.step == run.config.steps:
                 return
     finally:
         batches.close()
+
+
+def _step(run: _Run, clean: torch.Tensor, ratios: torch.Tensor, autocast: torch.autocast, clip: float | None) -> float:
+    """One optimiser step on a batch, its mask drawn from (seed, step); the loss, checked to be finite."""
+    config, dev, model = run.config, run.device, run.model
+    clean = clean.to(dev, non_blocking=True).contiguous(memory_format=torch.channels_last)
+    gen = make_generator(config.seed * 1_000_003 + run.step, dev)
+    keep = draw_mask(clean.shape, ratios, config.mask_mode, gen, dev)
+    hidden = 1.0 - keep
+    with autocast:
+        prediction = model(torch.cat([clean * keep, keep], dim=1))
+    loss = masked_loss(prediction.float(), clean, hidden, config.loss)
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.step += 1
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        raise RuntimeError(f"pre-training diverged at step {run.step} (loss {loss_value}); lower the learning rate")
+    return loss_value
+
+
+def _plan(run: _Run, now: float, max_minutes: float) -> None:
+    """An "auto" run: start timing after the warm-up steps; after the probe steps, fit the schedule to the time left."""
+    done = run.step - run.start
+    if done == AUTO_WARMUP_STEPS:
+        run.probe_start = now
+    elif done == AUTO_WARMUP_STEPS + AUTO_PROBE_STEPS:
+        per_step = (now - run.probe_start) / AUTO_PROBE_STEPS
+        remaining = max_minutes * 60 - (now - run.t0)
+        run.config = replace(run.config, steps=run.step + max(1, int(0.98 * remaining / per_step)))
+        run.scheduler.T_max = run.config.steps
+
+
+def _checkpoint(run: _Run, output: _Output, loss: float) -> None:
+    """Save the run, resumable, to ``output.out`` (and a weights-only fp16 copy to the history folder)."""
+    config, model = run.config, run.model
+    common = dict(channels=config.channels, mask_mode=config.mask_mode, mask_ratios=config.mask_ratios,
+                  metadata=_metadata(run, output, loss))
+    save_checkpoint(
+        output.out,
+        model.state_dict(),
+        training={
+            "config": {**asdict(config), "mask_ratios": list(config.mask_ratios)},
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "step": run.step,
+            "seconds": run.seconds(),
+        },
+        **common,
+    )
+    if output.history is not None:
+        history_path = Path(output.history) / f"{output.out.stem}-{run.step}.pt"
+        save_checkpoint(history_path, model.state_dict(), half=True, **common)
+
+
+def _metadata(run: _Run, output: _Output, loss: float) -> dict:
+    """What a checkpoint says about the run that made it."""
+    config = run.config
+    metadata = {
+        "data": str(output.images),
+        "images": len(run.corpus),
+        "steps": run.step,
+        "planned_steps": config.steps,
+        "batch": config.batch,
+        "crop": config.crop,
+        "short_side": config.short_side,
+        "loss": config.loss,
+        "last_loss": loss,
+        "precision": config.precision,
+        "network": architecture_of(run.model.state_dict()),
+        "seconds": round(run.seconds(), 1),
+        "hardware": output.hardware,
+        "torch": str(torch.__version__),
+    }
+    if output.start_weights is not None:
+        metadata.update(initialised_from=Path(output.init).name, earlier_steps=output.earlier_steps,
+                        initialised_as_colour=output.start_weights.from_gray)
+    return metadata
 
 
 def _hardware(device: torch.device) -> str:
@@ -341,4 +435,5 @@ def _hardware(device: torch.device) -> str:
     import os
     import platform
 
-    return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"
+    processor = platform.processor() or platform.machine()
+    return f"{processor} CPU, {os.cpu_count()} cores, {torch.get_num_threads()} threads"

@@ -71,9 +71,10 @@ class Checkpoint:
     def as_colour(self, channels: int = 3) -> Checkpoint:
         """These gray weights as a ``channels``-channel network with per-channel masks (:func:`inflate_to_rgb`).
 
-        No colour checkpoint ships (the RGB run trained alongside the gray one beat no random start); from
-        the gray prior spread over the channels, the fast preset's 200 iterations scored +0.76 dB over a random
-        start on kodak24 with Gaussian noise (docs/benchmarks.md, "Colour from the gray weights")."""
+        No colour checkpoint ships (the RGB run trained alongside the gray one beat no random start); for colour
+        images prefer the gray prior spread over the channels to a random start: with the fast preset's 200
+        iterations it fills better in the same time (figures in docs/benchmarks.md, "Colour from the gray
+        weights")."""
         if self.channels != 1:
             raise ValueError(f"only gray weights can be spread over colour channels, {self.name} has {self.channels}")
         return replace(self, state_dict=inflate_to_rgb(self.state_dict, channels), channels=channels,
@@ -271,7 +272,9 @@ def resolve_weights(weights: WeightsSpec, channels: int, mask_mode: MaskMode, ma
     elif isinstance(weights, (str, Path)):
         ckpt = load_checkpoint(weights)
     else:
-        raise ValueError(f"weights must be 'default', 'random', a file path or a Checkpoint, got {type(weights).__name__}")
+        raise ValueError(
+            f"weights must be 'default', 'random', a file path or a Checkpoint, got {type(weights).__name__}"
+        )
     if ckpt.channels == 1 and channels == 3 and mask_mode == "channel":
         ckpt = ckpt.as_colour(channels)  # gray weights serve colour images spread over the channels
     if not ckpt.fits(channels, mask_mode):

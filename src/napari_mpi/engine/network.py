@@ -13,12 +13,12 @@ The module knows nothing about masks or training; it only maps a tensor of shape
 from __future__ import annotations
 
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 __all__ = [
-    "SkipNet", "MIN_SIDE", "DEFAULT_WIDTH", "DEFAULT_SKIP_WIDTH", "DEFAULT_DEPTH", "architecture_of", "check_plane_size",
-    "padded_side", "reflect_pad",
+    "SkipNet", "MIN_SIDE", "DEFAULT_WIDTH", "DEFAULT_SKIP_WIDTH", "DEFAULT_DEPTH", "architecture_of",
+    "check_plane_size", "padded_side", "reflect_pad",
 ]
 
 #: Smallest image side the network accepts. Smaller planes carry too little context
@@ -26,10 +26,10 @@ __all__ = [
 MIN_SIDE = 8
 
 
-#: The network built when no checkpoint says otherwise. The paper's is 64 / 64 / 5; 48 channels filled as
-#: well at the fast preset (FMD and kodak crops, within ~0.1 dB) in 0.53-0.58x the time per iteration
-#: (docs/benchmarks.md, "Network width"), while 40 or fewer channels, or narrower skip branches, lost
-#: 0.2-0.5 dB on the kodak crops.
+#: The network built when no checkpoint says otherwise. The paper's is 64 / 64 / 5; 48 channels fill about as
+#: well at the fast preset in roughly half the time per iteration, while 40 or fewer channels, or narrower skip
+#: branches, lose quality: keep 48 unless a benchmark says otherwise (figures in docs/benchmarks.md,
+#: "Network width").
 DEFAULT_WIDTH = 48
 DEFAULT_SKIP_WIDTH = 48
 DEFAULT_DEPTH = 5
@@ -39,7 +39,8 @@ def check_plane_size(height: int, width: int) -> None:
     """ValueError with a clear sentence for planes below ``MIN_SIDE`` pixels per side."""
     if min(height, width) < MIN_SIDE:
         raise ValueError(
-            f"image planes of {height}x{width} pixels are too small: napari-mpi needs at least {MIN_SIDE} pixels per side"
+            f"image planes of {height}x{width} pixels are too small: "
+            f"napari-mpi needs at least {MIN_SIDE} pixels per side"
         )
 
 

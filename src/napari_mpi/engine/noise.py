@@ -6,8 +6,9 @@ The fill wants a mask ratio of ~0.3 for noise that is independent from pixel to 
 module measures how correlated the noise is where the signal is weakest (``benchmarks/noise_correlation_study.py``,
 docs/benchmarks.md): it never called independent noise correlated on 73 noisy images of FMD, GigaDB and the photo
 sets, and found every correlated case tried, but it also fires on some clean images whose own fine structure is
-correlated (JPEG photos, averaged camera frames), where a mask ratio of 0.85 loses 6-14 dB. So it *suggests* the
-ratio (a hint in the widget, a warning from the API and the command line) and never changes it by itself.
+correlated (JPEG photos, averaged camera frames), where a mask ratio of 0.85 costs a lot of quality (figures in
+docs/benchmarks.md). So it *suggests* the ratio (a hint in the widget, a warning from the API and the command
+line) and never changes it by itself.
 """
 
 from __future__ import annotations

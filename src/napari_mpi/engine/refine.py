@@ -174,7 +174,8 @@ def _filter_groups(matches: torch.Tensor, flat: tuple, numerator: torch.Tensor, 
     flat_noisy, flat_pilot, flat_var = flat
     device, dtype = flat_noisy.device, flat_noisy.dtype
     group = matches.shape[1]
-    offsets = (torch.arange(block, device=device)[:, None] * width + torch.arange(block, device=device)[None, :]).flatten()
+    span = torch.arange(block, device=device)
+    offsets = (span[:, None] * width + span[None, :]).flatten()
     basis_2d = torch.kron(_dct_matrix(block, device, dtype), _dct_matrix(block, device, dtype))  # (b*b, b*b)
     basis_group = _dct_matrix(group, device, dtype)  # (group, group)
     kaiser = _kaiser(block, KAISER_BETA, device, dtype)

@@ -7,8 +7,8 @@ plane is (H, W) for gray data or (H, W, 3) for RGB. No torch here: numpy only.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -48,7 +48,7 @@ class PlaneLayout:
         """Index tuples selecting each plane, in C order of the iterated axes."""
         for position in np.ndindex(*[self.shape[a] for a in self.iter_axes]):
             index: list = [slice(None)] * len(self.shape)
-            for axis, value in zip(self.iter_axes, position):
+            for axis, value in zip(self.iter_axes, position, strict=True):
                 index[axis] = value
             yield tuple(index)
 
@@ -91,7 +91,8 @@ def check_dtype(dtype: np.dtype) -> None:
         kinds = {"b": "boolean (a mask?)", "c": "complex", "O": "object", "U": "text", "S": "bytes", "V": "structured",
                  "M": "date-time", "m": "time-interval"}
         raise ValueError(
-            f"cannot denoise {kinds.get(dtype.kind, dtype.name)} data ({dtype.name}); napari-mpi needs integer or float pixels"
+            f"cannot denoise {kinds.get(dtype.kind, dtype.name)} data ({dtype.name}); "
+            "napari-mpi needs integer or float pixels"
         )
 
 

@@ -1,20 +1,17 @@
-"""Plane-by-plane file access for stacks bigger than memory, and the record that lets a killed run resume.
+"""Plane-by-plane file access for stacks bigger than memory: TIFF, Zarr and OME-Zarr stores.
 
 Reading: an uncompressed TIFF is memory-mapped one block at a time (:class:`MappedArray`); a compressed
 TIFF goes through tifffile's zarr view (one page decoded at a time); Zarr arrays and OME-Zarr images
 through zarr. Writing: an uncompressed TIFF created empty at full size and filled plane by plane (again
 through :class:`MappedArray`), or a Zarr / OME-Zarr array with one chunk per plane. Either way only the
-plane in hand is in memory. :class:`BatchOutput` adds the resumable part: it writes into a partial
-output next to the target, records each plane only once it is on disk, and renames the partial output
-into place when every plane is there. numpy, tifffile and zarr only: no torch, no Qt.
+plane in hand is in memory. The resumable batch output that writes into these stores is
+:mod:`napari_mpi.io.batch_output`. numpy, tifffile and zarr only: no torch, no Qt.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -31,9 +28,10 @@ __all__ = [
     "output_kind",
     "output_dtype",
     "ome_axes_order",
-    "PlaneWriter",
-    "Progress",
-    "BatchOutput",
+    "convert",
+    "create_output",
+    "open_output",
+    "plane_chunk",
 ]
 
 #: Readers raise many exception types on bad files; all of them mean "cannot read this file".
@@ -191,7 +189,7 @@ def _open_tiff(path: Path, stack: ExitStack) -> tuple[Any, str]:
     if errors.messages:  # a damaged file: refuse it rather than denoise the part tifffile salvaged
         reason = errors.messages[0].split("> ", 1)[-1]
         raise _Damaged(f"the file is truncated or damaged: {reason}")
-    held = int(np.prod([n for n, a in zip(shape, axes) if a not in "YXS"], dtype=np.int64))
+    held = int(np.prod([n for n, a in zip(shape, axes, strict=False) if a not in "YXS"], dtype=np.int64))
     if tif.is_imagej and int((tif.imagej_metadata or {}).get("images", 1)) > held:
         raise _Damaged("the file is truncated: its ImageJ header announces more images than it holds")
     axes = unique_axes(axes)
@@ -393,184 +391,25 @@ def _open_zarr_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtyp
     return _Transposed(array, order) if kind == "ome-zarr" else array
 
 
-def _fsync(path: Path) -> None:
-    """Push a file (or a folder's entries) to disk, where the system allows it. Missing files are fine
-    (zarr skips all-zero chunks), and so are folders that cannot be opened (Windows)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some file systems refuse fsync on folders
-        pass
-    finally:
-        os.close(fd)
+def create_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str, attrs: dict):
+    """An empty output store of ``kind`` ("tiff", "zarr" or "ome-zarr") to write plane by plane, indexed in
+    the source's axis order; ``attrs`` go in a Zarr store's attributes."""
+    if kind == "tiff":
+        return create_tiff(path, layout.shape, dtype, axes)
+    return _create_zarr(path, kind, layout, dtype, axes, attrs)
 
 
-class PlaneWriter:
-    """The sink a batch run writes into: converts each finished plane to the output type, writes it,
-    makes it durable (msync for TIFF, fsync of the chunk file for Zarr), and only then records it in
-    the progress file, so a plane the record calls finished is always completely on disk."""
-
-    def __init__(self, target, layout: PlaneLayout, dtype: np.dtype, progress: Progress | None = None,
-                 chunk_root: Path | None = None):
-        self.target, self.layout, self.dtype = target, layout, np.dtype(dtype)
-        self.progress, self.chunk_root = progress, chunk_root
-        self.shape = layout.shape
-
-    def plane_number(self, index: tuple) -> int:
-        iter_shape = [self.layout.shape[a] for a in self.layout.iter_axes]
-        position = [index[a] for a in self.layout.iter_axes]
-        return int(np.ravel_multi_index(position, iter_shape)) if iter_shape else 0
-
-    def __setitem__(self, index: tuple, plane: np.ndarray) -> None:
-        self.target[index] = convert(plane, self.dtype)
-        if self.chunk_root is not None:  # Zarr: one chunk per plane, key "i/j/0/0" under the array folder
-            target_index = self.target.target_index(index) if isinstance(self.target, _Transposed) else index
-            key = [str(i) if isinstance(i, (int, np.integer)) else "0" for i in target_index]
-            chunk = self.chunk_root.joinpath(*key)
-            _fsync(chunk)
-            _fsync(chunk.parent)
-        if self.progress is not None:
-            self.progress.mark(self.plane_number(index))
+def open_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str):
+    """The store :func:`create_output` made, opened again to write the planes still missing; ValueError
+    when it is not the output of this run (another shape or type)."""
+    if kind == "tiff":
+        return _open_tiff_output(path, layout.shape, dtype)
+    return _open_zarr_output(path, kind, layout, dtype, axes)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write, fsync, rename: a reader (or a resumed run) sees the old file or the new one, never half of one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
-def _ranges(numbers: set[int]) -> list[list[int]]:
-    """{0, 1, 2, 5} -> [[0, 2], [5, 5]]: a compact record for runs of thousands of planes."""
-    spans: list[list[int]] = []
-    for n in sorted(numbers):
-        if spans and n == spans[-1][1] + 1:
-            spans[-1][1] = n
-        else:
-            spans.append([n, n])
-    return spans
-
-
-class Progress:
-    """Which planes of an unfinished run are on disk, kept in a small JSON file next to the output.
-
-    The file also holds a fingerprint of the input and the parameters, so ``--resume`` refuses to mix
-    planes from a different input or different settings into one output.
-    """
-
-    VERSION = 1
-
-    def __init__(self, path: Path, fingerprint: dict, done: set[int] | None = None):
-        self.path, self.fingerprint, self.done = path, fingerprint, set(done or ())
-
-    @classmethod
-    def load(cls, path: Path, fingerprint: dict) -> Progress | None:
-        """The recorded run, or None when there is none; ValueError when it was a different run."""
-        try:
-            record = json.loads(path.read_text())
-            done = {n for low, high in record["done"] for n in range(low, high + 1)}
-            recorded = record["fingerprint"]
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(
-                f"cannot resume: the progress file {path} is unreadable ({exc}); rerun without --resume"
-            ) from exc
-        if record.get("version") != cls.VERSION or recorded != fingerprint:
-            differ = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
-            raise ValueError(f"cannot resume: the unfinished run used another input or other settings "
-                             f"({', '.join(differ) or 'format'}); rerun without --resume to start over")
-        return cls(path, fingerprint, done)
-
-    def save(self) -> None:
-        _atomic_write_text(self.path, json.dumps({"version": self.VERSION, "fingerprint": self.fingerprint,
-                                                  "done": _ranges(self.done)}))
-
-    def mark(self, number: int) -> None:
-        self.done.add(number)
-        self.save()
-
-
-class BatchOutput:
-    """A resumable, plane-by-plane output: ``.NAME.partial.EXT`` and ``.NAME.napari-mpi-progress.json``
-    next to the target while running; :meth:`finish` renames the partial output into place.
-
-    With ``resume`` an earlier unfinished run of the same input and settings is continued (``done``
-    lists its finished planes); without it, any earlier partial output is discarded.
-    """
-
-    def __init__(self, target: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str,
-                 fingerprint: dict, attrs: dict | None = None, resume: bool = False):
-        if kind not in ("tiff", "zarr", "ome-zarr"):
-            raise ValueError(f"plane-by-plane output is TIFF, Zarr or OME-Zarr, not {kind}")
-        self.target, self.kind, self.layout, self.dtype, self.axes = target, kind, layout, np.dtype(dtype), axes
-        suffix = ".tif" if kind == "tiff" else ".zarr"
-        self.partial = target.with_name(f".{target.name}.partial{suffix}")
-        progress_path = target.with_name(f".{target.name}.napari-mpi-progress.json")
-        fingerprint = {**fingerprint, "output_kind": kind, "output_dtype": self.dtype.str, "axes": axes,
-                       "shape": list(layout.shape)}
-        #: an unfinished earlier run that this one (without ``resume``) starts over
-        self.restarted = not resume and progress_path.exists()
-        progress = Progress.load(progress_path, fingerprint) if resume else None
-        self.resumed = progress is not None and self.partial.exists()
-        if self.resumed:
-            assert progress is not None
-            store = self._open()
-        else:
-            progress = Progress(progress_path, fingerprint)
-            self._remove(self.partial)
-            store = self._create(attrs or {})
-        progress.save()
-        self.progress = progress
-        chunk_root = None if kind == "tiff" else (self.partial / "0" if kind == "ome-zarr" else self.partial)
-        self.writer = PlaneWriter(store, layout, self.dtype, progress, chunk_root)
-
-    @property
-    def done(self) -> set[int]:
-        """Planes already on disk (from an earlier run when resuming)."""
-        return set(self.progress.done)
-
-    def _create(self, attrs: dict):
-        if self.kind == "tiff":
-            return create_tiff(self.partial, self.layout.shape, self.dtype, self.axes)
-        return _create_zarr(self.partial, self.kind, self.layout, self.dtype, self.axes, attrs)
-
-    def _open(self):
-        if self.kind == "tiff":
-            return _open_tiff_output(self.partial, self.layout.shape, self.dtype)
-        return _open_zarr_output(self.partial, self.kind, self.layout, self.dtype, self.axes)
-
-    @staticmethod
-    def _remove(path: Path) -> None:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-
-    def discard(self) -> None:
-        """Remove the partial output and its record (a run that failed before finishing any plane)."""
-        self._remove(self.partial)
-        self.progress.path.unlink(missing_ok=True)
-
-    def finish(self) -> None:
-        """Every plane is written: move the output into place (replacing an older one), drop the record."""
-        missing = self.layout.n_planes - len(self.progress.done)
-        if missing:
-            raise ValueError(f"{missing} plane(s) of {self.target} are not written yet")
-        if self.kind == "tiff":
-            os.replace(self.partial, self.target)  # atomic
-        else:  # a folder cannot replace a non-empty folder atomically: move the old one aside first
-            old = self.target.with_name(f".{self.target.name}.replaced-{os.getpid()}")
-            if self.target.exists():
-                os.replace(self.target, old)
-            os.replace(self.partial, self.target)
-            self._remove(old)
-        _fsync(self.target.parent)
-        self.progress.path.unlink(missing_ok=True)
+def plane_chunk(store, root: Path, index: tuple) -> Path:
+    """The chunk file of the plane at ``index`` (source axis order) in a Zarr store with one chunk per plane,
+    key "i/j/0/0" under the array folder ``root``."""
+    target_index = store.target_index(index) if isinstance(store, _Transposed) else index
+    key = [str(i) if isinstance(i, (int, np.integer)) else "0" for i in target_index]
+    return root.joinpath(*key)
