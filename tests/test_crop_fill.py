@@ -13,6 +13,9 @@ from napari_mpi.engine.fill import CarriedNetwork, continuation_steps, plane_ste
 from napari_mpi.engine.fill import crop_steps as crop_steps_for
 from napari_mpi.engine.windows import CROP_MARGIN, crop_fill, window_pass
 from napari_mpi.settings import FillConfig
+from napari_mpi.weights import default_checkpoint
+
+from .conftest import psnr
 
 DEFAULTS = FillConfig()
 FINAL_PREDICTIONS, REUSE_PREDICTIONS, CROP_STEP_SCALE = (
@@ -21,9 +24,7 @@ FINAL_PREDICTIONS, REUSE_PREDICTIONS, CROP_STEP_SCALE = (
 
 def crop_steps(iterations, height, width, crop, config=DEFAULTS):
     return crop_steps_for(iterations, height, width, crop, config)
-from napari_mpi.weights import default_checkpoint
 
-from .conftest import psnr
 
 plane_module = import_module("napari_mpi.engine.plane")  # fills a plane: whole, in windows or in tiles
 
@@ -139,7 +140,8 @@ def test_a_stack_reusing_the_network_continues_in_windows(camera_plane):
     reused = napari_mpi.denoise(stack, iterations=3, crop=64, reuse_network=True, refine="none", progress=events.append)
     alone = napari_mpi.denoise(stack, iterations=3, crop=64, refine="none", progress=alone_events.append)
     first = crop_steps(3, 128, 192, 64) * 2  # 3 steps, then 3 predictions
-    later = crop_steps(continuation_steps(FillConfig(iterations=3)), 128, 192, 64) + crop_steps(REUSE_PREDICTIONS, 128, 192, 64)
+    later = (crop_steps(continuation_steps(FillConfig(iterations=3)), 128, 192, 64)
+             + crop_steps(REUSE_PREDICTIONS, 128, 192, 64))
     assert [e.iterations for e in events] == [first] * first + [later] * (2 * later)
     assert len(alone_events) == 3 * first
     np.testing.assert_array_equal(reused[0], alone[0])  # the first plane is filled as when alone

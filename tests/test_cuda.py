@@ -17,9 +17,9 @@ from napari_mpi.engine.devices import available_devices, resolve_device, resolve
 from napari_mpi.engine.fill import continuation_steps
 from napari_mpi.settings import FillConfig
 
-DEFAULTS = FillConfig()
-
 from .conftest import psnr
+
+DEFAULTS = FillConfig()
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import napari_mpi
-from napari_mpi.engine.tiles import _axis_weights, tile_starts
 from napari_mpi.engine.network import MIN_SIDE
+from napari_mpi.engine.tiles import _axis_weights, tile_starts
 from napari_mpi.io.planes import FLOAT32_MAX, MAX_OUTLIER, normalize
 
 TINY32 = float(np.finfo(np.float32).tiny)  # float32 results flush smaller values towards 0

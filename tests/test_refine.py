@@ -5,10 +5,10 @@ import pytest
 import torch
 
 import napari_mpi
-from napari_mpi.engine import refine
 from napari_mpi.api import DenoiseWarning
-from napari_mpi.settings import FillConfig
+from napari_mpi.engine import refine
 from napari_mpi.engine.refine import NoiseModel, collaborative_wiener, fit_noise_model, refine_estimate
+from napari_mpi.settings import FillConfig
 
 from .conftest import psnr
 

@@ -24,8 +24,8 @@ from napari_mpi._sample_data import clean_fluorescence, expected_counts, noisy_f
 from napari_mpi.api import DenoiseWarning, prepare
 from napari_mpi.engine.fill import iterative_fill
 from napari_mpi.engine.tiles import tile_starts, tiled_fill
-from napari_mpi.settings import FillConfig
 from napari_mpi.io.planes import MAX_OUTLIER, normalize
+from napari_mpi.settings import FillConfig
 
 from .conftest import FEW, digest, psnr, run_cli
 

@@ -18,13 +18,12 @@ from napari_mpi._widget import MPIDenoiseWidget
 from .widget_support import (
     RUN_TIMEOUT_MS,
     _one_torch_thread,
-    api_module,
-    plane_module,
     click,
-    tiles_module,
     messages,
     noisy,
     notes,
+    plane_module,
+    tiles_module,
     viewer_widget,
 )
 from .widget_support import wait_finished as wait_for_run

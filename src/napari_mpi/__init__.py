@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from ._version import __version__
 from .api import (
-    DenoisePlan, DenoiseProgress, DenoiseWarning, check_noise, denoise, denoise_plane, denoise_steps, drain, prepare,
+    DenoisePlan,
+    DenoiseProgress,
+    DenoiseWarning,
+    check_noise,
+    denoise,
+    denoise_plane,
+    denoise_steps,
+    drain,
+    prepare,
 )
 from .engine.fill import iterative_fill
 from .settings import DEFAULT_PRESET, PRESETS, FillConfig, Preset, config_for

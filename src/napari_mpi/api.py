@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Container, Generator
+from collections.abc import Callable, Container, Generator, Mapping
 from dataclasses import dataclass, field
-from collections.abc import Mapping
 from typing import Any, Protocol, TypeVar
 
 import numpy as np

@@ -7,8 +7,17 @@ config that ``config_for`` builds for it. The other widget modules import these 
 
 from __future__ import annotations
 
-from .. import DEFAULT_PRESET, PRESETS, DenoisePlan, DenoiseProgress, DenoiseWarning, check_noise, config_for
-from .. import denoise_steps, prepare
+from .. import (
+    DEFAULT_PRESET,
+    PRESETS,
+    DenoisePlan,
+    DenoiseProgress,
+    DenoiseWarning,
+    check_noise,
+    config_for,
+    denoise_steps,
+    prepare,
+)
 from ..engine.devices import available_devices
 from ..weights import default_start
 

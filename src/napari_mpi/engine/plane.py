@@ -13,8 +13,13 @@ import torch
 
 from ..io.planes import Normalization, normalize
 from .devices import (
-    available_memory, fill_memory, free_device_memory, is_out_of_memory, memory_advice, resolve_precision,
     CPU_MEMORY_SHARE,
+    available_memory,
+    fill_memory,
+    free_device_memory,
+    is_out_of_memory,
+    memory_advice,
+    resolve_precision,
 )
 from .fill import CarriedNetwork, FillStep, iterative_fill
 from .refine import refine_estimate

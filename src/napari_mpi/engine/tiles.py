@@ -36,7 +36,8 @@ def tile_starts(length: int, tile: int, overlap: int = TILE_OVERLAP) -> list[int
 def smaller_tile(tile: tuple[int, int], plane: tuple[int, int]) -> tuple[int, int] | None:
     """The tile size to try after running out of memory with ``tile``: about half of each side (two
     such tiles cover it with TILE_OVERLAP), at least MIN_TILE; None when that is no smaller."""
-    smaller = tuple(min(side, max(MIN_TILE, math.ceil((t + TILE_OVERLAP) / 2))) for t, side in zip(tile, plane))
+    smaller = tuple(min(side, max(MIN_TILE, math.ceil((t + TILE_OVERLAP) / 2)))
+                    for t, side in zip(tile, plane, strict=True))
     return None if smaller == tuple(tile) else smaller  # type: ignore[return-value]
 
 
@@ -62,9 +63,9 @@ def _axis_weights(starts: list[int], tile: int) -> list[torch.Tensor]:
             weights[tile - right:] = torch.minimum(weights[tile - right:], falling)
         tents.append(weights)
     total = torch.zeros(starts[-1] + tile)
-    for start, weights in zip(starts, tents):
+    for start, weights in zip(starts, tents, strict=True):
         total[start:start + tile] += weights
-    return [weights / total[start:start + tile] for start, weights in zip(starts, tents)]
+    return [weights / total[start:start + tile] for start, weights in zip(starts, tents, strict=True)]
 
 
 class TiledStep:
@@ -103,7 +104,7 @@ class _Blend:
         row_weights, column_weights = _axis_weights(rows, tile_h), _axis_weights(columns, tile_w)
         self.weights = [row[:, None] * column[None, :] for row in row_weights for column in column_weights]
         self.total = torch.zeros(1, height, width)
-        for region, w in zip(self.regions, self.weights):
+        for region, w in zip(self.regions, self.weights, strict=True):
             self.total[region] += w
         self.done = torch.zeros_like(self.x)  # weighted sum of finished tiles' estimates
         self.pending = self.total.clone()  # weight still given to the input (tiles not finished)

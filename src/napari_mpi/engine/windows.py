@@ -69,7 +69,7 @@ def crop_fill(
     estimate = x[0].clone()
     running = RunningMean(x[0], config.beta)
     size_h, size_w = min(crop, height), min(crop, width)
-    for step, (top, left) in zip(range(1, steps + 1), places):
+    for step, (top, left) in zip(range(1, steps + 1), places, strict=False):  # places never end
         window = x[:, :, top:top + size_h, left:left + size_w]
         keep = draw_mask(window.shape, config.mask_ratio, config.mask_mode, generator, dev)
         hidden = 1.0 - keep
