@@ -378,14 +378,15 @@ def _add_denoise_parser(sub) -> None:
                      help="write the input's integer type (rounded) instead of float32")
     den.add_argument("--reuse-network", action="store_true",
                      help="z-stacks / time-lapses whose neighbouring planes look alike: each plane continues from the "
-                          "previous plane's network with ~10%% of the iterations (~5x faster; not with --preset auto)")
+                          "previous plane's network with a tenth of the iterations, several times faster (not with "
+                          "--preset auto; docs/benchmarks.md)")
     den.add_argument("--refine", choices=("auto", "wiener", "none"), default="auto",
                      help="after each plane's fill: a block-matching Wiener filter with the fill's estimate as its "
-                          "pilot (+0.25-0.54 dB for ~0.3 s per 256x256 plane); auto (default): wiener for mask "
+                          "pilot, which gives back texture; auto (default): wiener for mask "
                           "ratios up to 0.65, none above (it assumes independent noise)")
     den.add_argument("--crop", type=_crop_option, default="auto",
                      help="train each fill step on a random window of this many pixels per side instead of the whole "
-                          "plane (512x512 and up: as good, 1.4-2x faster, the memory of one window); auto (default): "
+                          "plane (as good on big planes, faster, the memory of one window); auto (default): "
                           "256 on the CPU for gray planes of 4x that area (512x512) or more; none: whole planes")
     den.add_argument("--resume", action="store_true",
                      help="continue an interrupted run into the same output, skipping the planes it finished")
