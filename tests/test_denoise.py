@@ -236,6 +236,7 @@ def test_tuning_sets_any_other_setting_and_is_validated():
     assert len(events) == 3  # no predictions after the last step
     plan = napari_mpi.prepare((48, 48), np.float32, iterations=3, tuning={"final_predictions": 2})
     assert plan.steps_per_plane == 5 and plan.describe()["final_predictions"] == 2
+    assert plan.describe()["tuning"] == {"final_predictions": 2}  # what reproduces the run, in its metadata
     with pytest.raises(ValueError, match="unknown setting 'final_prediction'"):
         napari_mpi.prepare((48, 48), np.float32, tuning={"final_prediction": 0})
     with pytest.raises(ValueError, match="pass mask_ratio= itself"):

@@ -1,8 +1,3 @@
-"""The installed version of napari-mpi (imports nothing from the package)."""
+"""The version of napari-mpi: the one place it is written (pyproject.toml reads it from here)."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("napari-mpi")
-except PackageNotFoundError:  # running from a source tree without an install
-    __version__ = "0+unknown"
+__version__ = "0.1.0"

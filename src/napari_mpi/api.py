@@ -98,6 +98,7 @@ class DenoisePlan:
             "precision": self.config.precision,
             "selfsup": self.config.selfsup,
             "final_predictions": final_predictions(self.config),
+            "tuning": _tuned(self.config),
             "reuse_network": self.reuse_network,
             "refine": self.refine,
             "crop": self.crop,
@@ -194,6 +195,14 @@ def prepare(
     device = resolve_device(device)
     crop = _resolve_crop(crop, layout.plane_shape[:2], device, config, layout.rgb)
     return DenoisePlan(layout, config, checkpoint, device, preset.lower(), channel_axis, reuse_network, refine, crop)
+
+
+def _tuned(config: FillConfig) -> dict[str, Any]:
+    """The settings of ``config`` other than those with a parameter of their own that differ from the defaults
+    (what ``tuning=`` set)."""
+    default = FillConfig()
+    return {name: getattr(config, name) for name in FillConfig.field_names()
+            if name not in _OWN_PARAMETERS and getattr(config, name) != getattr(default, name)}
 
 
 #: FillConfig fields with a parameter of their own in prepare() and denoise()
