@@ -25,6 +25,7 @@ from .widget_support import (
     RUN_TIMEOUT_MS,
     DenoiseProgress,
     _one_torch_thread,
+    _settings_in_tmp,
     api_module,
     choose,
     click,
@@ -40,7 +41,7 @@ from .widget_support import (
     wait_finished,
 )
 
-SHARED_FIXTURES = (_one_torch_thread, notes, viewer_widget)  # found by pytest among this module's names
+SHARED_FIXTURES = (_one_torch_thread, _settings_in_tmp, notes, viewer_widget)  # pytest finds them here
 
 # -- pure helpers ---------------------------------------------------------------------------
 
