@@ -1,5 +1,6 @@
-"""Preview on the view: the part of the current plane on screen (at most 256x256), denoised with the Fast preset
-and the form's other settings into a layer "<input> preview" placed over it.
+"""Trying settings before a long run: the noise hint that suggests a mask ratio, and Preview on the view (the part
+of the current plane on screen, at most 256x256, denoised with the Fast preset and the form's other settings into
+a layer "<input> preview" placed over it).
 
 The crop is checked against napari's camera; the runs are shortened (a few iterations and predictions) so that
 each takes about a second on a CPU, and every test waits for its worker to finish.
@@ -21,6 +22,7 @@ from .widget_support import (
     RUN_TIMEOUT_MS,
     _one_torch_thread,
     _settings_in_tmp,
+    choose,
     click,
     messages,
     noisy,
@@ -45,6 +47,23 @@ def plans(monkeypatch):
 
     monkeypatch.setattr(widget_module, "prepare", short)
     return plans
+
+
+def test_correlated_noise_shows_a_hint_that_sets_the_mask_ratio_in_one_click(viewer_widget):
+    from scipy.ndimage import gaussian_filter
+
+    viewer, widget = viewer_widget
+    noise = gaussian_filter(np.random.default_rng(5).normal(0, 1, (96, 96)), 1.0)
+    viewer.add_image(noisy((96, 96)), name="independent")
+    assert widget.chosen_layer().name == "independent" and widget.form.hint_box.native.isHidden()
+    viewer.add_image((0.5 + 0.1 * noise / noise.std()).astype(np.float32), name="blotchy")
+    assert widget.chosen_layer().name == "blotchy"
+    assert not widget.form.hint_box.native.isHidden() and "spatially correlated" in widget.form.noise_hint.value
+    assert widget.form.mask_ratio.value == pytest.approx(0.3)
+    widget.form.use_hint.native.click()
+    assert widget.form.mask_ratio.value == pytest.approx(0.85) and widget.parameters()["mask_ratio"] == 0.85
+    choose(widget.form.layer, "independent")  # no hint there
+    assert widget.form.hint_box.native.isHidden()
 
 
 def test_preview_of_a_2d_image_covers_the_view_and_replaces_the_last(viewer_widget, qtbot, notes, plans):

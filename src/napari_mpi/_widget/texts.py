@@ -96,7 +96,7 @@ TIPS = {
         "napari-mpi checks whether the noise of the chosen image is shared by neighbouring pixels (colour\n"
         "cameras, resampled or filtered images). At the default mask ratio the fill then learns to copy the\n"
         "noise; the suggested ratio hides enough pixels to avoid it. The check also fires on some nearly clean\n"
-        "images, where a high ratio blurs detail: compare both on a crop if unsure.\n" + _SEE
+        "images, where a high ratio blurs detail: compare both with 'Preview on the view' if unsure.\n" + _SEE
     ),
     "threads": (
         "CPU threads torch computes with during a run; 'auto' leaves torch's own choice (one per core).\n"
@@ -104,7 +104,7 @@ TIPS = {
         "CPU run much faster: with one thread per core they fight with napari and other programs.\n"
         "Only the runs of this widget use it. " + _SEE
     ),
-    "reset": "Set every field back to its default (the fields are remembered from one napari session to the next).",
+    "reset": "Set every field back to its default. The fields are remembered when napari closes and opens again.",
     "preview": (
         "Denoise only the part of the current plane that is on screen (at most 256x256 pixels) with the Fast\n"
         "preset and the current mask ratio, learning rate, seed, device and refinement, into the layer\n"

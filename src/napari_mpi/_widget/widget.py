@@ -5,7 +5,7 @@ a preset fills in beta and iterations for what the run would start from, and edi
 preset to the one they match (else Custom); the image chooser follows napari's layers and selection; the
 chosen layer's noise is checked for the mask-ratio hint. The run itself is a :class:`.run.Run`; so is a
 preview of the part of the current plane on screen (:mod:`.preview`). Every parameter is locked while either
-runs. The fields are remembered from one napari session to the next (:mod:`.store`), until *Reset to defaults*.
+runs. The fields are remembered when napari closes and opens again (:mod:`.store`), until *Reset to defaults*.
 """
 
 from __future__ import annotations
