@@ -22,7 +22,7 @@ from .layers import add_output_layer, layer_data, unwrap
 
 __all__ = ["MAX_SIDE", "MIN_SIDE", "ViewCrop", "add_preview_layer", "crop_data", "preview_title", "view_crop"]
 
-#: The preview denoises at most this many pixels a side (a few seconds with the Fast preset on a CPU).
+#: The preview denoises at most this many pixels a side (the Fast preset: seconds rather than minutes on a CPU).
 MAX_SIDE = 256
 #: ... and at least this many (or the whole side of a smaller image), even when the view is zoomed far in.
 MIN_SIDE = 64
