@@ -8,7 +8,7 @@ the MPI denoise widget through the plugin manifest, starts a run and saves
 * ``docs/screenshot-running.png``: the whole window (``canvas_only=False``) mid-run,
 * ``docs/screenshot-done.png``: the window when the run has finished,
 * ``docs/screenshot-widget.png``: the dock widget with its advanced section open,
-* ``docs/screenshot-preview.png``: the window after *Preview on the view* on a synthetic noisy image
+* ``docs/screenshot-preview.png``: the canvas after *Preview on the view* on a synthetic noisy image
   (``--preview-size`` pixels a side), whose time is measured too.
 
 The widget starts from its defaults: its remembered settings go to a temporary file for this script.
@@ -140,7 +140,7 @@ def time_preview(viewer, widget, size: int, out: Path) -> dict:
     wait_until(lambda: run.finished, 3600)
     seconds = time.monotonic() - started
     pump(0.3)
-    viewer.screenshot(str(out / "screenshot-preview.png"), canvas_only=False)
+    viewer.screenshot(str(out / "screenshot-preview.png"), canvas_only=True)
     crop = run.settings["preview"]
     return {"image": f"{size}x{size} synthetic fluorescence", "crop": f"{crop['height']}x{crop['width']}",
             "plan": run.plan.describe_length(), "state": run.state, "seconds": round(seconds, 1)}

@@ -28,13 +28,19 @@ from .engine import DenoisePlan, DenoiseProgress, DenoiseWarning, denoise_steps
 from .layers import add_output_layer, finished_metadata, move_dims_to, output_array, unwrap
 from .texts import engine_warning, progress_text, run_summary, user_message, window_closed
 
-__all__ = ["MAX_REDRAW_INTERVAL", "REDRAW_BUDGET", "REDRAW_INTERVAL", "Run", "RunView", "denoise_job", "with_threads"]
+__all__ = [
+    "MAX_REDRAW_INTERVAL", "PREVIEW_REDRAW_INTERVAL", "REDRAW_BUDGET", "REDRAW_INTERVAL", "Run", "RunView",
+    "denoise_job", "with_threads",
+]
 
 log = logging.getLogger(__name__)
 
 #: Shortest time between two refreshes of the live output layer (at most ~10 redraws per second).
 #: An iteration slower than this refreshes the layer after every iteration.
 REDRAW_INTERVAL = 0.1
+#: Shortest time between two refreshes of a preview: it is meant to end quickly, and every refresh (the
+#: estimate, the layer's slicing and drawing) takes time from a CPU that the preview computes on.
+PREVIEW_REDRAW_INTERVAL = 1.0
 #: Longest time between two refreshes (as long as iterations are shorter than this).
 MAX_REDRAW_INTERVAL = 2.0
 #: A redraw may use at most this share of the GUI thread's time: when redraws are slow (a big plane,
@@ -158,7 +164,8 @@ class Run:
         what = "preview" if preview else "denoise"
         self.pbar = progress(total=plan.layout.n_planes * plan.steps_per_plane, desc=f"MPI {what} '{self.name}'")
         self._pbar_n = 0
-        self.redraw_interval = REDRAW_INTERVAL
+        self.min_redraw_interval = PREVIEW_REDRAW_INTERVAL if preview else REDRAW_INTERVAL
+        self.redraw_interval = self.min_redraw_interval
         job = denoise_job(denoise_steps(data, plan, self.out), self.out, lambda: self.redraw_interval)
         self.job = with_threads(job, threads, torch.get_num_threads())
         self.worker = _worker(self.job, self.name, {
@@ -205,7 +212,7 @@ class Run:
             begin = time.perf_counter()
             self.layer.refresh()
             cost = time.perf_counter() - begin  # slicing, thumbnail, and the GIL shared with the worker
-            self.redraw_interval = min(MAX_REDRAW_INTERVAL, max(REDRAW_INTERVAL, cost / REDRAW_BUDGET))
+            self.redraw_interval = min(MAX_REDRAW_INTERVAL, max(self.min_redraw_interval, cost / REDRAW_BUDGET))
         self.redraws += 1
         if self.follow and event.plane != self._followed_plane and self.plan.layout.n_planes > 1:
             self._followed_plane = event.plane
