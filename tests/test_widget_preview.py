@@ -141,6 +141,18 @@ def test_preview_of_a_stack_takes_the_current_plane_and_cancels_like_a_run(viewe
     assert not messages(notes())
 
 
+def test_preview_of_an_rgb_layer_keeps_its_colours(viewer_widget, qtbot, notes, plans):
+    viewer, widget = viewer_widget
+    photo = np.random.default_rng(0).integers(0, 256, size=(300, 40, 3), dtype=np.uint8)
+    viewer.add_image(photo, name="photo", rgb=True)
+    viewer.reset_view()
+    wait_finished(qtbot, widget.preview())
+    assert plans.asked[-1]["rgb"] is True and plans.asked[-1]["shape"] == (MAX_SIDE, 40, 3)
+    layer = viewer.layers["photo preview"]
+    assert layer.rgb and layer.data.shape == (MAX_SIDE, 40, 3) and not messages(notes())
+    np.testing.assert_allclose(layer.translate, (22.0, 0.0))  # rows 22-277 of 300
+
+
 def test_preview_needs_a_2d_view_of_the_image_axes(viewer_widget, notes):
     viewer, widget = viewer_widget
     viewer.add_image(np.stack([noisy((32, 32), seed=s) for s in range(3)]), name="zstack")

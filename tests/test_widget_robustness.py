@@ -355,6 +355,8 @@ def test_no_parameter_is_editable_during_a_run_even_when_layers_change(viewer_wi
     qtbot.waitUntil(lambda: len(seen) >= 6, timeout=RUN_TIMEOUT_MS)
     assert _editable(widget) == [] and all(names == [] for names in seen), seen
     assert widget.form.run_button.enabled and widget.form.run_button.text == "Cancel"
+    widget.form.follow.value = False  # the one box that still acts during a run: stop following the planes
+    assert widget.form.follow.enabled and run.follow is False
     click(qtbot, widget.form.run_button)
     wait_finished(qtbot, run)
     assert "beta" in _editable(widget) and "reuse" in _editable(widget)  # unlocked after the run
