@@ -25,6 +25,7 @@ from .widget_support import (
     RUN_TIMEOUT_MS,
     DenoiseProgress,
     _one_torch_thread,
+    _settings_in_tmp,
     api_module,
     choose,
     click,
@@ -40,7 +41,7 @@ from .widget_support import (
     wait_finished,
 )
 
-SHARED_FIXTURES = (_one_torch_thread, notes, viewer_widget)  # found by pytest among this module's names
+SHARED_FIXTURES = (_one_torch_thread, _settings_in_tmp, notes, viewer_widget)  # pytest finds them here
 
 # -- pure helpers ---------------------------------------------------------------------------
 
@@ -83,7 +84,8 @@ def test_tooltips_give_advice_and_point_to_the_benchmarks_not_figures():
         assert not re.search(r"dB|\d(\.\d+)?x (faster|slower)|\d s\b|%", tip), name  # no measurements
         assert "session" not in tip.lower() and "issue" not in tip.lower(), name  # no development history
     assert "0.8-0.95" in TIPS["mask_ratio"] and "streaky" in TIPS["mask_ratio"]  # when to change it
-    assert all("docs/benchmarks.md" in TIPS[name] for name in ("preset", "mask_ratio", "reuse", "refine", "crop"))
+    pointing = ("preset", "mask_ratio", "reuse", "refine", "crop", "threads")
+    assert all("docs/benchmarks.md" in TIPS[name] for name in pointing)
 
 
 # -- the widget -----------------------------------------------------------------------------
@@ -463,23 +465,6 @@ def test_lazy_layer_is_denoised_plane_by_plane_into_a_disk_backed_output(viewer_
     loaded = sorted(p for planes in computes for p in planes)
     assert set(loaded) == {0, 1, 2} and max(len(planes) for planes in computes) == 1  # one plane per read
     np.testing.assert_array_equal(np.asarray(out), napari_mpi.denoise(stack, iterations=3))
-
-
-def test_correlated_noise_shows_a_hint_that_sets_the_mask_ratio_in_one_click(viewer_widget):
-    from scipy.ndimage import gaussian_filter
-
-    viewer, widget = viewer_widget
-    noise = gaussian_filter(np.random.default_rng(5).normal(0, 1, (96, 96)), 1.0)
-    viewer.add_image(noisy((96, 96)), name="independent")
-    assert widget.chosen_layer().name == "independent" and widget.form.hint_box.native.isHidden()
-    viewer.add_image((0.5 + 0.1 * noise / noise.std()).astype(np.float32), name="blotchy")
-    assert widget.chosen_layer().name == "blotchy"
-    assert not widget.form.hint_box.native.isHidden() and "spatially correlated" in widget.form.noise_hint.value
-    assert widget.form.mask_ratio.value == pytest.approx(0.3)
-    widget.form.use_hint.native.click()
-    assert widget.form.mask_ratio.value == pytest.approx(0.85) and widget.parameters()["mask_ratio"] == 0.85
-    choose(widget.form.layer, "independent")  # no hint there
-    assert widget.form.hint_box.native.isHidden()
 
 
 def test_a_big_plane_trains_on_windows_and_reports_their_steps(viewer_widget, qtbot, notes, monkeypatch):

@@ -7,6 +7,8 @@ Small images (24x24 to 160x160) and 1-3 iterations keep each run to about a seco
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,7 @@ from napari_mpi._widget import MPIDenoiseWidget
 from .widget_support import (
     RUN_TIMEOUT_MS,
     _one_torch_thread,
+    _settings_in_tmp,
     click,
     messages,
     noisy,
@@ -28,7 +31,7 @@ from .widget_support import (
 )
 from .widget_support import wait_finished as wait_for_run
 
-SHARED_FIXTURES = (_one_torch_thread, notes, viewer_widget)  # found by pytest among this module's names
+SHARED_FIXTURES = (_one_torch_thread, _settings_in_tmp, notes, viewer_widget)  # pytest finds them here
 
 LONG = 5000  # iterations of a run that a test stops part-way
 
@@ -324,3 +327,121 @@ def test_an_unexpected_engine_error_is_one_sentence_not_a_traceback(viewer_widge
     monkeypatch.undo()
     assert_usable(viewer, widget, qtbot)
 
+
+
+# -- locked during runs, remembered across restarts -----------------------------------------
+
+
+def _editable(widget) -> list[str]:
+    """The parameter controls and their buttons that a user could change now."""
+    form = widget.form
+    return [control.name for control in form.parameters + form.actions if control.native.isEnabled()]
+
+
+def test_no_parameter_is_editable_during_a_run_even_when_layers_change(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    viewer.add_image(np.stack([noisy((24, 24), seed=s) for s in range(3)]), name="stack")
+    widget.form.iterations.value = LONG
+    assert {"preset", "mask_ratio", "beta", "iterations", "threads", "reuse", "reset_button",
+            "preview_button"} <= set(_editable(widget))
+    run = widget.start()
+    seen: list[list[str]] = []
+    run.worker.yielded.connect(lambda _: seen.append(_editable(widget)))
+    qtbot.waitUntil(lambda: run.layer is not None and len(seen) >= 3, timeout=RUN_TIMEOUT_MS)
+    # what used to unlock beta and the reuse box: the output layer's arrival, other layers, renames
+    viewer.add_image(noisy((24, 24), seed=9), name="another")
+    viewer.layers["another"].name = "renamed"
+    viewer.layers.selection.active = viewer.layers["renamed"]
+    qtbot.waitUntil(lambda: len(seen) >= 6, timeout=RUN_TIMEOUT_MS)
+    assert _editable(widget) == [] and all(names == [] for names in seen), seen
+    assert widget.form.run_button.enabled and widget.form.run_button.text == "Cancel"
+    widget.form.follow.value = False  # the one box that still acts during a run: stop following the planes
+    assert widget.form.follow.enabled and run.follow is False
+    click(qtbot, widget.form.run_button)
+    wait_finished(qtbot, run)
+    assert "beta" in _editable(widget) and "reuse" in _editable(widget)  # unlocked after the run
+    widget.form.preset.value = "Auto"  # Auto greys beta and reuse out, and they stay so after a run
+    widget.form.iterations.value = 2
+    run = widget.start()
+    assert _editable(widget) == []
+    wait_finished(qtbot, run)
+    assert "beta" not in _editable(widget) and "reuse" not in _editable(widget) and "seed" in _editable(widget)
+
+
+def test_settings_survive_a_restart_until_reset_to_defaults(make_napari_viewer, qtbot, _settings_in_tmp):
+    def open_widget():
+        viewer = make_napari_viewer()
+        return viewer, viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")[1]
+
+    viewer, first = open_widget()
+    defaults = first.settings()
+    form = first.form
+    form.mask_ratio.value = 0.5
+    form.preset.value = "Quality"
+    form.lr.value, form.seed.value, form.device.value, form.threads.value = 0.001, 7, "cpu", 1
+    form.refine.value, form.crop.value, form.reuse.value, form.follow.value = False, False, True, False
+    form.advanced_toggle.value = True
+    chosen = first.settings()
+    assert _settings_in_tmp.exists()  # written as the values changed: nothing to do at closing
+    first.close()
+    viewer.close()
+
+    viewer, second = open_widget()
+    assert second is not first and second.settings() == chosen
+    assert second.form.advanced.native.isVisibleTo(second)
+    second.form.iterations.value = 77  # Custom keeps its own beta and iterations
+    second.form.beta.value = 0.85
+    assert second.form.preset.value == "Custom"
+    chosen = second.settings()
+    viewer.close()
+
+    viewer, third = open_widget()
+    assert third.settings() == chosen and third.form.iterations.value == 77
+    click(qtbot, third.form.reset_button)
+    assert third.settings() == {**defaults, "advanced": True}  # the open section stays open
+    viewer.close()
+    viewer, fourth = open_widget()
+    assert fourth.settings() == {**defaults, "advanced": True}
+
+
+def test_damaged_or_foreign_settings_mean_the_defaults(viewer_widget, make_napari_viewer, _settings_in_tmp):
+    from napari_mpi._widget import store
+
+    defaults = viewer_widget[1].settings()
+    _settings_in_tmp.write_text("{not json")
+    assert store.load() == {}
+    _settings_in_tmp.write_text('{"version": 1, "values": {"seed": "seven", "threads": true, "mask_ratio": 9.0,'
+                                ' "device": "tpu", "preset": "Sharpest", "iterations": 3}}')
+    assert store.load() == {"mask_ratio": 9.0, "device": "tpu", "preset": "Sharpest", "iterations": 3}
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
+    restored = widget.settings()
+    assert restored["mask_ratio"] == widget.form.mask_ratio.max  # kept within the field's range
+    length = ("beta", "iterations")  # the preset's, which follow the mask ratio
+    assert {k: v for k, v in restored.items() if k not in (*length, "mask_ratio")} == {
+        k: v for k, v in defaults.items() if k not in (*length, "mask_ratio")}  # the rest: the defaults
+
+
+def test_cpu_threads_reach_torch_only_for_the_run(viewer_widget, qtbot, monkeypatch):
+    from napari_mpi._widget import run as run_module
+
+    seen = []
+    real = run_module.denoise_steps
+
+    def counting(*args, **kwargs):  # runs in the worker thread
+        seen.append(torch.get_num_threads())
+        return (yield from real(*args, **kwargs))
+
+    monkeypatch.setattr(run_module, "denoise_steps", counting)
+    viewer, widget = viewer_widget
+    viewer.add_image(noisy((24, 24)), name="cells")
+    widget.form.iterations.value = 1
+    assert widget.form.threads.value == 0 and widget.form.threads.current_choice == "auto"
+    cores = max(widget.form.threads.choices)
+    assert cores == (os.cpu_count() or 1)
+    assert torch.get_num_threads() == 1  # this module's fixture: torch's choice here
+    widget.form.threads.value = cores
+    wait_finished(qtbot, widget.start())
+    widget.form.threads.value = 0
+    wait_finished(qtbot, widget.start())
+    assert seen == [cores, 1]
+    assert torch.get_num_threads() == 1  # set back after the run

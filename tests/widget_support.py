@@ -17,6 +17,7 @@ from qtpy.QtCore import Qt
 
 from napari_mpi import DenoiseProgress  # noqa: F401 (re-exported for the tests)
 from napari_mpi._sample_data import clean_fluorescence, noisy_fluorescence
+from napari_mpi._widget import store
 from napari_mpi.settings import config_for
 from napari_mpi.weights import default_start  # noqa: F401 (re-exported for the tests)
 
@@ -70,6 +71,14 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _settings_in_tmp(tmp_path, monkeypatch):
+    """The widget remembers its fields in a file: here a test's own, never the user's."""
+    path = tmp_path / "napari-mpi-widget.json"
+    monkeypatch.setenv(store.ENVIRONMENT, str(path))
+    return path
 
 
 @pytest.fixture

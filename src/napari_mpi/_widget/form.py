@@ -27,12 +27,14 @@ from qtpy.QtWidgets import QComboBox, QSizePolicy
 
 from .texts import ADVANCED_TIP, TIPS
 
-__all__ = ["CUSTOM", "DenoiseForm", "quietly"]
+__all__ = ["AUTO_THREADS", "CUSTOM", "DenoiseForm", "quietly"]
 
 #: The preset label shown when beta and iterations match no preset.
 CUSTOM = "Custom"
 #: Steps of the progress bar.
 PROGRESS_STEPS = 1000
+#: What the CPU threads field shows at 0: torch's own choice.
+AUTO_THREADS = "auto"
 
 
 def _float_box(name: str, low: float, high: float, step: float, decimals: int, value: float) -> FloatSpinBox:
@@ -83,21 +85,32 @@ class DenoiseForm:
     """The controls of the dock widget; ``container`` holds them all (its ``native`` is what napari docks).
 
     ``presets``: the engine's preset names (shown capitalised, then Custom); ``devices``: the device choices;
-    ``mask_ratio`` and ``lr``: the initial values of those fields.
+    ``mask_ratio`` and ``lr``: the initial values of those fields; ``max_threads``: the CPU threads one may ask
+    for (the number of cores).
+
+    ``parameters`` lists every control that changes what a run does, and ``actions`` the buttons that change
+    them or start something: :meth:`lock` disables both while a run goes on, and ``greyed`` (controls
+    that a choice such as the Auto preset switches off) stay disabled after it.
     """
 
-    def __init__(self, *, presets: Sequence[str], devices: Sequence[str], mask_ratio: float, lr: float) -> None:
+    def __init__(self, *, presets: Sequence[str], devices: Sequence[str], mask_ratio: float, lr: float,
+                 max_threads: int = 1) -> None:
         self._choices: dict[str, list[tuple[str, Any]]] = {"layer": [], "channel_axis": [("none", None)]}
+        self.running = False
+        self.greyed: set[str] = set()
         self._declare_main(presets, mask_ratio)
-        self._declare_advanced(devices, lr)
+        self._declare_advanced(devices, lr, max_threads)
         self._declare_run()
         self.parameters = [
             self.layer, self.preset, self.mask_ratio, self.beta, self.iterations, self.lr, self.seed,
-            self.device, self.channel_axis, self.refine, self.crop, self.reuse,
+            self.device, self.threads, self.channel_axis, self.refine, self.crop, self.reuse,
         ]
+        self.actions = [self.use_hint, self.reset_button, self.preview_button]
         self.container = _holding(Container(name="mpi_denoise", labels=False), [
             self.main, self.advanced_toggle, self.advanced, self.reuse, self.follow,
-            self.run_button, self.progress_bar, self.status,
+            _holding(Container(name="buttons", layout="horizontal", labels=False),
+                     [self.run_button, self.preview_button]),
+            self.progress_bar, self.status,
         ])
 
     def _declare_main(self, presets: Sequence[str], mask_ratio: float) -> None:
@@ -119,20 +132,24 @@ class DenoiseForm:
             self.hint_box, _row("Beta", self.beta), _row("Iterations", self.iterations),
         ])
 
-    def _declare_advanced(self, devices: Sequence[str], lr: float) -> None:
+    def _declare_advanced(self, devices: Sequence[str], lr: float, max_threads: int) -> None:
         self.advanced_toggle = CheckBox(name="advanced_toggle", text="Advanced", value=False, tooltip=ADVANCED_TIP)
         self.lr = _float_box("lr", 0.00001, 0.1, 0.0005, 5, lr)
         self.seed = SpinBox(name="seed", min=0, max=2**31 - 1, value=0, tooltip=TIPS["seed"])
         self.device = ComboBox(name="device", choices=list(devices), tooltip=TIPS["device"])
+        self.threads = ComboBox(name="threads", value=0, tooltip=TIPS["threads"],  # 0: leave torch's own choice
+                                choices=[(AUTO_THREADS, 0)] + [(str(n), n) for n in range(1, max(1, max_threads) + 1)])
         self.channel_axis = ComboBox(name="channel_axis", tooltip=TIPS["channel_axis"],
                                      choices=lambda _: self._choices["channel_axis"])
         self.refine = CheckBox(name="refine", text="Wiener refinement after the fill (mask ratio up to 0.65)",
                                value=True, tooltip=TIPS["refine"])
         self.crop = CheckBox(name="crop", text="Train on 256x256 windows of big gray planes (CPU, faster)",
                              value=True, tooltip=TIPS["crop"])
+        self.reset_button = PushButton(name="reset_button", text="Reset to defaults", tooltip=TIPS["reset"])
         self.advanced = _holding(Container(name="advanced", labels=False, visible=False), [
             _row("Learning rate", self.lr), _row("Seed", self.seed), _row("Device", self.device),
-            _row("Channel axis", self.channel_axis), self.refine, self.crop,
+            _row("CPU threads", self.threads), _row("Channel axis", self.channel_axis), self.refine, self.crop,
+            self.reset_button,
         ], margins=(12, 0, 0, 0))
         self.advanced_toggle.changed.connect(self._show_advanced)
 
@@ -142,6 +159,7 @@ class DenoiseForm:
         self.follow = CheckBox(name="follow", text="Show the plane being denoised", value=True,
                                tooltip=TIPS["follow"])
         self.run_button = PushButton(name="run_button", text="Denoise", tooltip=TIPS["run"])
+        self.preview_button = PushButton(name="preview_button", text="Preview on the view", tooltip=TIPS["preview"])
         self.progress_bar = ProgressBar(name="progress_bar", min=0, max=PROGRESS_STEPS, value=0, readout=False,
                                         visible=False)
         self.status = _wrapping(Label(name="status", value=""))
@@ -165,10 +183,20 @@ class DenoiseForm:
             if items:
                 combo.value = value if any(data is value or data == value for _, data in items) else items[0][1]
 
+    def grey_out(self, names: set[str]) -> None:
+        """Disable the controls named in ``names`` (e.g. beta for the Auto preset) and enable the others,
+        unless a run goes on: then every parameter stays locked."""
+        self.greyed = set(names)
+        self._apply_lock()
+
+    def _apply_lock(self) -> None:
+        for widget in self.parameters + self.actions:
+            widget.enabled = not self.running and widget.name not in self.greyed
+
     def lock(self, running: bool) -> None:
         """Lock the parameters while a run goes on; the run button turns into Cancel."""
-        for widget in self.parameters:
-            widget.enabled = not running
+        self.running = running
+        self._apply_lock()
         self.run_button.text = "Cancel" if running else "Denoise"
         self.progress_bar.visible = running
         if running:

@@ -48,12 +48,14 @@ def output_array(data: Any, shape: tuple[int, ...]) -> np.ndarray:
         return np.memmap(backing, dtype=np.float32, mode="w+", shape=shape)
 
 
-def add_output_layer(viewer: Any, source: Image, out: np.ndarray, name: str) -> Image:
-    """Add ``out`` as the layer ``"<name> denoised"`` with the input's geometry, units and display settings."""
+def add_output_layer(viewer: Any, source: Image, out: np.ndarray, name: str, *, title: str | None = None,
+                     translate: Any = None) -> Image:
+    """Add ``out`` as the layer ``title`` (default ``"<name> denoised"``) with the input's geometry, units and
+    display settings (``translate``: another translation than the input's, for an output that covers part of it)."""
     kwargs: dict[str, Any] = dict(
-        name=f"{name} denoised",
+        name=title or f"{name} denoised",
         scale=source.scale,
-        translate=source.translate,
+        translate=source.translate if translate is None else translate,
         rotate=source.rotate,
         shear=source.shear,
         affine=source.affine,

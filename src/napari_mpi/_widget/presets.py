@@ -13,8 +13,8 @@ from .engine import DEFAULT_PRESET, PRESETS, config_for, default_start
 from .form import CUSTOM
 
 __all__ = [
-    "DEFAULT_LABEL", "DEFAULT_MASK_RATIO", "DEFAULT_NAME", "NAMES", "is_auto", "label_for", "matching_label",
-    "name_for", "preset_values", "start_for", "start_lr",
+    "DEFAULT_LABEL", "DEFAULT_MASK_RATIO", "DEFAULT_NAME", "NAMES", "PREVIEW_NAME", "is_auto", "label_for",
+    "matching_label", "name_for", "preset_values", "start_for", "start_lr",
 ]
 
 #: The engine's preset names, in the order the form lists them.
@@ -23,6 +23,8 @@ NAMES: tuple[str, ...] = tuple(PRESETS)
 DEFAULT_NAME = DEFAULT_PRESET
 #: The label chosen when the widget opens.
 DEFAULT_LABEL = DEFAULT_PRESET.capitalize()
+#: The preset a preview runs (whatever the form's): the quickest.
+PREVIEW_NAME = "fast" if "fast" in PRESETS else DEFAULT_PRESET
 #: The mask ratio the form opens with: the default preset's.
 DEFAULT_MASK_RATIO = config_for(DEFAULT_PRESET).mask_ratio
 

@@ -18,22 +18,29 @@ from collections.abc import Callable, Generator
 from typing import Any, Protocol
 
 import numpy as np
+import torch
 from napari.layers import Image
 from napari.qt.threading import create_worker
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_warning
 
 from .engine import DenoisePlan, DenoiseProgress, DenoiseWarning, denoise_steps
-from .layers import add_output_layer, finished_metadata, move_dims_to, output_array
+from .layers import add_output_layer, finished_metadata, move_dims_to, output_array, unwrap
 from .texts import engine_warning, progress_text, run_summary, user_message, window_closed
 
-__all__ = ["MAX_REDRAW_INTERVAL", "REDRAW_BUDGET", "REDRAW_INTERVAL", "Run", "RunView", "denoise_job"]
+__all__ = [
+    "MAX_REDRAW_INTERVAL", "PREVIEW_REDRAW_INTERVAL", "REDRAW_BUDGET", "REDRAW_INTERVAL", "Run", "RunView",
+    "denoise_job", "with_threads",
+]
 
 log = logging.getLogger(__name__)
 
 #: Shortest time between two refreshes of the live output layer (at most ~10 redraws per second).
 #: An iteration slower than this refreshes the layer after every iteration.
 REDRAW_INTERVAL = 0.1
+#: Shortest time between two refreshes of a preview: it is meant to end quickly, and every refresh (the
+#: estimate, the layer's slicing and drawing) takes time from a CPU that the preview computes on.
+PREVIEW_REDRAW_INTERVAL = 1.0
 #: Longest time between two refreshes (as long as iterations are shorter than this).
 MAX_REDRAW_INTERVAL = 2.0
 #: A redraw may use at most this share of the GUI thread's time: when redraws are slow (a big plane,
@@ -82,6 +89,20 @@ def denoise_job(
         steps.close()
 
 
+def with_threads(job: Generator, threads: int, default: int) -> Generator:
+    """Drive ``job`` with ``threads`` torch CPU threads (0: ``default``), then set torch back to ``default``.
+
+    ``default`` is torch's count on the GUI thread when the run starts (its own choice, or what the user set in
+    napari's console). torch keeps a thread count per thread as well as a global one: the count is set here, in
+    the worker thread that computes, at the first step, and set back when the job ends or is closed.
+    """
+    torch.set_num_threads(threads or default)
+    try:
+        return (yield from job)
+    finally:
+        torch.set_num_threads(default)
+
+
 class Failure:
     """An exception that ended the worker's generator, returned (not raised) to the GUI thread."""
 
@@ -112,10 +133,15 @@ class Run:
     memory, even when the widget itself was destroyed mid-run (dock closed, viewer closed).
     ``state`` goes from "running" to "done", "cancelled", "stopped" (a layer was removed) or "failed";
     ``finished`` is True once the worker has ended and the run has cleaned up.
+
+    ``threads``: torch CPU threads for the run (0: torch's own choice); ``place``: adds the output layer
+    (``add_output_layer``'s arguments; a preview places its own over the crop); ``preview``: a preview run,
+    whose layer keeps its name when it ends early.
     """
 
     def __init__(self, view: RunView, viewer: Any, source: Image, data: Any, plan: DenoisePlan,
-                 settings: dict[str, Any], follow: bool) -> None:
+                 settings: dict[str, Any], follow: bool, *, threads: int = 0,
+                 place: Callable[..., Image] = add_output_layer, preview: bool = False) -> None:
         self.view: RunView | None = view
         self.viewer = viewer
         self.source = source
@@ -123,6 +149,8 @@ class Run:
         self.plan = plan
         self.settings = settings
         self.follow = follow
+        self.preview = preview
+        self._place = place
         self.out = output_array(data, plan.layout.shape)
         self.layer: Image | None = None
         self.latest: DenoiseProgress | None = None
@@ -133,10 +161,13 @@ class Run:
         self.redraws = 0
         self.started = time.monotonic()
         self._followed_plane: int | None = None
-        self.pbar = progress(total=plan.layout.n_planes * plan.steps_per_plane, desc=f"MPI denoise '{self.name}'")
+        what = "preview" if preview else "denoise"
+        self.pbar = progress(total=plan.layout.n_planes * plan.steps_per_plane, desc=f"MPI {what} '{self.name}'")
         self._pbar_n = 0
-        self.redraw_interval = REDRAW_INTERVAL
-        self.job = denoise_job(denoise_steps(data, plan, self.out), self.out, lambda: self.redraw_interval)
+        self.min_redraw_interval = PREVIEW_REDRAW_INTERVAL if preview else REDRAW_INTERVAL
+        self.redraw_interval = self.min_redraw_interval
+        job = denoise_job(denoise_steps(data, plan, self.out), self.out, lambda: self.redraw_interval)
+        self.job = with_threads(job, threads, torch.get_num_threads())
         self.worker = _worker(self.job, self.name, {
             "yielded": self.on_yielded, "returned": self.on_returned, "errored": self.on_errored,
             "aborted": self.on_aborted, "finished": self.on_finished, "warned": self.on_warned,
@@ -181,7 +212,7 @@ class Run:
             begin = time.perf_counter()
             self.layer.refresh()
             cost = time.perf_counter() - begin  # slicing, thumbnail, and the GIL shared with the worker
-            self.redraw_interval = min(MAX_REDRAW_INTERVAL, max(REDRAW_INTERVAL, cost / REDRAW_BUDGET))
+            self.redraw_interval = min(MAX_REDRAW_INTERVAL, max(self.min_redraw_interval, cost / REDRAW_BUDGET))
         self.redraws += 1
         if self.follow and event.plane != self._followed_plane and self.plan.layout.n_planes > 1:
             self._followed_plane = event.plane
@@ -192,7 +223,7 @@ class Run:
         self._tell("show_progress", progress_text(event), event.fraction)
 
     def _add_layer(self) -> None:
-        self.layer = add_output_layer(self.viewer, self.source, self.out, self.name)
+        self.layer = unwrap(self._place(self.viewer, self.source, self.out, self.name))
         self._tell("output_added", self.layer)
 
     def on_warned(self, args: tuple) -> None:
@@ -254,7 +285,7 @@ class Run:
             return
         try:
             layer.metadata = finished_metadata(self, latest)
-            if self.state != "done":
+            if self.state != "done" and not self.preview:
                 layer.name = f"{self.name} denoised (partial)"
             layer.refresh()
         except Exception:  # noqa: BLE001 (the viewer may be closing)

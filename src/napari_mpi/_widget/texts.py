@@ -12,7 +12,7 @@ from typing import Any
 __all__ = [
     "ADVANCED_TIP", "BENCHMARKS", "NO_LAYER", "TIPS", "cannot_start", "engine_warning", "format_duration",
     "input_removed", "noise_hint", "output_removed", "panel_closed", "progress_text", "run_summary", "starting",
-    "user_message", "window_closed",
+    "user_message", "window_closed", "cannot_preview", "preview_starting",
 ]
 
 #: Where the measurements behind the advice live (in the napari-mpi repository and on its site).
@@ -96,9 +96,26 @@ TIPS = {
         "napari-mpi checks whether the noise of the chosen image is shared by neighbouring pixels (colour\n"
         "cameras, resampled or filtered images). At the default mask ratio the fill then learns to copy the\n"
         "noise; the suggested ratio hides enough pixels to avoid it. The check also fires on some nearly clean\n"
-        "images, where a high ratio blurs detail: compare both on a crop if unsure.\n" + _SEE
+        "images, where a high ratio blurs detail: compare both with 'Preview on the view' if unsure.\n" + _SEE
     ),
-    "follow": "Move the viewer's sliders to the plane being denoised, so you can watch it improve.",
+    "threads": (
+        "CPU threads torch computes with during a run; 'auto' leaves torch's own choice (one per core).\n"
+        "On a laptop that is doing other work, or a small machine, one or two fewer than the cores can make a\n"
+        "CPU run much faster: with one thread per core they fight with napari and other programs.\n"
+        "Only the runs of this widget use it. " + _SEE
+    ),
+    "reset": "Set every field back to its default. The fields are remembered when napari closes and opens again.",
+    "preview": (
+        "Denoise only the part of the current plane that is on screen (at most 256x256 pixels) with the Fast\n"
+        "preset and the current mask ratio, learning rate, seed, device and refinement, into the layer\n"
+        "'<name> preview' over it: seconds instead of minutes. Zoom onto a typical region, then preview with\n"
+        "each mask ratio (or refinement on and off) and compare before denoising the whole image or stack.\n"
+        "Each preview replaces the previous one of the same layer; rename a preview to keep it."
+    ),
+    "follow": (
+        "Move the viewer's sliders to the plane being denoised, so you can watch it improve.\n"
+        "Untick it during a run to look at other planes while the run continues."
+    ),
     "run": (
         "Denoise the chosen layer in the background; napari stays usable.\n"
         "While it runs this button cancels: what was computed so far is kept in a '(partial)' layer."
@@ -136,6 +153,16 @@ def progress_text(event: Any) -> str:
 def starting(plan: Any) -> str:
     """The status line while a run starts (``plan``: a DenoisePlan)."""
     return f"Starting on {plan.device.type.upper()}: {plan.layout.n_planes} plane(s) of {plan.describe_length()}..."
+
+
+def preview_starting(plan: Any, crop: Any) -> str:
+    """The status line while a preview starts (``crop``: a ViewCrop)."""
+    plane = f" of plane {', '.join(str(i) for i in crop.plane)}" if crop.plane else ""
+    return f"Previewing {crop.height}x{crop.width} pixels{plane} on {plan.device.type.upper()}..."
+
+
+def cannot_preview(reason: Any, name: str) -> str:
+    return f"Cannot preview '{name}': {str(reason).strip().rstrip('.')}."
 
 
 def noise_hint(score: float, mask_ratio: float) -> str:

@@ -3,14 +3,18 @@
 napari's manifest docks :class:`MPIDenoiseWidget` (a QWidget holding the magicgui form). Its reactions:
 a preset fills in beta and iterations for what the run would start from, and editing them switches the
 preset to the one they match (else Custom); the image chooser follows napari's layers and selection; the
-chosen layer's noise is checked for the mask-ratio hint. The run itself is a :class:`.run.Run`.
+chosen layer's noise is checked for the mask-ratio hint. The run itself is a :class:`.run.Run`; so is a
+preview of the part of the current plane on screen (:mod:`.preview`). Every parameter is locked while either
+runs. The fields are remembered when napari closes and opens again (:mod:`.store`), until *Reset to defaults*.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import weakref
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -19,18 +23,21 @@ from napari.utils.notifications import show_error, show_warning
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 
-from . import presets
-from .engine import available_devices, check_noise, prepare
-from .form import DenoiseForm, quietly
+from . import presets, store
+from .engine import DenoisePlan, available_devices, check_noise, prepare
+from .form import CUSTOM, DenoiseForm, quietly
 from .layers import layer_data, unwrap
+from .preview import add_preview_layer, crop_data, view_crop
 from .run import Run
 from .texts import (
     NO_LAYER,
+    cannot_preview,
     cannot_start,
     input_removed,
     noise_hint,
     output_removed,
     panel_closed,
+    preview_starting,
     starting,
     user_message,
     window_closed,
@@ -68,6 +75,11 @@ def _axis_choices(layer: Image | None) -> list[tuple[str, int | None]]:
     return choices
 
 
+def _within(widget: Any, value: float) -> float:
+    """``value`` kept within a spin box's range (a remembered value may come from another version)."""
+    return type(widget.value)(min(max(value, widget.min), widget.max))
+
+
 class MPIDenoiseWidget(QWidget):
     """Dock widget: choose an image layer and parameters, denoise with MPI, watch the result live."""
 
@@ -83,13 +95,17 @@ class MPIDenoiseWidget(QWidget):
         self._hint_ratio: float | None = None
         self.destroyed.connect(lambda *_, holder=self._holder: _on_widget_destroyed(holder))
         self.form = DenoiseForm(presets=presets.NAMES, devices=available_devices(),
-                                mask_ratio=presets.DEFAULT_MASK_RATIO, lr=self._start_lr)
+                                mask_ratio=presets.DEFAULT_MASK_RATIO, lr=self._start_lr,
+                                max_threads=os.cpu_count() or 1)
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.container.native)
         layout.addStretch(1)
         self._connect_form()
         self._connect_viewer()
         self._refresh_layers()
+        self._remembering = False
+        self._apply_settings(store.load())
+        self._connect_memory()
 
     @property
     def alive(self) -> bool:
@@ -117,6 +133,9 @@ class MPIDenoiseWidget(QWidget):
         form.iterations.changed.connect(self._on_value_edited)
         form.use_hint.changed.connect(self._use_hint)
         form.run_button.changed.connect(self._on_run_clicked)
+        form.preview_button.changed.connect(self._on_preview_clicked)
+        form.reset_button.changed.connect(self.reset_to_defaults)
+        form.follow.changed.connect(self._on_follow)
         form.preset.value = presets.DEFAULT_LABEL
         self._on_preset(presets.DEFAULT_LABEL)
 
@@ -125,10 +144,13 @@ class MPIDenoiseWidget(QWidget):
     def _auto_chosen(self) -> bool:
         return presets.is_auto(self.form.preset.value)
 
-    def _grey_out_for_auto(self) -> None:
-        """Auto chooses beta itself and decides per plane: beta and network reuse are off for it."""
-        for widget in (self.form.beta, self.form.reuse):
-            widget.enabled = not self._auto_chosen
+    def _grey_out(self) -> None:
+        """Auto chooses beta itself and decides per plane: beta and network reuse are off for it. Without an
+        image there is nothing to preview. (During a run the form keeps every parameter locked anyway.)"""
+        names = {"beta", "reuse"} if self._auto_chosen else set()
+        if self.chosen_layer() is None:
+            names.add("preview_button")
+        self.form.grey_out(names)
 
     def _start(self) -> str:
         """What Denoise would start from with the shipped weights (it depends on gray / colour and the mask
@@ -148,7 +170,7 @@ class MPIDenoiseWidget(QWidget):
             self._on_preset(label)
 
     def _on_preset(self, label: str) -> None:
-        self._grey_out_for_auto()
+        self._grey_out()
         values = presets.preset_values(label, self._start())
         if values is None:  # Custom: keep the current values
             return
@@ -164,6 +186,66 @@ class MPIDenoiseWidget(QWidget):
         if form.preset.value != label:
             with quietly(form.preset):
                 form.preset.value = label
+
+    # -- remembered settings -------------------------------------------------------------
+    def _connect_memory(self) -> None:
+        """Remember the form whenever one of its remembered values changes."""
+        form = self.form
+        for widget in (form.preset, form.mask_ratio, form.beta, form.iterations, form.lr, form.seed, form.device,
+                       form.threads, form.refine, form.crop, form.reuse, form.follow, form.advanced_toggle):
+            widget.changed.connect(self._remember)
+
+    def settings(self) -> dict[str, Any]:
+        """The values of the form that are remembered (:data:`.store.DEFAULTS` names them)."""
+        form = self.form
+        return dict(
+            preset=form.preset.value, mask_ratio=round(form.mask_ratio.value, 4), beta=round(form.beta.value, 6),
+            iterations=int(form.iterations.value),
+            lr=None if math.isclose(form.lr.value, self._start_lr) else round(form.lr.value, 8),
+            seed=int(form.seed.value), device=form.device.value, threads=int(form.threads.value),
+            refine=form.refine.value, crop=form.crop.value, reuse=form.reuse.value, follow=form.follow.value,
+            advanced=form.advanced_toggle.value,
+        )
+
+    def _remember(self, *_: Any) -> None:
+        if not self._remembering:
+            store.save(self.settings())
+
+    def _apply_settings(self, values: dict[str, Any]) -> None:
+        """Set the form to ``values`` (remembered ones; defaults for those missing), as a user would: the preset
+        then sets beta and iterations for the chosen layer, unless it is Custom (or Auto's iteration cap)."""
+        form = self.form
+        values = {**store.DEFAULTS, "preset": presets.DEFAULT_LABEL, "mask_ratio": presets.DEFAULT_MASK_RATIO,
+                  **{name: value for name, value in values.items() if value is not None}}
+        self._remembering = True
+        try:
+            form.mask_ratio.value = _within(form.mask_ratio, values["mask_ratio"])
+            label = values["preset"] if values["preset"] in form.preset.choices else presets.DEFAULT_LABEL
+            with quietly(form.preset):
+                form.preset.value = label
+            self._on_preset(label)
+            with quietly(form.beta, form.iterations):
+                if label == CUSTOM and values["beta"] is not None:
+                    form.beta.value = _within(form.beta, values["beta"])
+                if label == CUSTOM or presets.is_auto(label):
+                    form.iterations.value = _within(form.iterations, values["iterations"] or form.iterations.value)
+            self._on_value_edited()
+            form.lr.value = _within(form.lr, values["lr"] if values["lr"] is not None else self._start_lr)
+            form.seed.value = _within(form.seed, values["seed"])
+            form.threads.value = values["threads"] if values["threads"] in form.threads.choices else 0
+            if values["device"] in form.device.choices:
+                form.device.value = values["device"]
+            for name in ("refine", "crop", "reuse", "follow"):
+                getattr(form, name).value = values[name]
+            form.advanced_toggle.value = values["advanced"]
+        finally:
+            self._remembering = False
+
+    def reset_to_defaults(self, *_: Any) -> None:
+        """Every field back to its default (the Advanced section stays as it is); remembered at once."""
+        if self._run is None:
+            self._apply_settings({"advanced": self.form.advanced_toggle.value})
+            self._remember()
 
     # -- layer chooser -------------------------------------------------------------------
     def _connect_viewer(self) -> None:
@@ -228,6 +310,7 @@ class MPIDenoiseWidget(QWidget):
         form.set_choices(form.channel_axis, _axis_choices(layer), form.channel_axis.value)
         self._on_start_changed()
         self._check_noise(layer)
+        self._grey_out()
         if self._run is None:
             form.run_button.enabled = layer is not None
 
@@ -279,32 +362,74 @@ class MPIDenoiseWidget(QWidget):
         else:
             self.start()
 
-    def start(self) -> Run | None:
-        """Validate and start denoising the chosen layer; returns the run, or None after a notification."""
+    def _on_preview_clicked(self, *_: Any) -> None:
+        if self._run is None:
+            self.preview()
+
+    def _layer_to_run(self) -> Image | None:
+        """The chosen layer when nothing runs; None (with a warning when no layer is chosen) otherwise."""
         if self._run is not None:
             return None
         layer = self.chosen_layer()
         if layer is None:
             show_warning(NO_LAYER)
+        return layer
+
+    def _plan(self, data: Any, params: dict[str, Any], name: str) -> DenoisePlan | None:
+        """``prepare``'s plan for ``data``, or None after an error notification."""
+        try:
+            return prepare(tuple(data.shape), data.dtype, **params)
+        except ValueError as exc:
+            show_error(user_message(exc, name))
+        except Exception as exc:  # noqa: BLE001 (e.g. a damaged weights file)
+            log.exception("napari-mpi: preparing the run failed")
+            show_error(cannot_start(exc, name))
+        return None
+
+    def start(self) -> Run | None:
+        """Validate and start denoising the chosen layer; returns the run, or None after a notification."""
+        layer = self._layer_to_run()
+        if layer is None:
             return None
         data = layer_data(layer)
         params = self.parameters()
-        try:
-            plan = prepare(tuple(data.shape), data.dtype, **params)
-        except ValueError as exc:
-            show_error(user_message(exc, layer.name))
-            return None
-        except Exception as exc:  # noqa: BLE001 (e.g. a damaged weights file)
-            log.exception("napari-mpi: preparing the run failed")
-            show_error(cannot_start(exc, layer.name))
+        plan = self._plan(data, params, layer.name)
+        if plan is None:
             return None
         settings = {"preset": self.form.preset.value.lower(), "channel_axis": params["channel_axis"]}
-        run = Run(self, self.viewer, layer, data, plan, settings, self.form.follow.value)
+        run = Run(self, self.viewer, layer, data, plan, settings, self.form.follow.value,
+                  threads=self.form.threads.value)
+        return self._launch(run, starting(plan))
+
+    def preview(self) -> Run | None:
+        """Denoise the part of the chosen layer's current plane that is on screen (at most 256x256) with the
+        Fast preset and the form's other settings, into the layer "<name> preview" over it; returns the run,
+        or None after a notification."""
+        layer = self._layer_to_run()
+        if layer is None:
+            return None
+        try:
+            crop = view_crop(self.viewer, layer)
+            data = crop_data(layer, crop)
+        except ValueError as exc:
+            show_warning(cannot_preview(exc, layer.name))
+            return None
+        params = dict(self.parameters(), preset=presets.PREVIEW_NAME, beta=None, iterations=None,
+                      channel_axis=None, reuse_network=False)
+        plan = self._plan(data, params, layer.name)
+        if plan is None:
+            return None
+        settings = {"preset": presets.PREVIEW_NAME, "channel_axis": None, "preview": crop.describe()}
+        run = Run(self, self.viewer, layer, data, plan, settings, False, threads=self.form.threads.value,
+                  place=partial(add_preview_layer, crop=crop), preview=True)
+        return self._launch(run, preview_starting(plan, crop))
+
+    def _launch(self, run: Run, text: str) -> Run:
         self._run = run
         self._holder["run"] = run
         run.holder = self._holder
         self._set_running(True)
-        self.form.status.value = starting(plan)
+        self.form.status.value = text
         run.start()
         return run
 
@@ -323,9 +448,12 @@ class MPIDenoiseWidget(QWidget):
 
     def _set_running(self, running: bool) -> None:
         self.form.lock(running)
-        if not running:
-            self._grey_out_for_auto()
         self.form.run_button.enabled = running or self.chosen_layer() is not None
+
+    def _on_follow(self, follow: bool) -> None:
+        """Following the plane being denoised can be switched on and off during a run."""
+        if self._run is not None:
+            self._run.follow = follow
 
     # -- what a run tells the widget (RunView) -------------------------------------------
     def output_added(self, layer: Image) -> None:
