@@ -18,7 +18,7 @@ from .. import (
     denoise_steps,
     prepare,
 )
-from ..engine.devices import available_devices
+from ..engine.devices import available_devices, is_out_of_memory, memory_advice
 from ..weights import default_start
 
 __all__ = [
@@ -28,6 +28,8 @@ __all__ = [
     "DenoiseProgress",
     "DenoiseWarning",
     "available_devices",
+    "is_out_of_memory",
+    "memory_advice",
     "check_noise",
     "config_for",
     "default_start",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .engine import is_out_of_memory, memory_advice
+
 __all__ = [
     "ADVANCED_TIP", "BENCHMARKS", "NO_LAYER", "TIPS", "cannot_start", "engine_warning", "format_duration",
     "input_removed", "noise_hint", "output_removed", "panel_closed", "progress_text", "run_summary", "starting",
@@ -173,12 +175,10 @@ def noise_hint(score: float, mask_ratio: float) -> str:
 def user_message(exc: BaseException, name: str, device: str | None = None) -> str:
     """One clear sentence for an error raised while denoising layer ``name`` on ``device`` ("cpu", "cuda", ...)."""
     text = str(exc).strip().rstrip(".")
-    lowered = text.lower()
-    if isinstance(exc, MemoryError) or "out of memory" in lowered or "can't allocate memory" in lowered:
+    if is_out_of_memory(exc):
         detail = text.split(";")[0].strip() or "not enough memory"  # the engine's own advice names API arguments
-        advice = ("Close other programs to free memory, or denoise a smaller crop." if device == "cpu"
-                  else "Close other programs using the GPU, or choose device 'cpu' under Advanced.")
-        return f"Denoising '{name}' ran out of memory ({detail}). {advice}"
+        advice = memory_advice("cpu" if device == "cpu" else "cuda", "choose device 'cpu' under Advanced")
+        return f"Denoising '{name}' ran out of memory ({detail}). {advice[0].upper()}{advice[1:]}."
     if isinstance(exc, ValueError):
         return f"Cannot denoise '{name}': {text}."
     return (

@@ -114,11 +114,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
     )
 
 
-def memory_advice(device: torch.device | str) -> str:
-    """What a user can do after running out of memory on ``device``."""
+def memory_advice(device: torch.device | str, cpu_option: str = "use device='cpu'") -> str:
+    """What a user can do after running out of memory on ``device``; ``cpu_option`` says how to choose the CPU
+    where the user is (the API's argument, the command line's flag, the widget's field)."""
     if torch.device(device).type == "cpu":
         return "close other programs to free memory, or denoise a smaller crop"
-    return "close other programs using the GPU, or use device='cpu'"
+    return f"close other programs using the GPU, or {cpu_option}"
 
 
 def available_memory() -> int | None:
