@@ -26,7 +26,7 @@ from .engine.noise import MaskRatioHint, mask_ratio_hint
 from .engine.plane import DenoiseWarning, fill_plane, tile_to_fit_memory, to_plane
 from .engine.refine import resolve_refine
 from .io.planes import Normalization, PlaneLayout, check_dtype, check_values, plane_layout
-from .settings import DEFAULT_PRESET, MIN_CROP, FillConfig, config_for
+from .settings import DEFAULT_PRESET, MIN_CROP, PRESET_NAMES, FillConfig, config_for
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
 __all__ = [
@@ -173,10 +173,11 @@ def prepare(
 
     The parameters are :func:`denoise`'s; ``tuning`` sets any other :class:`~napari_mpi.settings.FillConfig`
     field by name."""
-    check_dtype(np.dtype(image_dtype))
+    _check_inputs(image_shape, preset, device)
+    check_dtype(image_dtype)
     layout = plane_layout(tuple(image_shape), rgb=rgb, channel_axis=channel_axis)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
     mask_mode = "channel" if rgb else "pixel"
     options = dict(mask_ratio=mask_ratio, beta=beta, iterations=iterations, lr=lr, mask_mode=mask_mode,
                    seed=int(seed), precision=precision, **_tuning(tuning))
@@ -194,6 +195,26 @@ def prepare(
     device = resolve_device(device)
     crop = _resolve_crop(crop, layout.plane_shape[:2], device, config, layout.rgb)
     return DenoisePlan(layout, config, checkpoint, device, preset.lower(), channel_axis, reuse_network, refine, crop)
+
+
+#: The largest seed (numpy's and most tools' seed range; tiles add their number to it)
+MAX_SEED = 2**32 - 1
+#: Devices the network runs on
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
+
+
+def _check_inputs(image_shape: tuple, preset: Any, device: Any) -> None:
+    """ValueErrors that say what to change for a shape of unknown lengths, a preset that is not a name and
+    a device that cannot compute."""
+    if any(not isinstance(n, (int, np.integer)) for n in image_shape):
+        raise ValueError(f"the image's shape {tuple(image_shape)} has unknown lengths (a dask array after boolean "
+                         "indexing?); call .compute_chunk_sizes() on it first")
+    if not isinstance(preset, str):
+        raise ValueError(f"preset must be the name of a preset ({', '.join(repr(n) for n in PRESET_NAMES)}; "
+                         f"leave it out for {DEFAULT_PRESET!r}), got {preset!r}")
+    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0].strip().lower()
+    if kind not in (*_DEVICE_TYPES, "auto"):
+        raise ValueError(f"device {str(device)!r} cannot run the network; use 'auto', 'cpu', 'cuda' or 'mps'")
 
 
 #: FillConfig fields with a parameter of their own in prepare() and denoise()
@@ -274,6 +295,7 @@ def denoise_steps(
         check_values(image)
     if out is None:
         out = np.zeros(layout.shape, dtype=np.float32)
+    fit = _fitting(out)
     state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
     carried = CarriedNetwork() if plan.reuse_network else None
     tile = tile_to_fit_memory(*layout.plane_shape[:2], plan)  # once per run: one warning, not one per plane
@@ -299,13 +321,42 @@ def denoise_steps(
                 yield DenoiseProgress(iteration=step.iteration, elapsed=time.monotonic() - start,
                                       tiles=getattr(step, "tiles", 1), _step=step, _norm=norm, _plane_data=plane,
                                       **{**progress, "iterations": step.iterations})
-            out[index] = result
+            out[index] = fit(result)
             if not filled:  # a constant plane is its own result: one event, after it is written
                 yield DenoiseProgress(iteration=plan.config.iterations, elapsed=time.monotonic() - start,
                                       _plane_data=plane, **progress)
     finally:  # also when the consumer cancels (closes the generator) or an error ends the run
         free_device_memory(plan.device)
     return out
+
+
+def _fitting(out) -> Callable[[np.ndarray], np.ndarray]:
+    """How a finished float32 plane goes into ``out``: as it is into float32 or wider; rounded and clipped into an
+    integer type, clipped into float16 (never wrapped around), with one DenoiseWarning the first time values are
+    clipped. ValueError for an ``out`` that cannot hold numbers."""
+    try:
+        dtype = np.dtype(getattr(out, "dtype", np.float32))
+    except TypeError:
+        return lambda plane: plane  # e.g. a torch tensor: it converts (and checks) itself
+    if dtype.kind == "f" and dtype.itemsize >= 4:
+        return lambda plane: plane
+    if dtype.kind not in "uif":
+        raise ValueError(f"out= holds {dtype.name}, which cannot take a denoised image; pass a float32 array "
+                         "(or an integer one: the result is rounded and clipped to its range)")
+    info = np.iinfo(dtype) if dtype.kind in "ui" else np.finfo(dtype)
+    low, high = float(info.min), float(info.max)
+    warned = []
+
+    def fit(plane: np.ndarray) -> np.ndarray:
+        values = np.rint(plane) if dtype.kind in "ui" else plane
+        if not warned and plane.size and (float(plane.min()) < low or float(plane.max()) > high):
+            warned.append(True)
+            warnings.warn(f"the result reaches {float(plane.min()):.6g} to {float(plane.max()):.6g}, beyond the "
+                          f"range of out='s {dtype.name} ({low:g} to {high:g}): values are clipped to that range; "
+                          "pass a float32 out= to keep them", DenoiseWarning, stacklevel=4)
+        return np.clip(values, low, high).astype(dtype)
+
+    return fit
 
 
 def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:
@@ -461,6 +512,9 @@ def denoise(
 def _as_array(image):
     """Arrays (numpy, dask, zarr: anything with shape and dtype) as they are; nested lists or tuples
     of numbers as numpy; anything else is a TypeError."""
+    if isinstance(image, torch.Tensor):
+        raise TypeError("denoise() takes numpy, dask or zarr arrays, not a torch tensor; pass "
+                        "tensor.detach().cpu().numpy()")
     if hasattr(image, "shape") and hasattr(image, "dtype"):
         return image
     if isinstance(image, (list, tuple)):
