@@ -26,6 +26,7 @@ from .engine.noise import MaskRatioHint, mask_ratio_hint
 from .engine.plane import DenoiseWarning, fill_plane, tile_to_fit_memory, to_plane
 from .engine.refine import resolve_refine
 from .io.planes import Normalization, PlaneLayout, check_dtype, check_values, plane_layout
+from .io.sinks import fitting
 from .settings import DEFAULT_PRESET, MIN_CROP, PRESET_NAMES, FillConfig, config_for
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
@@ -295,7 +296,7 @@ def denoise_steps(
         check_values(image)
     if out is None:
         out = np.zeros(layout.shape, dtype=np.float32)
-    fit = _fitting(out)
+    fit = fitting(out, DenoiseWarning)
     state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
     carried = CarriedNetwork() if plan.reuse_network else None
     tile = tile_to_fit_memory(*layout.plane_shape[:2], plan)  # once per run: one warning, not one per plane
@@ -328,35 +329,6 @@ def denoise_steps(
     finally:  # also when the consumer cancels (closes the generator) or an error ends the run
         free_device_memory(plan.device)
     return out
-
-
-def _fitting(out) -> Callable[[np.ndarray], np.ndarray]:
-    """How a finished float32 plane goes into ``out``: as it is into float32 or wider; rounded and clipped into an
-    integer type, clipped into float16 (never wrapped around), with one DenoiseWarning the first time values are
-    clipped. ValueError for an ``out`` that cannot hold numbers."""
-    try:
-        dtype = np.dtype(getattr(out, "dtype", np.float32))
-    except TypeError:
-        return lambda plane: plane  # e.g. a torch tensor: it converts (and checks) itself
-    if dtype.kind == "f" and dtype.itemsize >= 4:
-        return lambda plane: plane
-    if dtype.kind not in "uif":
-        raise ValueError(f"out= holds {dtype.name}, which cannot take a denoised image; pass a float32 array "
-                         "(or an integer one: the result is rounded and clipped to its range)")
-    info = np.iinfo(dtype) if dtype.kind in "ui" else np.finfo(dtype)
-    low, high = float(info.min), float(info.max)
-    warned = []
-
-    def fit(plane: np.ndarray) -> np.ndarray:
-        values = np.rint(plane) if dtype.kind in "ui" else plane
-        if not warned and plane.size and (float(plane.min()) < low or float(plane.max()) > high):
-            warned.append(True)
-            warnings.warn(f"the result reaches {float(plane.min()):.6g} to {float(plane.max()):.6g}, beyond the "
-                          f"range of out='s {dtype.name} ({low:g} to {high:g}): values are clipped to that range; "
-                          "pass a float32 out= to keep them", DenoiseWarning, stacklevel=4)
-        return np.clip(values, low, high).astype(dtype)
-
-    return fit
 
 
 def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:

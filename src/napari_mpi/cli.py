@@ -126,19 +126,6 @@ def _check_axes(axes: str, what: str) -> None:
                          "YXS for RGB")
 
 
-def _check_png(data, axes: str) -> None:
-    """A PNG holds one gray or RGB(A) plane of 8- or 16-bit unsigned integers: refuse anything else before any work."""
-    dtype = np.dtype(data.dtype)
-    rgb = axes.endswith("S") and data.ndim == 3
-    if dtype.kind != "u" or dtype.itemsize > 2:
-        kind = "float" if dtype.kind == "f" else "signed" if dtype.kind == "i" else f"{dtype.itemsize * 8}-bit"
-        raise ValueError(f"a PNG holds 8- or 16-bit unsigned whole numbers, and this image is {kind} ({dtype.name}): "
-                         "its values would be lost; write .tif, .ome.tif or .zarr instead")
-    if data.ndim != 2 and not rgb:
-        raise ValueError(f"a PNG holds one 2-D gray or RGB image, and this one is {data.ndim}-D (axes {axes}, shape "
-                         f"{tuple(data.shape)}); write .tif, .ome.tif or .zarr instead")
-
-
 def _roles(axes: str, shape: tuple[int, ...]) -> dict:
     """denoise() keyword arguments from an axes string: S (samples) last = RGB, C = channel axis."""
     rgb = axes.endswith("S") and shape[-1] in (3, 4)
@@ -186,31 +173,6 @@ def _check_output(source: Path, target: Path, overwrite: bool = False) -> str:
     return kind
 
 
-def _write_png(target: Path, data: np.ndarray, source_dtype: np.dtype, run: dict) -> None:
-    """Write a whole in-memory result as PNG atomically (temporary file, then rename), the run's parameters
-    in a text chunk ("napari-mpi", JSON)."""
-    import json
-
-    from PIL import Image, PngImagePlugin
-
-    from .io.stores import convert, output_dtype
-
-    data = convert(data, output_dtype(source_dtype, "png", keep_dtype=True))
-    tmp = target.with_name(f".{target.name}.partial{target.suffix}")
-    info = PngImagePlugin.PngInfo()
-    info.add_text("napari-mpi", json.dumps(run))
-    try:
-        if data.dtype == np.uint16 and data.ndim == 3:  # 16-bit colour: Pillow cannot write it (nor its text)
-            from skimage.io import imsave
-
-            imsave(tmp, data, check_contrast=False, extension=".png")
-        else:
-            Image.fromarray(data).save(tmp, format="PNG", pnginfo=info)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _fingerprint(source: Path, data, plan) -> dict:
     """What makes two runs the same run, for --resume: the input file and every parameter that changes
     the numbers (not the device: a run may resume on another machine)."""
@@ -251,6 +213,7 @@ def _local_planes(data, plan, sink, done: set[int], quiet: bool):
 def _denoise(args: argparse.Namespace) -> int:
     from .api import prepare, warn_if_noise_looks_correlated
     from .io.checked import CheckedSource
+    from .io.png import check_png, write_png
 
     kind = _check_output(args.input, args.output, args.overwrite)
     _check_denoise_options(args, kind)
@@ -261,7 +224,7 @@ def _denoise(args: argparse.Namespace) -> int:
     with ExitStack() as stack:
         data, axes, calibration = _read_image(args.input, args.axes, stack)
         if kind == "png":
-            _check_png(data, axes)
+            check_png(data, axes)
         plan = prepare(
             data.shape, data.dtype, preset=args.preset, mask_ratio=args.mask_ratio, beta=args.beta,
             iterations=args.iterations, seed=args.seed, device=args.device, weights=args.weights,
@@ -277,7 +240,7 @@ def _denoise(args: argparse.Namespace) -> int:
         if output is not None:
             output.finish()
         else:
-            _write_png(args.output, sink, data.dtype, plan.describe())
+            write_png(args.output, sink, data.dtype, plan.describe())
     if not args.quiet:
         n_planes = plan.layout.n_planes
         resumed = f", {len(done)} from the earlier run" if done else ""

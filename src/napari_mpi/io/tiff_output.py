@@ -45,7 +45,7 @@ def tiff_format(kind: str, axes: str, dtype: np.dtype) -> tuple[str, list[int], 
 
 
 def _suggest(axes: str) -> str:
-    spare = iter(a for a in "TZC" if a not in axes)
+    spare = iter(a for a in "ZTC" if a not in axes)
     return "".join(a if a in OME_TIFF_AXES else next(spare, "Q") for a in axes)
 
 
