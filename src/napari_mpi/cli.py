@@ -144,8 +144,6 @@ def _check_output(source: Path, target: Path, overwrite: bool = False) -> str:
     from .io.stores import output_kind
 
     kind = output_kind(target)
-    if (target.exists() or target.is_symlink()) and not overwrite and target.resolve() != source.resolve():
-        raise ValueError(f"output {target} exists; add --overwrite to replace it, or choose another name")
     source_path, target_path = source.resolve(), target.resolve()
     if target_path == source_path:
         raise ValueError("output path equals the input path; choose another name so the input is never overwritten")
@@ -161,6 +159,8 @@ def _check_output(source: Path, target: Path, overwrite: bool = False) -> str:
             raise ValueError(f"output folder {target} exists and is not a Zarr store; it is not replaced")
     elif target.is_dir():
         raise ValueError(f"output {target} is a folder; name a file")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise ValueError(f"output {target} exists; add --overwrite to replace it, or choose another name")
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ValueError(f"output folder does not exist: {folder}")

@@ -44,7 +44,10 @@ class PlaneWriter:
 
     def __init__(self, target, layout: PlaneLayout, dtype: np.dtype, progress: Progress | None = None,
                  chunk_root: Path | None = None, name: str = "the output", axes: str | None = None):
-        self.target, self.layout, self.dtype = target, layout, np.dtype(dtype)
+        # the file's type; not ``dtype``, so that denoise_steps hands over float32 planes and this converts them
+        # (rounded and clipped: with --keep-dtype the user asked for the input's type)
+        self.file_dtype = np.dtype(dtype)
+        self.target, self.layout = target, layout
         self.progress, self.chunk_root = progress, chunk_root
         self.shape = layout.shape
         self.name, self.axes = name, axes
@@ -56,7 +59,7 @@ class PlaneWriter:
 
     def __setitem__(self, index: tuple, plane: np.ndarray) -> None:
         try:
-            self.target[index] = convert(plane, self.dtype)
+            self.target[index] = convert(plane, self.file_dtype)
             if self.chunk_root is not None:  # Zarr: one chunk per plane
                 chunk = plane_chunk(self.target, self.chunk_root, index)
                 _fsync(chunk)

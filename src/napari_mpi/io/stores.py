@@ -1,10 +1,11 @@
 """Plane-by-plane file access for stacks bigger than memory: TIFF, Zarr and OME-Zarr stores.
 
-Reading: an uncompressed TIFF is memory-mapped one block at a time (:class:`MappedArray`); a compressed
-TIFF goes through tifffile's zarr view (one page decoded at a time); Zarr arrays and OME-Zarr images
-through zarr. Writing: an uncompressed TIFF created empty at full size and filled plane by plane (again
-through :class:`MappedArray`), or a Zarr / OME-Zarr array with one chunk per plane. Either way only the
-plane in hand is in memory. The resumable batch output that writes into these stores is
+Reading: an uncompressed TIFF is read one block at a time (:class:`MappedArray`); a compressed TIFF goes
+through tifffile's zarr view (one page decoded at a time); Zarr arrays and OME-Zarr images through zarr.
+Writing: an uncompressed TIFF created empty at full size and filled plane by plane (again through
+:class:`MappedArray`; the OME-TIFF and ImageJ flavours are :mod:`napari_mpi.io.tiff_output`), or a Zarr /
+OME-Zarr array with one chunk per plane, with the pixel sizes of :mod:`napari_mpi.io.calibration`. Either way
+only the plane in hand is in memory. The resumable batch output that writes into these stores is
 :mod:`napari_mpi.io.batch_output`. numpy, tifffile and zarr only: no torch, no Qt.
 """
 
@@ -138,7 +139,7 @@ class MappedArray:
 def open_image(path: str | os.PathLike, stack: ExitStack) -> tuple[Any, str]:
     """Open an image lazily where the format allows; return (array-like, axes found or "").
 
-    TIFF: memory-mapped when uncompressed, else a zarr view of its pages (files stay open in ``stack``);
+    TIFF: read block by block when uncompressed, else a zarr view of its pages (files stay open in ``stack``);
     a directory: a Zarr array or group, or an OME-Zarr image (its first, full-resolution level); other
     formats (PNG, ...) are read whole. ValueError with a one-line reason for anything unreadable.
     """
