@@ -158,6 +158,36 @@ def test_imagej_output_puts_the_axes_in_imagej_order(tmp_path):
                                                            (1, 0, 2, 3)))
 
 
+def test_a_resumed_imagej_output_in_imagej_order_gets_every_plane_in_its_place(tmp_path):
+    from napari_mpi.io.batch_output import BatchOutput
+    from napari_mpi.io.planes import plane_layout
+
+    planes = np.arange(2 * 3 * 8 * 8, dtype=np.float32).reshape(2, 3, 8, 8)  # Z, T, Y, X
+    layout = plane_layout(planes.shape)
+    target = tmp_path / "out.tif"
+    calibration = Calibration.from_letters("ZTYX", {"Z": (0.5, "micrometer"), "X": (0.1, "micrometer"),
+                                                    "Y": (0.1, "micrometer"), "T": (2.0, "second")})
+
+    def output(resume: bool) -> BatchOutput:
+        return BatchOutput(target, "tiff", layout, np.float32, "ZTYX", {"input": "x"}, {"preset": "fast"}, resume,
+                           calibration)
+
+    first = output(False)
+    indices = list(layout.indices())
+    for index in indices[:2]:
+        first.writer[index] = planes[index]
+    again = output(True)  # as after a killed run
+    assert again.resumed and again.done == {0, 1}
+    for number, index in enumerate(indices):
+        if number not in again.done:
+            again.writer[index] = planes[index]
+    again.finish()
+    with tifffile.TiffFile(target) as tif:
+        assert tif.is_imagej and tif.series[0].axes == "TZYX" and tif.imagej_metadata["finterval"] == 2.0
+        np.testing.assert_array_equal(tif.series[0].asarray(), planes.transpose(1, 0, 2, 3))
+    assert read_calibration(target)["T"] == (2.0, "second")
+
+
 def test_tiff_that_imagej_cannot_hold_is_plain_with_a_warning_and_keeps_the_metadata(ome_tiff, tmp_path, capsys):
     source = tmp_path / "q.tif"
     tifffile.imwrite(source, STACK, metadata={"axes": "QYX"}, photometric="minisblack")

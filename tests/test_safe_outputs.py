@@ -198,6 +198,7 @@ def test_a_missing_zarr_chunk_is_read_as_the_fill_value_with_a_warning(tmp_path)
     warnings = [line for line in result.stderr.splitlines() if "not stored" in line]
     assert len(warnings) == 1 and "plane 3 of 3 (Z=2) are not stored; read as the fill value 0" in warnings[0]
     np.testing.assert_array_equal(zarr.open_array(str(out))[2], 0)  # a constant plane is its own result
+    assert (out / "2" / "0" / "0").is_file()  # outputs store every chunk: a missing one is always a lost one
     with pytest.warns(MissingChunkWarning):  # the reader itself, in this process
         from napari_mpi.io.checked import CheckedSource
         from napari_mpi.io.planes import plane_layout

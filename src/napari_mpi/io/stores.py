@@ -40,6 +40,9 @@ __all__ = [
 READ_ERRORS = (OSError, ValueError, IndexError, KeyError, SyntaxError, RuntimeError, TypeError)
 #: OME-NGFF 0.4: at most 5 axes, ordered time, channel, then space (z, y, x).
 OME_ORDER = "TCZYX"
+#: every plane's chunk is written, even one that holds only the fill value: a chunk missing from an output
+#: then always means a lost one (readers warn about it, napari_mpi.io.checked)
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 #: output kinds written as TIFF
 TIFF_KINDS = ("tiff", "ome-tiff")
 
@@ -364,7 +367,7 @@ def _create_zarr(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, ax
     order = ome_axes_order(axes) if kind == "ome-zarr" else list(range(len(axes)))
     shape = tuple(layout.shape[a] for a in order)
     options = dict(shape=shape, chunks=_plane_chunks(layout.shape, layout, order), dtype=dtype, fill_value=0,
-                   chunk_key_encoding={"name": "v2", "separator": "/"})
+                   chunk_key_encoding={"name": "v2", "separator": "/"}, config=WRITE_EVERY_CHUNK)
     if kind == "zarr":
         attributes = {"axes": axes, "pixel_sizes": calibration.describe(axes), "napari_mpi": attrs}
         return zarr.create_array(str(path), zarr_format=2, attributes=attributes, **options)
@@ -389,7 +392,8 @@ def _open_zarr_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtyp
 
     order = ome_axes_order(axes) if kind == "ome-zarr" else list(range(len(axes)))
     try:
-        array = zarr.open_array(str(path / "0") if kind == "ome-zarr" else str(path), mode="r+")
+        array = zarr.open_array(str(path / "0") if kind == "ome-zarr" else str(path), mode="r+",
+                                config=WRITE_EVERY_CHUNK)
     except READ_ERRORS as exc:
         raise ValueError(f"{path} is not the unfinished output of this run ({exc.__class__.__name__})") from exc
     if tuple(array.shape) != tuple(layout.shape[a] for a in order) or array.dtype != dtype:
