@@ -144,8 +144,8 @@ def test_tiff_zarr_and_ome_zarr_outputs_agree(hyperstack, tmp_path):
 
     # and back in: OME-Zarr axes come from its metadata, plain Zarr from the "axes" attribute
     main("denoise", str(tmp_path / "out.ome.zarr"), "-o", str(tmp_path / "again.tif"), *FAST)
-    with tifffile.TiffFile(tmp_path / "again.tif") as tif:
-        assert tif.series[0].axes == "TCZYX" and tif.series[0].shape == (2, 2, 2, 32, 36)
+    with tifffile.TiffFile(tmp_path / "again.tif") as tif:  # an ImageJ hyperstack: its axes in ImageJ's order
+        assert tif.is_imagej and tif.series[0].axes == "TZCYX" and tif.series[0].shape == (2, 2, 2, 32, 36)
 
 
 def test_compressed_tiff_is_read_page_by_page_and_zarr_keeps_dtype(tmp_path):

@@ -193,3 +193,15 @@ def test_correlated_noise_gets_a_one_line_hint_unless_a_mask_ratio_is_given(tmp_
     assert len(hints) == 1 and hints[0].startswith("napari-mpi: warning:") and "--mask-ratio 0.85" in hints[0]
     chosen = run_cli("denoise", str(source), "-o", str(tmp_path / "out2.tif"), "--mask-ratio", "0.3", *FAST)
     assert chosen.returncode == 0 and "spatially correlated" not in chosen.stderr
+
+
+def test_the_package_and_the_command_line_start_without_torch():
+    """The public names load on first use: the command line's help (and a Ctrl-C while it starts) never waits
+    for torch, and every public name resolves."""
+    import subprocess
+    import sys
+
+    code = ("import sys, napari_mpi, napari_mpi.cli; assert 'torch' not in sys.modules; "
+            "assert set(napari_mpi.__all__) == {*napari_mpi._HOMES, '__version__'}; "
+            "[getattr(napari_mpi, name) for name in napari_mpi.__all__]; assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -26,7 +26,8 @@ from .engine.noise import MaskRatioHint, mask_ratio_hint
 from .engine.plane import DenoiseWarning, fill_plane, tile_to_fit_memory, to_plane
 from .engine.refine import resolve_refine
 from .io.planes import Normalization, PlaneLayout, check_dtype, check_values, plane_layout
-from .settings import DEFAULT_PRESET, MIN_CROP, FillConfig, config_for
+from .io.sinks import fitting
+from .settings import DEFAULT_PRESET, MIN_CROP, PRESET_NAMES, FillConfig, config_for, tuned, tuning_fields
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
 __all__ = [
@@ -98,7 +99,7 @@ class DenoisePlan:
             "precision": self.config.precision,
             "selfsup": self.config.selfsup,
             "final_predictions": final_predictions(self.config),
-            "tuning": _tuned(self.config),
+            "tuning": tuned(self.config),
             "reuse_network": self.reuse_network,
             "refine": self.refine,
             "crop": self.crop,
@@ -174,13 +175,14 @@ def prepare(
 
     The parameters are :func:`denoise`'s; ``tuning`` sets any other :class:`~napari_mpi.settings.FillConfig`
     field by name."""
-    check_dtype(np.dtype(image_dtype))
+    _check_inputs(image_shape, preset, device)
+    check_dtype(image_dtype)
     layout = plane_layout(tuple(image_shape), rgb=rgb, channel_axis=channel_axis)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a whole number >= 0, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED} (2**32 - 1), got {seed!r}")
     mask_mode = "channel" if rgb else "pixel"
     options = dict(mask_ratio=mask_ratio, beta=beta, iterations=iterations, lr=lr, mask_mode=mask_mode,
-                   seed=int(seed), precision=precision, **_tuning(tuning))
+                   seed=int(seed), precision=precision, **tuning_fields(tuning))
     config = config_for(preset, **options)  # the mask ratio picks the weights; they set the preset's length
     check_plane_size(*layout.plane_shape[:2])
     if not isinstance(reuse_network, bool):
@@ -197,32 +199,26 @@ def prepare(
     return DenoisePlan(layout, config, checkpoint, device, preset.lower(), channel_axis, reuse_network, refine, crop)
 
 
-def _tuned(config: FillConfig) -> dict[str, Any]:
-    """The settings of ``config`` other than those with a parameter of their own that differ from the defaults
-    (what ``tuning=`` set)."""
-    default = FillConfig()
-    return {name: getattr(config, name) for name in FillConfig.field_names()
-            if name not in _OWN_PARAMETERS and getattr(config, name) != getattr(default, name)}
+#: The largest seed (numpy's and most tools' seed range; tiles add their number to it)
+MAX_SEED = 2**32 - 1
+#: Devices the network runs on
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
-#: FillConfig fields with a parameter of their own in prepare() and denoise()
-_OWN_PARAMETERS = ("mask_ratio", "beta", "iterations", "lr", "mask_mode", "seed", "precision", "selfsup")
+def _check_inputs(image_shape: tuple, preset: Any, device: Any) -> None:
+    """ValueErrors that say what to change for a shape of unknown lengths, a preset that is not a name and
+    a device that cannot compute."""
+    if any(not isinstance(n, (int, np.integer)) for n in image_shape):
+        raise ValueError(f"the image's shape {tuple(image_shape)} has unknown lengths (a dask array after boolean "
+                         "indexing?); call .compute_chunk_sizes() on it first")
+    if not isinstance(preset, str):
+        raise ValueError(f"preset must be the name of a preset ({', '.join(repr(n) for n in PRESET_NAMES)}; "
+                         f"leave it out for {DEFAULT_PRESET!r}), got {preset!r}")
+    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0].strip().lower()
+    if kind not in (*_DEVICE_TYPES, "auto"):
+        raise ValueError(f"device {str(device)!r} cannot run the network; use 'auto', 'cpu', 'cuda' or 'mps'")
 
 
-def _tuning(tuning: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The FillConfig fields ``tuning`` sets (validated with the rest by FillConfig itself)."""
-    if tuning is None:
-        return {}
-    if not isinstance(tuning, Mapping):
-        raise ValueError(f"tuning must be a dict of settings by name, got {type(tuning).__name__}")
-    for name in tuning:
-        if name in _OWN_PARAMETERS:
-            hint = "choose the preset" if name in ("selfsup", "mask_mode") else f"pass {name}= itself"
-            raise ValueError(f"{name!r} is not a tuning setting: {hint}")
-        if name not in FillConfig.field_names():
-            raise ValueError(f"unknown setting {name!r} in tuning; the settings are: "
-                             f"{', '.join(n for n in FillConfig.field_names() if n not in _OWN_PARAMETERS)}")
-    return dict(tuning)
 
 
 def _resolve_crop(crop: str | int, plane: tuple[int, int], device: torch.device, config: FillConfig,
@@ -283,6 +279,7 @@ def denoise_steps(
         check_values(image)
     if out is None:
         out = np.zeros(layout.shape, dtype=np.float32)
+    fit = fitting(out, DenoiseWarning)
     state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
     carried = CarriedNetwork() if plan.reuse_network else None
     tile = tile_to_fit_memory(*layout.plane_shape[:2], plan)  # once per run: one warning, not one per plane
@@ -308,7 +305,7 @@ def denoise_steps(
                 yield DenoiseProgress(iteration=step.iteration, elapsed=time.monotonic() - start,
                                       tiles=getattr(step, "tiles", 1), _step=step, _norm=norm, _plane_data=plane,
                                       **{**progress, "iterations": step.iterations})
-            out[index] = result
+            out[index] = fit(result)
             if not filled:  # a constant plane is its own result: one event, after it is written
                 yield DenoiseProgress(iteration=plan.config.iterations, elapsed=time.monotonic() - start,
                                       _plane_data=plane, **progress)
@@ -470,6 +467,9 @@ def denoise(
 def _as_array(image):
     """Arrays (numpy, dask, zarr: anything with shape and dtype) as they are; nested lists or tuples
     of numbers as numpy; anything else is a TypeError."""
+    if isinstance(image, torch.Tensor):
+        raise TypeError("denoise() takes numpy, dask or zarr arrays, not a torch tensor; pass "
+                        "tensor.detach().cpu().numpy()")
     if hasattr(image, "shape") and hasattr(image, "dtype"):
         return image
     if isinstance(image, (list, tuple)):

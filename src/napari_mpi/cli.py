@@ -75,6 +75,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes,
         short_side=args.short_side,
     )
+    _check_threads(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -93,12 +94,15 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: Path, axes: str | None, stack: ExitStack) -> tuple[Any, str]:
-    """Open TIFF (memory-mapped or page by page), Zarr / OME-Zarr (a folder) or another image format
-    lazily where possible; return data and its axes (from --axes, else the file's metadata)."""
+def _read_image(path: Path, axes: str | None, stack: ExitStack) -> tuple[Any, str, Any]:
+    """Open TIFF (plane by plane), Zarr / OME-Zarr (a folder) or another image format lazily where possible;
+    return data, its axes (from --axes, else the file's metadata) and its pixel sizes (OME, ImageJ, OME-Zarr)."""
+    from .io.calibration import Calibration, read_calibration
     from .io.stores import open_image
 
     data, found = open_image(path, stack)
+    known = read_calibration(path) if len(found) == data.ndim else {}
+    calibration = Calibration.from_letters(found, known) if known else Calibration.unknown(data.ndim)
     axes_used = (axes or found or "").upper()
     if not axes_used:
         axes_used = "YX" if data.ndim == 2 else "Q" * (data.ndim - 2) + "YX"
@@ -106,9 +110,20 @@ def _read_image(path: Path, axes: str | None, stack: ExitStack) -> tuple[Any, st
         raise ValueError(
             f"--axes {axes_used} has {len(axes_used)} letters but {path.name} has {data.ndim} dimensions {data.shape}"
         )
-    if len(set(axes_used)) != len(axes_used) or "Y" not in axes_used or "X" not in axes_used:
-        raise ValueError(f"axes {axes_used!r} must name Y and X once each (e.g. YX, ZYX, TZCYX, YXS for RGB)")
-    return data, axes_used
+    _check_axes(axes_used, "--axes" if axes else f"the axes of {path.name}")
+    return data, axes_used, calibration
+
+
+def _check_axes(axes: str, what: str) -> None:
+    """Every axis its own letter, Y and X among them."""
+    repeated = sorted({a for a in axes if axes.count(a) > 1})
+    if repeated:
+        raise ValueError(f"{what} {axes}: {', '.join(repeated)} appears more than once; give every axis its own "
+                         "letter, e.g. TZCYX (letters other than Y, X, C and S, such as Q, I, J, are denoised plane "
+                         "by plane)")
+    if "Y" not in axes or "X" not in axes:
+        raise ValueError(f"{what} {axes} must include Y and X (the rows and columns of a plane), e.g. YX, ZYX, TZCYX, "
+                         "YXS for RGB")
 
 
 def _roles(axes: str, shape: tuple[int, ...]) -> dict:
@@ -123,8 +138,9 @@ def _roles(axes: str, shape: tuple[int, ...]) -> dict:
     return {"rgb": rgb, "channel_axis": channel_axis}
 
 
-def _check_output(source: Path, target: Path) -> str:
-    """Refuse outputs that would overwrite the input or cannot be written; return the output kind."""
+def _check_output(source: Path, target: Path, overwrite: bool = False) -> str:
+    """Refuse outputs that would overwrite the input, replace an existing file unasked or cannot be written;
+    return the output kind."""
     from .io.stores import output_kind
 
     kind = output_kind(target)
@@ -143,6 +159,8 @@ def _check_output(source: Path, target: Path) -> str:
             raise ValueError(f"output folder {target} exists and is not a Zarr store; it is not replaced")
     elif target.is_dir():
         raise ValueError(f"output {target} is a folder; name a file")
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise ValueError(f"output {target} exists; add --overwrite to replace it, or choose another name")
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise ValueError(f"output folder does not exist: {folder}")
@@ -153,30 +171,6 @@ def _check_output(source: Path, target: Path) -> str:
     except OSError as exc:
         raise ValueError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from exc
     return kind
-
-
-def _write_image(target: Path, data: np.ndarray, axes: str, source_dtype: np.dtype, keep_dtype: bool) -> None:
-    """Write a whole in-memory result (PNG) atomically: temporary file, then rename."""
-    from .io.stores import convert, output_dtype
-
-    png = target.suffix.lower() == ".png"
-    data = convert(data, output_dtype(source_dtype, "png" if png else "tiff", keep_dtype))
-    tmp = target.with_name(f".{target.name}.partial{target.suffix}")
-    try:
-        if png:
-            from skimage.io import imsave
-
-            if data.ndim not in (2, 3):
-                raise ValueError(f"PNG holds 2-D gray or RGB images only, not shape {data.shape}; write a .tif instead")
-            imsave(tmp, data, check_contrast=False)
-        else:
-            import tifffile
-
-            photometric = "rgb" if axes.endswith("S") else "minisblack"
-            tifffile.imwrite(tmp, data, metadata={"axes": axes}, photometric=photometric)
-        tmp.replace(target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _fingerprint(source: Path, data, plan) -> dict:
@@ -218,29 +212,35 @@ def _local_planes(data, plan, sink, done: set[int], quiet: bool):
 
 def _denoise(args: argparse.Namespace) -> int:
     from .api import prepare, warn_if_noise_looks_correlated
+    from .io.checked import CheckedSource
+    from .io.png import check_png, write_png
 
-    kind = _check_output(args.input, args.output)
+    kind = _check_output(args.input, args.output, args.overwrite)
     _check_denoise_options(args, kind)
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     with ExitStack() as stack:
-        data, axes = _read_image(args.input, args.axes, stack)
+        data, axes, calibration = _read_image(args.input, args.axes, stack)
+        if kind == "png":
+            check_png(data, axes)
         plan = prepare(
             data.shape, data.dtype, preset=args.preset, mask_ratio=args.mask_ratio, beta=args.beta,
             iterations=args.iterations, seed=args.seed, device=args.device, weights=args.weights,
             precision=args.precision, reuse_network=args.reuse_network, refine=args.refine, crop=args.crop,
             **_roles(axes, data.shape),
         )
+        if not isinstance(data, np.ndarray):  # read plane by plane: name the file and plane of a damaged one
+            data = CheckedSource(data, args.input, plan.layout, axes)
         warn_if_noise_looks_correlated(data, args.mask_ratio, option="run with --mask-ratio ",
                                        **_roles(axes, data.shape))
-        output, sink, done = _open_sink(args, kind, data, axes, plan)
+        output, sink, done = _open_sink(args, kind, data, axes, plan, calibration)
         _run_planes(args, data, plan, sink, done, output, stack)
         if output is not None:
             output.finish()
         else:
-            _write_image(args.output, sink, axes, data.dtype, args.keep_dtype)
+            write_png(args.output, sink, data.dtype, plan.describe())
     if not args.quiet:
         n_planes = plan.layout.n_planes
         resumed = f", {len(done)} from the earlier run" if done else ""
@@ -253,6 +253,7 @@ def _denoise(args: argparse.Namespace) -> int:
 
 def _check_denoise_options(args: argparse.Namespace, kind: str) -> None:
     """Refuse combinations of ``denoise`` options that cannot work, before anything is read."""
+    _check_threads(args.threads)
     if args.resume and kind == "png":
         raise ValueError("--resume needs a .tif, .zarr or .ome.zarr output (a PNG is written whole at the end)")
     if args.workers is not None and args.scheduler != "local":
@@ -267,7 +268,12 @@ def _check_denoise_options(args: argparse.Namespace, kind: str) -> None:
         )
 
 
-def _open_sink(args: argparse.Namespace, kind: str, data, axes: str, plan):
+def _check_threads(threads: int) -> None:
+    if threads < 0:
+        raise ValueError(f"--threads must be 0 (torch's default) or a number of CPU threads, got {threads}")
+
+
+def _open_sink(args: argparse.Namespace, kind: str, data, axes: str, plan, calibration):
     """Where the planes go: (the resumable output or None, the sink to write into, planes already written).
     A PNG is filled in memory and written whole at the end."""
     from .io.batch_output import BatchOutput
@@ -277,7 +283,8 @@ def _open_sink(args: argparse.Namespace, kind: str, data, axes: str, plan):
         done: set[int] = set()
         return None, np.zeros(plan.layout.shape, dtype=np.float32), done
     output = BatchOutput(args.output, kind, plan.layout, output_dtype(data.dtype, kind, args.keep_dtype), axes,
-                         _fingerprint(args.input, data, plan), attrs=plan.describe(), resume=args.resume)
+                         _fingerprint(args.input, data, plan), attrs=plan.describe(), resume=args.resume,
+                         calibration=calibration)
     if output.restarted and not args.quiet:
         print(f"starting {args.output} over (an unfinished run was there; --resume continues one)")
     if args.resume and not args.quiet:
@@ -394,6 +401,7 @@ def _add_denoise_parser(sub) -> None:
                      help="spread planes over Dask workers: 'local' (a cluster on this machine) or tcp://host:port")
     den.add_argument("--workers", type=int, default=None,
                      help="worker processes for --scheduler local (default: one per GPU, else one per 4 CPU cores)")
+    den.add_argument("--overwrite", action="store_true", help="replace the output if it exists (refused otherwise)")
     den.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     den.set_defaults(func=_denoise)
 
@@ -448,15 +456,16 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
-    args = build_parser().parse_args(argv)
-    warnings.formatwarning = _one_line_warning
+    command = argv[0] if argv else (sys.argv[1] if len(sys.argv) > 1 else None)
     try:
+        args = build_parser().parse_args(argv)
+        warnings.formatwarning = _one_line_warning
         return args.func(args)
     except (ValueError, OSError, MemoryError) as exc:
         print(f"napari-mpi: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        more = " (run again with --resume to continue)" if getattr(args, "command", None) == "denoise" else ""
+        more = " (run again with --resume to continue)" if command == "denoise" else ""
         print(f"napari-mpi: interrupted{more}", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 (a driver or library failure: one line, and how to see more)

@@ -13,8 +13,9 @@ This module imports neither torch nor Qt, so the command line can show its help 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 __all__ = [
     "DEFAULT_MASK_RATIO",
@@ -27,6 +28,8 @@ __all__ = [
     "Preset",
     "Start",
     "config_for",
+    "tuned",
+    "tuning_fields",
 ]
 
 Precision = Literal["auto", "fp32", "bf16"]
@@ -262,3 +265,32 @@ def config_for(
     overrides = {"mask_ratio": mask_ratio, "beta": beta, "iterations": iterations, "lr": lr}
     values = {k: v for k, v in overrides.items() if v is not None} | other
     return replace(PRESETS[preset.lower()].config(start), **values)
+
+
+#: FillConfig fields with a parameter of their own in ``prepare()`` and ``denoise()`` (or set by the preset)
+OWN_PARAMETERS = ("mask_ratio", "beta", "iterations", "lr", "mask_mode", "seed", "precision", "selfsup")
+
+
+def tuning_fields(tuning: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The FillConfig fields a ``tuning=`` mapping sets (their values are validated by FillConfig itself);
+    ValueError naming the fix for anything else."""
+    if tuning is None:
+        return {}
+    if not isinstance(tuning, Mapping):
+        raise ValueError(f"tuning must be a dict of settings by name, got {type(tuning).__name__}")
+    for name in tuning:
+        if name in OWN_PARAMETERS:
+            hint = "choose the preset" if name in ("selfsup", "mask_mode") else f"pass {name}= itself"
+            raise ValueError(f"{name!r} is not a tuning setting: {hint}")
+        if name not in FillConfig.field_names():
+            raise ValueError(f"unknown setting {name!r} in tuning; the settings are: "
+                             f"{', '.join(n for n in FillConfig.field_names() if n not in OWN_PARAMETERS)}")
+    return dict(tuning)
+
+
+def tuned(config: FillConfig) -> dict[str, Any]:
+    """The settings of ``config`` without a parameter of their own that differ from the defaults (what
+    ``tuning=`` set), for a run's metadata."""
+    default = FillConfig()
+    return {name: getattr(config, name) for name in FillConfig.field_names()
+            if name not in OWN_PARAMETERS and getattr(config, name) != getattr(default, name)}

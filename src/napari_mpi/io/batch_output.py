@@ -15,8 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .planes import PlaneLayout
-from .stores import convert, create_output, open_output, plane_chunk
+from .calibration import Calibration
+from .planes import PlaneLayout, plane_name
+from .stores import TIFF_KINDS, convert, create_output, open_output, plane_chunk
 
 __all__ = ["PlaneWriter", "Progress", "BatchOutput"]
 
@@ -38,14 +39,18 @@ def _fsync(path: Path) -> None:
 
 class PlaneWriter:
     """The sink a batch run writes into: converts each finished plane to the output type, writes it,
-    makes it durable (msync for TIFF, fsync of the chunk file for Zarr), and only then records it in
+    makes it durable (fsync of the TIFF, or of the chunk file for Zarr), and only then records it in
     the progress file, so a plane the record calls finished is always completely on disk."""
 
     def __init__(self, target, layout: PlaneLayout, dtype: np.dtype, progress: Progress | None = None,
-                 chunk_root: Path | None = None):
-        self.target, self.layout, self.dtype = target, layout, np.dtype(dtype)
+                 chunk_root: Path | None = None, name: str = "the output", axes: str | None = None):
+        # the file's type; not ``dtype``, so that denoise_steps hands over float32 planes and this converts them
+        # (rounded and clipped: with --keep-dtype the user asked for the input's type)
+        self.file_dtype = np.dtype(dtype)
+        self.target, self.layout = target, layout
         self.progress, self.chunk_root = progress, chunk_root
         self.shape = layout.shape
+        self.name, self.axes = name, axes
 
     def plane_number(self, index: tuple) -> int:
         iter_shape = [self.layout.shape[a] for a in self.layout.iter_axes]
@@ -53,13 +58,18 @@ class PlaneWriter:
         return int(np.ravel_multi_index(position, iter_shape)) if iter_shape else 0
 
     def __setitem__(self, index: tuple, plane: np.ndarray) -> None:
-        self.target[index] = convert(plane, self.dtype)
-        if self.chunk_root is not None:  # Zarr: one chunk per plane
-            chunk = plane_chunk(self.target, self.chunk_root, index)
-            _fsync(chunk)
-            _fsync(chunk.parent)
-        if self.progress is not None:
-            self.progress.mark(self.plane_number(index))
+        try:
+            self.target[index] = convert(plane, self.file_dtype)
+            if self.chunk_root is not None:  # Zarr: one chunk per plane
+                chunk = plane_chunk(self.target, self.chunk_root, index)
+                _fsync(chunk)
+                _fsync(chunk.parent)
+            if self.progress is not None:
+                self.progress.mark(self.plane_number(index))
+        except OSError as exc:  # a full disk, a quota, a vanished network share
+            resume = " and run again with --resume" if self.progress is not None and self.progress.done else ""
+            raise OSError(f"cannot write {plane_name(self.layout, index, self.axes)} of {self.name}: "
+                          f"{exc.strerror or exc}; free some space (or choose another disk){resume}") from exc
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
@@ -133,11 +143,13 @@ class BatchOutput:
     """
 
     def __init__(self, target: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str,
-                 fingerprint: dict, attrs: dict | None = None, resume: bool = False):
-        if kind not in ("tiff", "zarr", "ome-zarr"):
-            raise ValueError(f"plane-by-plane output is TIFF, Zarr or OME-Zarr, not {kind}")
+                 fingerprint: dict, attrs: dict | None = None, resume: bool = False,
+                 calibration: Calibration | None = None):
+        if kind not in (*TIFF_KINDS, "zarr", "ome-zarr"):
+            raise ValueError(f"plane-by-plane output is TIFF, OME-TIFF, Zarr or OME-Zarr, not {kind}")
         self.target, self.kind, self.layout, self.dtype, self.axes = target, kind, layout, np.dtype(dtype), axes
-        suffix = ".tif" if kind == "tiff" else ".zarr"
+        self.calibration = calibration
+        suffix = ".tif" if kind in TIFF_KINDS else ".zarr"
         self.partial = target.with_name(f".{target.name}.partial{suffix}")
         progress_path = target.with_name(f".{target.name}.napari-mpi-progress.json")
         fingerprint = {**fingerprint, "output_kind": kind, "output_dtype": self.dtype.str, "axes": axes,
@@ -152,11 +164,16 @@ class BatchOutput:
         else:
             progress = Progress(progress_path, fingerprint)
             self._remove(self.partial)
-            store = self._create(attrs or {})
+            try:
+                store = self._create(attrs or {})
+            except OSError as exc:
+                self._remove(self.partial)
+                raise OSError(f"cannot create {target}: {exc.strerror or exc}; free some space (or choose another "
+                              "disk)") from exc
         progress.save()
         self.progress = progress
-        chunk_root = None if kind == "tiff" else (self.partial / "0" if kind == "ome-zarr" else self.partial)
-        self.writer = PlaneWriter(store, layout, self.dtype, progress, chunk_root)
+        chunk_root = None if kind in TIFF_KINDS else (self.partial / "0" if kind == "ome-zarr" else self.partial)
+        self.writer = PlaneWriter(store, layout, self.dtype, progress, chunk_root, name=str(target), axes=axes)
 
     @property
     def done(self) -> set[int]:
@@ -164,7 +181,8 @@ class BatchOutput:
         return set(self.progress.done)
 
     def _create(self, attrs: dict):
-        return create_output(self.partial, self.kind, self.layout, self.dtype, self.axes, attrs)
+        return create_output(self.partial, self.kind, self.layout, self.dtype, self.axes, attrs, self.calibration,
+                             name=self.target.name)
 
     def _open(self):
         return open_output(self.partial, self.kind, self.layout, self.dtype, self.axes)
@@ -186,7 +204,7 @@ class BatchOutput:
         missing = self.layout.n_planes - len(self.progress.done)
         if missing:
             raise ValueError(f"{missing} plane(s) of {self.target} are not written yet")
-        if self.kind == "tiff":
+        if self.kind in TIFF_KINDS:
             os.replace(self.partial, self.target)  # atomic
         else:  # a folder cannot replace a non-empty folder atomically: move the old one aside first
             old = self.target.with_name(f".{self.target.name}.replaced-{os.getpid()}")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["PlaneLayout", "plane_layout", "Normalization", "normalize", "check_dtype", "check_values"]
+__all__ = ["PlaneLayout", "plane_layout", "plane_name", "Normalization", "normalize", "check_dtype", "check_values"]
 
 #: Percentiles that map to 0 and 1: the extremes are ignored so a few hot or dead pixels
 #: do not squeeze the useful range; values beyond are kept and round-trip exactly (up to MAX_OUTLIER).
@@ -57,6 +57,18 @@ class PlaneLayout:
         return np.asarray(array[index])
 
 
+def plane_name(layout: PlaneLayout, index: tuple, axes: str | None = None) -> str:
+    """A plane in words for messages: "plane 3 of 8 (Z=2)" (positions counted from 0, as in numpy), or
+    "the image" when there is only one."""
+    if layout.n_planes == 1:
+        return "the image"
+    iterated = layout.iter_axes
+    number = int(np.ravel_multi_index([index[a] for a in iterated], [layout.shape[a] for a in iterated]))
+    letters = axes if axes and len(axes) == len(layout.shape) else None
+    where = ", ".join(f"{letters[a] if letters else f'axis {a}'}={index[a]}" for a in layout.iter_axes)
+    return f"plane {number + 1} of {layout.n_planes} ({where})"
+
+
 def plane_layout(shape: tuple[int, ...], *, rgb: bool = False, channel_axis: int | None = None) -> PlaneLayout:
     """Work out Y, X and the iterated axes of an array of ``shape``; ValueError when they do not fit."""
     ndim = len(shape)
@@ -86,7 +98,11 @@ def plane_layout(shape: tuple[int, ...], *, rgb: bool = False, channel_axis: int
 
 def check_dtype(dtype: np.dtype) -> None:
     """Accept bool-free real numbers only: ints, unsigned ints and floats."""
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError as exc:  # e.g. torch.float32
+        raise TypeError(f"{dtype} is not a numpy data type; give the image as a numpy, dask or zarr array "
+                        "(a torch tensor: tensor.detach().cpu().numpy())") from exc
     if dtype.kind not in "uif":
         kinds = {"b": "boolean (a mask?)", "c": "complex", "O": "object", "U": "text", "S": "bytes", "V": "structured",
                  "M": "date-time", "m": "time-interval"}

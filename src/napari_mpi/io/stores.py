@@ -1,10 +1,11 @@
 """Plane-by-plane file access for stacks bigger than memory: TIFF, Zarr and OME-Zarr stores.
 
-Reading: an uncompressed TIFF is memory-mapped one block at a time (:class:`MappedArray`); a compressed
-TIFF goes through tifffile's zarr view (one page decoded at a time); Zarr arrays and OME-Zarr images
-through zarr. Writing: an uncompressed TIFF created empty at full size and filled plane by plane (again
-through :class:`MappedArray`), or a Zarr / OME-Zarr array with one chunk per plane. Either way only the
-plane in hand is in memory. The resumable batch output that writes into these stores is
+Reading: an uncompressed TIFF is read one block at a time (:class:`MappedArray`); a compressed TIFF goes
+through tifffile's zarr view (one page decoded at a time); Zarr arrays and OME-Zarr images through zarr.
+Writing: an uncompressed TIFF created empty at full size and filled plane by plane (again through
+:class:`MappedArray`; the OME-TIFF and ImageJ flavours are :mod:`napari_mpi.io.tiff_output`), or a Zarr /
+OME-Zarr array with one chunk per plane, with the pixel sizes of :mod:`napari_mpi.io.calibration`. Either way
+only the plane in hand is in memory. The resumable batch output that writes into these stores is
 :mod:`napari_mpi.io.batch_output`. numpy, tifffile and zarr only: no torch, no Qt.
 """
 
@@ -18,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from .calibration import Calibration, ome_zarr_axes
 from .planes import PlaneLayout
 
 __all__ = [
@@ -38,16 +40,20 @@ __all__ = [
 READ_ERRORS = (OSError, ValueError, IndexError, KeyError, SyntaxError, RuntimeError, TypeError)
 #: OME-NGFF 0.4: at most 5 axes, ordered time, channel, then space (z, y, x).
 OME_ORDER = "TCZYX"
-OME_TYPES = {"T": "time", "C": "channel", "Z": "space", "Y": "space", "X": "space"}
+#: every plane's chunk is written, even one that holds only the fill value: a chunk missing from an output
+#: then always means a lost one (readers warn about it, napari_mpi.io.checked)
+WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
+#: output kinds written as TIFF
+TIFF_KINDS = ("tiff", "ome-tiff")
 
 
 class MappedArray:
     """A C-ordered array stored raw in a file at a byte offset (the image data of an uncompressed TIFF).
 
-    Every read or write maps only the block that holds the requested plane and unmaps it right after,
-    so resident memory and address space stay about one plane whatever the file size (a whole-file
-    ``numpy.memmap`` keeps every page it touched resident and needs the file's size in address space).
-    Writes are flushed to disk (msync) before ``__setitem__`` returns.
+    Every read or write reads or writes only the block that holds the requested plane, with plain file
+    reads and writes, so memory stays about one plane whatever the file size; and a full disk or a file cut
+    short is an ``OSError`` or ``ValueError`` (a memory map of the file would kill the process with SIGBUS).
+    Writes are on disk (fsync) before ``__setitem__`` returns.
     """
 
     def __init__(self, path: str | os.PathLike, offset: int, shape: tuple[int, ...], dtype, writable: bool = False):
@@ -94,15 +100,21 @@ class MappedArray:
         per_block = int(np.prod(block_shape, dtype=np.int64))
         return self.offset + first * per_block * self.dtype.itemsize, block_shape, index[len(lead):]
 
+    def _read(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
+        count = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
+        with open(self.path, "rb") as fh:
+            fh.seek(offset)
+            data = fh.read(count)
+        if len(data) < count:
+            raise ValueError(f"{self.path.name} is truncated: {count} bytes expected at offset {offset}, "
+                             f"{len(data)} found")
+        return np.frombuffer(data, dtype=self.dtype).reshape(shape)
+
     def __getitem__(self, index) -> np.ndarray:
         offset, shape, rest = self._block(index)
         if not shape:
             shape, rest = (1,), (0,)
-        block = np.memmap(self.path, dtype=self.dtype, mode="r", offset=offset, shape=shape)
-        try:
-            return np.array(block[rest])  # a copy: the mapping goes away with ``block``
-        finally:
-            del block
+        return np.array(self._read(offset, shape)[rest])  # a writable copy
 
     def __setitem__(self, index, value) -> None:
         if not self.writable:
@@ -110,12 +122,14 @@ class MappedArray:
         offset, shape, rest = self._block(index)
         if not shape:
             shape, rest = (1,), (0,)
-        block = np.memmap(self.path, dtype=self.dtype, mode="r+", offset=offset, shape=shape)
-        try:
-            block[rest] = value
-            block.flush()
-        finally:
-            del block
+        whole = all(isinstance(r, slice) and r == slice(None) for r in rest)
+        block = np.empty(shape, self.dtype) if whole else np.array(self._read(offset, shape))
+        block[rest] = value
+        with open(self.path, "r+b") as fh:  # explicit writes: a full disk is an OSError (a mapping would SIGBUS)
+            fh.seek(offset)
+            fh.write(block.tobytes())
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         data = self[()]
@@ -128,7 +142,7 @@ class MappedArray:
 def open_image(path: str | os.PathLike, stack: ExitStack) -> tuple[Any, str]:
     """Open an image lazily where the format allows; return (array-like, axes found or "").
 
-    TIFF: memory-mapped when uncompressed, else a zarr view of its pages (files stay open in ``stack``);
+    TIFF: read block by block when uncompressed, else a zarr view of its pages (files stay open in ``stack``);
     a directory: a Zarr array or group, or an OME-Zarr image (its first, full-resolution level); other
     formats (PNG, ...) are read whole. ValueError with a one-line reason for anything unreadable.
     """
@@ -186,6 +200,8 @@ def _open_tiff(path: Path, stack: ExitStack) -> tuple[Any, str]:
         log.removeHandler(errors)
         log.setLevel(level)
         log.propagate = propagate
+    if 0 in tuple(shape):
+        raise _Damaged(f"it holds no image data (shape {tuple(shape)}); choose a file with at least one plane")
     if errors.messages:  # a damaged file: refuse it rather than denoise the part tifffile salvaged
         reason = errors.messages[0].split("> ", 1)[-1]
         raise _Damaged(f"the file is truncated or damaged: {reason}")
@@ -268,8 +284,10 @@ def _letters(names: list) -> str:
 
 
 def output_kind(path: str | os.PathLike) -> str:
-    """"tiff", "zarr", "ome-zarr" or "png", from the output's name; ValueError otherwise."""
+    """"tiff", "ome-tiff", "zarr", "ome-zarr" or "png", from the output's name; ValueError otherwise."""
     name = Path(path).name.lower()
+    if name.endswith((".ome.tif", ".ome.tiff")):
+        return "ome-tiff"
     if name.endswith((".tif", ".tiff")):
         return "tiff"
     if name.endswith(".ome.zarr"):
@@ -278,7 +296,7 @@ def output_kind(path: str | os.PathLike) -> str:
         return "zarr"
     if name.endswith(".png"):
         return "png"
-    raise ValueError(f"output must end in .tif, .tiff, .zarr, .ome.zarr or .png, got {Path(path).name}")
+    raise ValueError(f"output must end in .tif, .ome.tif, .zarr, .ome.zarr or .png, got {Path(path).name}")
 
 
 def output_dtype(source: np.dtype, kind: str, keep_dtype: bool) -> np.dtype:
@@ -313,16 +331,6 @@ def create_tiff(
     return MappedArray(path, offset, shape, dtype, writable=True)
 
 
-def _open_tiff_output(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> MappedArray:
-    import tifffile
-
-    with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        if series.dataoffset is None or tuple(series.shape) != tuple(shape) or series.dtype != dtype:
-            raise ValueError(f"{path} is not the unfinished output of this run")
-        return MappedArray(path, series.dataoffset, shape, np.dtype(tif.byteorder + dtype.char), writable=True)
-
-
 def ome_axes_order(axes: str) -> list[int]:
     """Source axis for each OME-Zarr axis: OME-NGFF 0.4 wants (t, c, z, y, x) order; RGB samples (S) become c."""
     letters = axes.replace("S", "C") if "C" not in axes else axes
@@ -352,25 +360,26 @@ def _plane_chunks(shape: tuple[int, ...], layout: PlaneLayout, order: list[int])
     return tuple(1 if a in layout.iter_axes else shape[a] for a in order)
 
 
-def _create_zarr(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str, attrs: dict):
+def _create_zarr(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str, attrs: dict,
+                 calibration: Calibration):
     import zarr
 
     order = ome_axes_order(axes) if kind == "ome-zarr" else list(range(len(axes)))
     shape = tuple(layout.shape[a] for a in order)
     options = dict(shape=shape, chunks=_plane_chunks(layout.shape, layout, order), dtype=dtype, fill_value=0,
-                   chunk_key_encoding={"name": "v2", "separator": "/"})
+                   chunk_key_encoding={"name": "v2", "separator": "/"}, config=WRITE_EVERY_CHUNK)
     if kind == "zarr":
-        return zarr.create_array(str(path), zarr_format=2, attributes={"axes": axes, "napari_mpi": attrs}, **options)
+        attributes = {"axes": axes, "pixel_sizes": calibration.describe(axes), "napari_mpi": attrs}
+        return zarr.create_array(str(path), zarr_format=2, attributes=attributes, **options)
     letters = "".join(axes[a] for a in order).replace("S", "C")
+    ome_axes, scale = ome_zarr_axes(letters, calibration, order)
     root = zarr.open_group(str(path), mode="w", zarr_format=2)
     root.attrs.update({
         "multiscales": [{
             "version": "0.4",
             "name": path.name.lstrip(".").split(".")[0],
-            "axes": [{"name": a.lower(), "type": OME_TYPES[a]} for a in letters],
-            "datasets": [
-                {"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [1.0] * len(letters)}]}
-            ],
+            "axes": ome_axes,
+            "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": scale}]}],
             "metadata": {"method": "napari-mpi denoise", "napari_mpi": attrs},
         }],
         "napari_mpi": attrs,
@@ -383,7 +392,8 @@ def _open_zarr_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtyp
 
     order = ome_axes_order(axes) if kind == "ome-zarr" else list(range(len(axes)))
     try:
-        array = zarr.open_array(str(path / "0") if kind == "ome-zarr" else str(path), mode="r+")
+        array = zarr.open_array(str(path / "0") if kind == "ome-zarr" else str(path), mode="r+",
+                                config=WRITE_EVERY_CHUNK)
     except READ_ERRORS as exc:
         raise ValueError(f"{path} is not the unfinished output of this run ({exc.__class__.__name__})") from exc
     if tuple(array.shape) != tuple(layout.shape[a] for a in order) or array.dtype != dtype:
@@ -391,19 +401,26 @@ def _open_zarr_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtyp
     return _Transposed(array, order) if kind == "ome-zarr" else array
 
 
-def create_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str, attrs: dict):
-    """An empty output store of ``kind`` ("tiff", "zarr" or "ome-zarr") to write plane by plane, indexed in
-    the source's axis order; ``attrs`` go in a Zarr store's attributes."""
-    if kind == "tiff":
-        return create_tiff(path, layout.shape, dtype, axes)
-    return _create_zarr(path, kind, layout, dtype, axes, attrs)
+def create_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str, attrs: dict,
+                  calibration: Calibration | None = None, name: str | None = None):
+    """An empty output store of ``kind`` ("tiff", "ome-tiff", "zarr" or "ome-zarr") to write plane by plane, indexed
+    in the source's axis order, with ``calibration`` (pixel sizes and units) and ``attrs`` (the run's parameters) in
+    its metadata; ``name``: the output's name in messages."""
+    from .tiff_output import create_tiff_output
+
+    calibration = calibration or Calibration.unknown(len(axes))
+    if kind in TIFF_KINDS:
+        return create_tiff_output(path, kind, layout, dtype, axes, calibration, attrs, name)
+    return _create_zarr(path, kind, layout, dtype, axes, attrs, calibration)
 
 
 def open_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str):
     """The store :func:`create_output` made, opened again to write the planes still missing; ValueError
     when it is not the output of this run (another shape or type)."""
-    if kind == "tiff":
-        return _open_tiff_output(path, layout.shape, dtype)
+    from .tiff_output import open_tiff_output
+
+    if kind in TIFF_KINDS:
+        return open_tiff_output(path, kind, layout, dtype, axes)
     return _open_zarr_output(path, kind, layout, dtype, axes)
 
 
