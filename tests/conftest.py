@@ -42,3 +42,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def digest(path: Path) -> str:
     """sha256 of a file's bytes (to show that an input was left alone)."""
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def one_line_error(capsys, phrase: str, *args: str) -> str:
+    """Run the CLI in this process; it must exit 2 with one line on stderr that contains ``phrase``."""
+    capsys.readouterr()
+    from napari_mpi import cli
+
+    code = cli.main(list(args))
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert code == 2 and len(lines) == 1 and phrase in lines[0], err
+    return lines[0]

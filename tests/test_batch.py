@@ -20,22 +20,14 @@ import napari_mpi
 from napari_mpi import cli
 from napari_mpi.io.stores import MappedArray, create_tiff
 
+from .conftest import one_line_error
+
 FAST = ["--iterations", "2", "--weights", "random", "-q"]  # in-process runs keep the test session's torch threads
 
 
 def main(*args: str) -> None:
     """The CLI in this process (no interpreter start-up: fast); a non-zero exit fails the test."""
     assert cli.main(list(args)) == 0
-
-
-def one_line_error(capsys, phrase: str, *args: str) -> str:
-    """Run the CLI in this process; it must exit 2 with one line on stderr that contains ``phrase``."""
-    capsys.readouterr()
-    code = cli.main(list(args))
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line]
-    assert code == 2 and len(lines) == 1 and phrase in lines[0], err
-    return lines[0]
 
 
 @pytest.fixture(autouse=True)

@@ -21,19 +21,9 @@ import napari_mpi
 from napari_mpi import cli
 from napari_mpi.io.checked import MissingChunkWarning
 
-from .conftest import FEW, run_cli
+from .conftest import FEW, one_line_error, run_cli
 
 FAST = ["--iterations", "2", "--weights", "random", "-q"]
-
-
-def one_line_error(capsys, phrase: str, *args: str) -> str:
-    """Run the CLI in this process; it must exit 2 with one line on stderr that contains ``phrase``."""
-    capsys.readouterr()
-    code = cli.main(list(args))
-    err = capsys.readouterr().err
-    lines = [line for line in err.strip().splitlines() if line]
-    assert code == 2 and len(lines) == 1 and phrase in lines[0], err
-    return lines[0]
 
 
 def fails_cleanly(result: subprocess.CompletedProcess, phrase: str) -> str:
