@@ -27,7 +27,7 @@ from .engine.plane import DenoiseWarning, fill_plane, tile_to_fit_memory, to_pla
 from .engine.refine import resolve_refine
 from .io.planes import Normalization, PlaneLayout, check_dtype, check_values, plane_layout
 from .io.sinks import fitting
-from .settings import DEFAULT_PRESET, MIN_CROP, PRESET_NAMES, FillConfig, config_for, tuned, tuning_fields
+from .settings import DEFAULT_PRESET, MIN_CROP, FillConfig, config_for, tuned, tuning_fields
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
 __all__ = [
@@ -175,7 +175,7 @@ def prepare(
 
     The parameters are :func:`denoise`'s; ``tuning`` sets any other :class:`~napari_mpi.settings.FillConfig`
     field by name."""
-    _check_inputs(image_shape, preset, device)
+    _check_shape(image_shape)
     check_dtype(image_dtype)
     layout = plane_layout(tuple(image_shape), rgb=rgb, channel_axis=channel_axis)
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= MAX_SEED:
@@ -201,22 +201,13 @@ def prepare(
 
 #: The largest seed (numpy's and most tools' seed range; tiles add their number to it)
 MAX_SEED = 2**32 - 1
-#: Devices the network runs on
-_DEVICE_TYPES = ("cpu", "cuda", "mps")
 
 
-def _check_inputs(image_shape: tuple, preset: Any, device: Any) -> None:
-    """ValueErrors that say what to change for a shape of unknown lengths, a preset that is not a name and
-    a device that cannot compute."""
+def _check_shape(image_shape: tuple) -> None:
+    """ValueError that says what to change for a shape of unknown lengths."""
     if any(not isinstance(n, (int, np.integer)) for n in image_shape):
         raise ValueError(f"the image's shape {tuple(image_shape)} has unknown lengths (a dask array after boolean "
                          "indexing?); call .compute_chunk_sizes() on it first")
-    if not isinstance(preset, str):
-        raise ValueError(f"preset must be the name of a preset ({', '.join(repr(n) for n in PRESET_NAMES)}; "
-                         f"leave it out for {DEFAULT_PRESET!r}), got {preset!r}")
-    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0].strip().lower()
-    if kind not in (*_DEVICE_TYPES, "auto"):
-        raise ValueError(f"device {str(device)!r} cannot run the network; use 'auto', 'cpu', 'cuda' or 'mps'")
 
 
 

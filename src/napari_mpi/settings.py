@@ -257,7 +257,10 @@ def config_for(
 ) -> FillConfig:
     """The settings of ``preset`` from ``start``, with any value overridden (None = keep the preset's);
     ``other``: any further :class:`FillConfig` field by name."""
-    if not isinstance(preset, str) or preset.lower() not in PRESETS:
+    if not isinstance(preset, str):
+        raise ValueError(f"preset must be the name of a preset ({', '.join(map(repr, PRESETS))}; "
+                         f"leave it out for {DEFAULT_PRESET!r}), got {preset!r}")
+    if preset.lower() not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     unknown = sorted(set(other) - set(FillConfig.field_names()))
     if unknown:

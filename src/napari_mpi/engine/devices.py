@@ -29,6 +29,8 @@ __all__ = [
 #: the process's baseline: the slope of peak RSS from 512x512 to 1024x1024 (``benchmarks/speed.py --isolate``).
 #: Other networks scale it by their width + skip width.
 CPU_BYTES_PER_PIXEL = {"fp32": 3900, "bf16": 2550}
+#: Kinds of device the network runs on
+_DEVICE_TYPES = ("cpu", "cuda", "mps")
 #: Most of the memory available when a plane starts that its CPU fill may plan to use (the rest is
 #: left to napari, the image and other programs).
 CPU_MEMORY_SHARE = 0.75
@@ -47,7 +49,11 @@ def available_devices() -> list[str]:
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" picks CUDA, then Apple MPS, then the CPU; an explicit name must be available."""
+    """"auto" picks CUDA, then Apple MPS, then the CPU; an explicit name must be available, and of a kind that
+    computes (not e.g. "meta")."""
+    kind = device.type if isinstance(device, torch.device) else str(device).split(":")[0].strip().lower()
+    if kind not in ("auto", *_DEVICE_TYPES):
+        raise ValueError(f"device {str(device)!r} cannot run the network; use 'auto', 'cpu', 'cuda' or 'mps'")
     if isinstance(device, torch.device):
         return device
     name = str(device).lower()
