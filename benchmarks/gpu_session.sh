@@ -75,7 +75,7 @@ echo "speed exit $?" | tee -a "$LOG"
 
 stamp "3. stack ${STACK[0]}, planes alone and reusing one network"
 timeout -k 5 80 $PY benchmarks/speed.py --device "$DEVICE" --sizes "" --precisions fp32 --stack "${STACK[@]}" \
-    --stack-reuse off,on --out "$OUT/stack.json" >>"$LOG" 2>&1
+    --stack-reuse off,auto,on --out "$OUT/stack.json" >>"$LOG" 2>&1
 echo "stack exit $?" | tee -a "$LOG"
 
 if [ "$TESTS" = 1 ]; then

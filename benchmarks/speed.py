@@ -154,9 +154,9 @@ def isolated(size: tuple[int, int, int], precision: str, graph: bool, args: argp
 
 
 def time_stack(shape: tuple[int, ...], iterations: int | None, precision: str, device: str, seed: int = 0,
-               reuse: bool = False, cuda_graphs: bool = True, crop: str | int = "auto") -> dict:
+               reuse: bool | str = "auto", cuda_graphs: bool = True, crop: str | int = "auto") -> dict:
     """Planes per second of ``napari_mpi.denoise`` on a (planes, H, W) random stack, as a user runs it
-    (``reuse``: ``reuse_network=True``; ``iterations`` None: the fast preset's count for the start the default
+    (``reuse``: ``reuse_network``; ``iterations`` None: the fast preset's count for the start the default
     weights give; ``crop``: the ``crop`` option, whole planes or windows)."""
     import torch
 
@@ -220,12 +220,24 @@ def markdown(results: list[dict], machine: dict, versions: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _yes_no(flag: bool | None) -> str:
+def _yes_no(flag: bool | str | None) -> str:
+    """"–", "yes", "no", or a choice by name (a stack's "auto" reuse)."""
+    if isinstance(flag, str):
+        return flag
     return "–" if flag is None else "yes" if flag else "no"
 
 
 def _number(value: float | None) -> str:
     return "–" if value is None else f"{value:.0f}"
+
+
+def _reuse_choices(text: str) -> list[bool | str]:
+    """``--stack-reuse``: "auto,off" -> ["auto", False] (reuse_network values; "on" is True)."""
+    choices = {"auto": "auto", "on": True, "off": False}
+    values = [v.strip() for v in text.split(",") if v.strip()]
+    if not values or any(v not in choices for v in values):
+        raise SystemExit(f"--stack-reuse takes a comma-separated list of auto / on / off, got {text!r}")
+    return [choices[v] for v in values]
 
 
 def _on_off(text: str, option: str) -> list[bool]:
@@ -252,8 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stack", default=None, help="also time napari_mpi.denoise on a ZxHxW random stack")
     parser.add_argument("--stack-iterations", type=int, default=None,
                         help="iterations per plane (default: the fast preset's for the shipped weights)")
-    parser.add_argument("--stack-reuse", default="off",
-                        help="comma-separated on / off: the stack's planes reuse one network, or each runs alone")
+    parser.add_argument("--stack-reuse", default="auto",
+                        help="comma-separated auto / on / off: the stack's planes reuse one network where alike (the "
+                             "default of napari_mpi.denoise), on every plane, or each runs alone")
     parser.add_argument("--stack-crop", default="auto",
                         help="comma-separated crop options for the stack: auto, none or a window side (default auto)")
     parser.add_argument("--out", default=None, help="write the results as JSON (what plots.py --speed reads)")
@@ -271,7 +284,7 @@ def main(argv=None) -> int:
     if any(p not in ("fp32", "bf16") for p in precisions):
         parser.error(f"unknown precision in {args.precisions!r}; use fp32 or bf16")
     graphs = _on_off(args.cuda_graphs, "--cuda-graphs")
-    reuses = _on_off(args.stack_reuse, "--stack-reuse")
+    reuses = _reuse_choices(args.stack_reuse)
     if args.threads:
         import torch
 

@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections import Counter
 
 import numpy as np
 from datasets import STACKS, load_stack, run_record, write_json
@@ -61,30 +60,28 @@ def fill_crop(text: str) -> str | int:
     return int(text) if text.isdigit() else text
 
 
-def denoise_stack(noisy: np.ndarray, clean: np.ndarray, args: argparse.Namespace, reuse: bool,
+def denoise_stack(noisy: np.ndarray, clean: np.ndarray, args: argparse.Namespace, reuse: bool | str,
                   tuning: dict | None = None) -> dict:
-    """One run of ``napari_mpi.denoise`` on the stack, scored plane by plane."""
+    """One run of ``napari_mpi.denoise_steps`` on the stack (what ``napari_mpi.denoise`` runs), scored plane by
+    plane, with how each plane was filled."""
     options = dict(preset=args.preset, iterations=args.iterations, weights=args.weights, refine=args.refine,
                    rgb=noisy.ndim == 4, crop=fill_crop(args.fill_crop), reuse_network=reuse, tuning=tuning)
     plan = napari_mpi.prepare(noisy.shape, noisy.dtype, **options)
-    steps: Counter[int] = Counter()
-
-    def count(event) -> None:
-        steps[event.plane] += 1
-
+    reports: list = []
     start = time.perf_counter()
-    outputs = napari_mpi.denoise(noisy, progress=count, **options)
+    outputs = napari_mpi.drain(napari_mpi.denoise_steps(noisy, plan, reports=reports))
     seconds = time.perf_counter() - start
     values = [psnr(o, c) for o, c in zip(outputs, clean, strict=True)]
+    reports.sort(key=lambda r: r.plane)
     return {
         "iterations": plan.config.iterations,
-        "reuse_step_fraction": plan.config.reuse_step_fraction if reuse else None,
-        "reuse_predictions": plan.config.reuse_predictions if reuse else None,
+        "reuse_network": reuse,
         "tuning": tuning,
         "psnr": float(np.mean(values)),
         "psnr_per_plane": values,
         "seconds": seconds,
-        "steps_per_plane": float(np.mean([steps[p] for p in range(len(noisy))])),
+        "steps_per_plane": float(np.mean([r.iterations for r in reports])),
+        "planes": [r.as_dict() for r in reports],
     }
 
 
@@ -140,18 +137,20 @@ def main(argv=None) -> int:
     alone = denoise_stack(noisy, clean, args, reuse=False) | {"strategy": "alone"}
     print(f"{args.stack}, {len(noisy)} planes of {noisy.shape[1]}x{noisy.shape[2]}: alone {alone['psnr']:.2f} dB, "
           f"{alone['seconds']:.0f} s", file=sys.stderr, flush=True)
-    runs = [("reuse", None)]
+    runs = [("auto", "auto", None), ("always", True, None)]
     for steps, predictions in variants:
         if steps > alone["iterations"]:
             raise SystemExit(f"--reuse-variants: {steps} steps is more than the {alone['iterations']} iterations")
-        runs.append((f"reuse {steps}:{predictions}",
+        runs.append((f"always {steps}:{predictions}", True,
                      {"reuse_step_fraction": steps / alone["iterations"], "reuse_predictions": predictions}))
     results = [alone]
-    for strategy, tuning in runs:
-        row = compare(denoise_stack(noisy, clean, args, reuse=True, tuning=tuning), alone) | {"strategy": strategy}
+    for strategy, reuse, tuning in runs:
+        row = compare(denoise_stack(noisy, clean, args, reuse=reuse, tuning=tuning), alone) | {"strategy": strategy}
         results.append(row)
+        decisions = " ".join(f"{'C' if p['start'] == 'carried' else 'W'}{p['steps']}"
+                             + (f"({p['mismatch']:.2f})" if p["mismatch"] is not None else "") for p in row["planes"])
         print(f"  {strategy}: {row['psnr']:.2f} dB ({row['gap_mean']:+.2f}, worst plane {row['gap_worst']:+.2f}), "
-              f"{row['seconds']:.0f} s = {row['speedup']:.1f}x", file=sys.stderr, flush=True)
+              f"{row['seconds']:.0f} s = {row['speedup']:.1f}x; planes {decisions}", file=sys.stderr, flush=True)
     print(table(results))
     if args.out:
         stack = {"name": args.stack, "shape": list(noisy.shape), "planes": len(noisy)}

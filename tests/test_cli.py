@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -151,16 +152,46 @@ def test_auto_preset_counts_every_plane_even_when_it_stops_early(tmp_path):
     assert tifffile.imread(target).shape == (2, 48, 48)
 
 
-def test_reuse_network_runs_a_stack_and_refuses_a_scheduler(zstack, tmp_path):
+def test_stacks_reuse_the_network_by_default_and_say_how_each_plane_was_filled(zstack, tmp_path):
     source, data = zstack
-    target = tmp_path / "out.tif"
-    done = run_cli("denoise", str(source), "-o", str(target), "--reuse-network", "--iterations", "30",
-                   "--weights", "random")
-    assert done.returncode == 0, done.stderr
-    assert "the next ones reused its network" in done.stdout
-    assert tifffile.imread(target).shape == data.shape
-    _assert_clean_failure(run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--reuse-network",
-                                  "--scheduler", "local", *FAST), "cannot be combined with --scheduler")
+    for name, read_back in [("out.tif", _imagej_info), ("out.ome.tif", _ome_annotation), ("out.zarr", _zarr_attrs)]:
+        target = tmp_path / name
+        done = run_cli("denoise", str(source), "-o", str(target), "--iterations", "4", "--weights", "random")
+        assert done.returncode == 0, done.stderr
+        assert "planes: " in done.stdout and "of 2 planes started from the weights" in done.stdout
+        planes = read_back(target)
+        assert [p["plane"] for p in planes] == [0, 1] and planes[0]["start"] == "weights"
+        assert planes[0]["steps"] == 4 and planes[1]["start"] in ("carried", "weights")
+    quick = ["--iterations", "2", "--weights", "random"]
+    never = run_cli("denoise", str(source), "-o", str(tmp_path / "never.tif"), "--reuse-network", "no", *quick)
+    assert never.returncode == 0 and "wrote" in never.stdout and "planes: " not in never.stdout
+    assert [p["start"] for p in _imagej_info(tmp_path / "never.tif")] == ["weights", "weights"]
+    always = run_cli("denoise", str(source), "-o", str(tmp_path / "always.tif"), "--reuse-network", *quick)
+    assert always.returncode == 0 and "planes: 1 of 2 planes carried the previous plane's network" in always.stdout
+    wrong = run_cli("denoise", str(source), "-o", str(tmp_path / "o.tif"), "--reuse-network", "sometimes", *FAST)
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "--reuse-network: invalid choice: 'sometimes' (choose from 'auto', 'yes', 'no')" in wrong.stderr
+
+
+def _imagej_info(path) -> list[dict]:
+    with tifffile.TiffFile(path) as tif:
+        line = next(x for x in tif.imagej_metadata["Info"].splitlines() if x.startswith("napari-mpi.planes_filled"))
+    return json.loads(line.split(" = ", 1)[1])
+
+
+def _ome_annotation(path) -> list[dict]:
+    import html
+    import re
+
+    with tifffile.TiffFile(path) as tif:
+        found = re.search(r'<M K="planes_filled">(.*?)</M>', tif.ome_metadata)
+    return json.loads(html.unescape(found.group(1)))
+
+
+def _zarr_attrs(path) -> list[dict]:
+    import zarr
+
+    return zarr.open_array(str(path), mode="r").attrs["napari_mpi"]["planes_filled"]
 
 
 def test_crop_option_trains_on_windows_and_refuses_a_bad_side(tmp_path):

@@ -138,7 +138,8 @@ def test_a_stack_reusing_the_network_continues_in_windows(camera_plane):
     stack = np.stack(noisy).astype(np.float32)
     events, alone_events = [], []
     reused = napari_mpi.denoise(stack, iterations=3, crop=64, reuse_network=True, refine="none", progress=events.append)
-    alone = napari_mpi.denoise(stack, iterations=3, crop=64, refine="none", progress=alone_events.append)
+    alone = napari_mpi.denoise(stack, iterations=3, crop=64, refine="none", reuse_network=False,
+                               progress=alone_events.append)
     first = crop_steps(3, 128, 192, 64) * 2  # 3 steps, then 3 predictions
     later = (crop_steps(continuation_steps(FillConfig(iterations=3)), 128, 192, 64)
              + crop_steps(REUSE_PREDICTIONS, 128, 192, 64))
@@ -146,6 +147,11 @@ def test_a_stack_reusing_the_network_continues_in_windows(camera_plane):
     assert len(alone_events) == 3 * first
     np.testing.assert_array_equal(reused[0], alone[0])  # the first plane is filled as when alone
     assert not np.array_equal(reused[1], alone[1])
+    decided, reports = [], []  # the default decides per plane, in windows too
+    plan = napari_mpi.prepare(stack.shape, stack.dtype, iterations=3, crop=64, refine="none")
+    napari_mpi.drain(napari_mpi.denoise_steps(stack, plan, reports=reports), decided.append)
+    assert [r.carried for r in reports] == [False, True, True] and all(r.mismatch is not None for r in reports[1:])
+    assert all(crop_steps(continuation_steps(plan.config), 128, 192, 64) <= r.steps for r in reports[1:])
 
 
 def test_auto_crops_big_planes_on_the_cpu_only():

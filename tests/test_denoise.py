@@ -59,7 +59,7 @@ def test_same_seed_same_result():
 
 def test_progress_events_cover_every_plane_and_iteration():
     events = []
-    napari_mpi.denoise(np.random.rand(3, 40, 40), progress=events.append, **FEW)
+    napari_mpi.denoise(np.random.rand(3, 40, 40), progress=events.append, reuse_network=False, **FEW)
     # FEW's 2 iterations, then as many predictions
     assert [(e.plane, e.iteration, e.iterations) for e in events] == [(p, i, 4) for p in range(3) for i in (1, 2, 3, 4)]
     assert events[-1].fraction == 1.0 and np.isfinite(events[-1].loss)
@@ -211,8 +211,9 @@ def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     alone_events, reuse_events = [], []
     from napari_mpi.engine.fill import continuation_steps
 
-    alone = napari_mpi.denoise(stack, progress=alone_events.append)  # the fast preset, default weights
+    alone = napari_mpi.denoise(stack, reuse_network=False, progress=alone_events.append)  # fast, default weights
     reused = napari_mpi.denoise(stack, reuse_network=True, progress=reuse_events.append)
+    decided = napari_mpi.denoise(stack)  # the default: decided per plane
     plan = napari_mpi.prepare((128, 128), np.float32)
     first = plan.steps_per_plane  # the iterations, then the final predictions
     later = continuation_steps(plan.config) + plan.config.reuse_predictions  # a few steps, then predictions
@@ -226,6 +227,9 @@ def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     assert reused_psnr > noisy_psnr + 3.0
     assert reused_psnr > alone_psnr - 0.5, (reused_psnr, alone_psnr)
     np.testing.assert_array_equal(reused[0], alone[0])  # the first plane is filled as before
+    decided_psnr = np.mean([psnr(plane, reference, data_range) for plane in decided])
+    assert decided_psnr > alone_psnr - 0.1, (decided_psnr, alone_psnr)
+    np.testing.assert_array_equal(decided[0], alone[0])
 
 
 def test_tuning_sets_any_other_setting_and_is_validated():
@@ -248,10 +252,5 @@ def test_tuning_sets_any_other_setting_and_is_validated():
 def test_reusing_the_network_is_refused_where_it_cannot_work():
     with pytest.raises(ValueError, match="auto preset .* cannot reuse one network"):
         napari_mpi.prepare((2, 40, 40), np.float32, preset="auto", reuse_network=True)
-    with pytest.raises(ValueError, match="reuse_network must be True or False"):
+    with pytest.raises(ValueError, match="reuse_network must be 'auto', True or False"):
         napari_mpi.prepare((2, 40, 40), np.float32, reuse_network="yes")
-    from napari_mpi.distributed import distributed_steps
-
-    plan = napari_mpi.prepare((2, 40, 40), np.float32, reuse_network=True, weights="random")
-    with pytest.raises(ValueError, match="cannot spread them over Dask workers"):
-        next(distributed_steps(np.zeros((2, 40, 40), np.float32), plan, client=None, out=np.zeros((2, 40, 40))))

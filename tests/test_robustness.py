@@ -124,7 +124,7 @@ def test_5d_and_6d_arrays_are_denoised_plane_by_plane(shape):
     rng = np.random.default_rng(1)
     image = (100 + 20 * rng.standard_normal(shape)).astype(np.float32)
     before = image.copy()
-    result = napari_mpi.denoise(image, **FEW)
+    result = napari_mpi.denoise(image, reuse_network=False, **FEW)
     assert result.shape == shape and result.dtype == np.float32 and np.isfinite(result).all()
     np.testing.assert_array_equal(image, before)
     # each plane exactly as if it were denoised alone (every plane is seeded alike)
@@ -132,6 +132,9 @@ def test_5d_and_6d_arrays_are_denoised_plane_by_plane(shape):
     for number in (0, len(planes) - 1):
         alone = napari_mpi.denoise(planes[number], **FEW)
         np.testing.assert_array_equal(result.reshape(-1, *shape[-2:])[number], alone)
+    carried = napari_mpi.denoise(image, **FEW)  # by default the network goes on from plane to plane
+    assert carried.shape == shape and np.isfinite(carried).all()
+    np.testing.assert_array_equal(carried.reshape(-1, *shape[-2:])[0], result.reshape(-1, *shape[-2:])[0])
 
 
 def test_5d_with_a_channel_axis():

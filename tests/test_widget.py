@@ -404,28 +404,34 @@ def test_auto_preset_chooses_beta_itself_and_reports_its_decision(viewer_widget,
     assert widget.form.beta.enabled
 
 
-def test_reuse_network_box_runs_a_stack_with_fewer_iterations_and_not_with_auto(viewer_widget, qtbot, notes):
+def test_stacks_reuse_the_network_by_default_and_the_run_says_how_each_plane_went(viewer_widget, qtbot, notes):
     viewer, widget = viewer_widget
     viewer.add_image(np.stack([noisy(seed=2 * z) for z in range(3)]), name="stack")
     widget.form.iterations.value = 30
-    widget.form.reuse.value = True
-    assert widget.parameters()["reuse_network"] is True
+    assert widget.form.reuse.value == "auto" and widget.parameters()["reuse_network"] == "auto"
     run = widget.start()
     assert not widget.form.reuse.enabled  # no changes while it runs
     wait_finished(qtbot, run)
     assert run.state == "done" and widget.form.reuse.enabled
     layer = viewer.layers["stack denoised"]
-    assert layer.metadata["reuse_network"] is True and np.isfinite(layer.data).all()
+    assert layer.metadata["reuse_network"] == "auto" and np.isfinite(layer.data).all()
+    planes = layer.metadata["planes_filled"]
+    assert [p["plane"] for p in planes] == [0, 1, 2] and planes[0]["start"] == "weights"
+    assert "of 3 planes" in widget.form.status.value  # what the planes did, in the status line
     assert layer.metadata["refine"] == "wiener"  # the Wiener refinement is on by default
     widget.form.refine.value = False
     assert widget.parameters()["refine"] == "none"
-    assert layer.metadata["crop"] == 0  # planes reusing a network train on whole planes
+    assert layer.metadata["crop"] == 0  # small planes train whole
     assert widget.parameters()["crop"] == "auto"  # windows of big planes on the CPU, by default
     widget.form.crop.value = False
     assert widget.parameters()["crop"] == "none"
-    widget.form.preset.value = "Auto"  # Auto decides per plane: the box is off for it
+    for value in (True, False):
+        widget.form.reuse.value = value
+        assert widget.parameters()["reuse_network"] is value
+    widget.form.preset.value = "Auto"  # Auto decides per plane: the choice is off for it
     assert not widget.form.reuse.enabled and widget.parameters()["reuse_network"] is False
     widget.form.preset.value = "Fast"
+    widget.form.reuse.value = True
     assert widget.form.reuse.enabled and widget.parameters()["reuse_network"] is True
 
 

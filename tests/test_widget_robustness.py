@@ -379,7 +379,7 @@ def test_settings_survive_a_restart_until_reset_to_defaults(make_napari_viewer, 
     form.mask_ratio.value = 0.5
     form.preset.value = "Quality"
     form.lr.value, form.seed.value, form.device.value, form.threads.value = 0.001, 7, "cpu", 1
-    form.refine.value, form.crop.value, form.reuse.value, form.follow.value = False, False, True, False
+    form.refine.value, form.crop.value, form.reuse.value, form.follow.value = False, False, False, False
     form.advanced_toggle.value = True
     chosen = first.settings()
     assert _settings_in_tmp.exists()  # written as the values changed: nothing to do at closing

@@ -25,6 +25,7 @@ _HOMES = {
     "denoise_steps": ".api",
     "drain": ".api",
     "prepare": ".api",
+    "PlaneReport": ".chains",
     "iterative_fill": ".engine.fill",
     "DEFAULT_PRESET": ".settings",
     "PRESETS": ".settings",
@@ -34,8 +35,8 @@ _HOMES = {
 }
 
 __all__ = [  # the names of _HOMES, and the version
-    "DEFAULT_PRESET", "PRESETS", "DenoisePlan", "DenoiseProgress", "DenoiseWarning", "FillConfig", "Preset",
-    "__version__", "check_noise", "config_for", "denoise", "denoise_plane", "denoise_steps", "drain",
+    "DEFAULT_PRESET", "PRESETS", "DenoisePlan", "DenoiseProgress", "DenoiseWarning", "FillConfig", "PlaneReport",
+    "Preset", "__version__", "check_noise", "config_for", "denoise", "denoise_plane", "denoise_steps", "drain",
     "iterative_fill", "prepare",
 ]
 
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
         drain,
         prepare,
     )
+    from .chains import PlaneReport
     from .engine.fill import iterative_fill
     from .settings import DEFAULT_PRESET, PRESETS, FillConfig, Preset, config_for
 

@@ -18,9 +18,11 @@ import numpy as np
 import torch
 
 from ._version import __version__
+from .chains import PlaneReport, needed_planes, plane_chains
 from .engine.auto import AutoReport
+from .engine.chain import CarriedNetwork, PlaneStart
 from .engine.devices import free_device_memory, resolve_device
-from .engine.fill import CarriedNetwork, FillStep, check_reuse, final_predictions, plane_steps
+from .engine.fill import FillStep, check_reuse, final_predictions, plane_steps
 from .engine.network import DEFAULT_DEPTH, DEFAULT_SKIP_WIDTH, DEFAULT_WIDTH, architecture_of, check_plane_size
 from .engine.noise import MaskRatioHint, mask_ratio_hint
 from .engine.plane import DenoiseWarning, fill_plane, tile_to_fit_memory, to_plane
@@ -32,7 +34,7 @@ from .weights import Checkpoint, WeightsSpec, resolve_weights
 
 __all__ = [
     "DenoisePlan", "DenoiseProgress", "DenoiseWarning", "PlaneSink", "prepare", "denoise_steps", "denoise_plane",
-    "denoise", "check_noise", "warn_if_noise_looks_correlated", "drain",
+    "denoise_chain", "denoise", "check_noise", "warn_if_noise_looks_correlated", "drain",
 ]
 
 T = TypeVar("T")
@@ -59,8 +61,9 @@ class DenoisePlan:
     device: torch.device
     preset: str
     channel_axis: int | None = None
-    #: planes after the first continue from the previous plane's network (fewer steps; engine.fill.CarriedNetwork)
-    reuse_network: bool = False
+    #: whether planes after the first continue from the previous plane's network (fewer steps;
+    #: engine.chain.CarriedNetwork): "auto" decides per plane, True whenever a plane can, False never
+    reuse_network: bool | str = False
     #: what follows each plane's fill: "wiener" (collaborative Wiener filter, napari_mpi.refine) or "none"
     refine: str = "none"
     #: side of the random windows each fill step trains on (engine.windows.crop_fill); 0 = the whole plane
@@ -125,6 +128,8 @@ class DenoiseProgress:
     elapsed: float
     #: 1, or the number of overlapping tiles the plane is filled in after running out of memory
     tiles: int = 1
+    #: True for a plane a resumed run fills again only to carry its network on to the next plane (not written)
+    replay: bool = False
     _step: FillStep | None = field(repr=False, default=None)
     _norm: Normalization | None = field(repr=False, default=None)
     _plane_data: np.ndarray | None = field(repr=False, default=None)
@@ -138,6 +143,16 @@ class DenoiseProgress:
     def loss(self) -> float:
         """Masked MSE of this iteration (nan for planes that needed no fill)."""
         return self._step.loss if self._step is not None else float("nan")
+
+    @property
+    def start(self) -> PlaneStart:
+        """What this plane's fill started from: the previous plane's network (``.carried``) or the weights."""
+        return getattr(self._step, "start", PlaneStart())
+
+    @property
+    def training(self) -> int:
+        """Training steps of this plane's fill so far planned (the rest of ``iterations`` are predictions)."""
+        return getattr(self._step, "training", 0)
 
     @property
     def auto(self) -> AutoReport | None:
@@ -166,7 +181,7 @@ def prepare(
     weights: WeightsSpec = "default",
     lr: float | None = None,
     precision: str = "auto",
-    reuse_network: bool = False,
+    reuse_network: bool | str = "auto",
     refine: str = "auto",
     crop: str | int = "auto",
     tuning: Mapping[str, Any] | None = None,
@@ -185,10 +200,12 @@ def prepare(
                    seed=int(seed), precision=precision, **tuning_fields(tuning))
     config = config_for(preset, **options)  # the mask ratio picks the weights; they set the preset's length
     check_plane_size(*layout.plane_shape[:2])
-    if not isinstance(reuse_network, bool):
-        raise ValueError(f"reuse_network must be True or False, got {reuse_network!r}")
-    if reuse_network:
+    if not (isinstance(reuse_network, bool) or reuse_network == "auto"):
+        raise ValueError(f"reuse_network must be 'auto', True or False, got {reuse_network!r}")
+    if reuse_network is True:
         check_reuse(config)
+    elif reuse_network == "auto" and config.selfsup:
+        reuse_network = False  # the auto preset decides per plane on its own
     refine = resolve_refine(refine, config.mask_ratio, config.refine_max_mask_ratio)
     channels = 3 if rgb else 1
     checkpoint = resolve_weights(weights, channels, mask_mode, config.mask_ratio)
@@ -247,7 +264,8 @@ class PlaneSink(Protocol):
 
 
 def denoise_steps(
-    image, plan: DenoisePlan, out: PlaneSink | None = None, *, skip: Container[int] = ()
+    image, plan: DenoisePlan, out: PlaneSink | None = None, *, skip: Container[int] = (),
+    reports: list[PlaneReport] | None = None,
 ) -> Generator[DenoiseProgress, None, PlaneSink]:
     """Denoise ``image`` plane by plane, yielding progress after every iteration; returns ``out``.
 
@@ -255,9 +273,11 @@ def denoise_steps(
     input's shape) is allocated in memory when not given; pass an on-disk :class:`PlaneSink` (zarr,
     memmap) for stacks bigger than memory. Each plane is written when its fill finishes, so a consumer
     that stops early keeps every finished plane. Plane numbers in ``skip`` (C order of the iterated
-    axes, as ``DenoiseProgress.plane``) are neither read nor written: a resumed run passes the planes it
-    already has. Every plane is seeded alike, so skipping some does not change the others (except with
-    ``plan.reuse_network``: the first plane after a gap starts from the weights again, with all iterations).
+    axes, as ``DenoiseProgress.plane``) are not written: a resumed run passes the planes it already has.
+    With ``plan.reuse_network`` the planes are filled chain by chain (``plane_chains``), and a skipped plane that
+    comes before one still to fill in its chain is filled again (progress with ``replay``, not written), so that
+    the result is the same as an uninterrupted run's. ``reports`` (a list) receives a :class:`PlaneReport` for
+    every plane written, once it is written.
     """
     layout = plan.layout
     if tuple(image.shape) != layout.shape:
@@ -272,44 +292,58 @@ def denoise_steps(
         out = np.zeros(layout.shape, dtype=np.float32)
     fit = fitting(out, DenoiseWarning)
     state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
-    carried = CarriedNetwork() if plan.reuse_network else None
     tile = tile_to_fit_memory(*layout.plane_shape[:2], plan)  # once per run: one warning, not one per plane
     start = time.monotonic()
     try:
-        for number, index in enumerate(layout.indices()):
-            if number in skip:
-                if carried is not None:
-                    carried.clear()  # the next plane's neighbour was not filled in this run
-                continue
-            plane = layout.take(image, index)
-            progress = dict(plane=number, n_planes=layout.n_planes, index=index, iterations=plan.config.iterations)
-            fill = fill_plane(plane, plan, state, carried, tile)
-            filled = False
-            while True:
-                try:
-                    step, norm = next(fill)
-                except StopIteration as finished:
-                    result = finished.value
-                    break
-                filled = True
-                # a plane that continues from the previous plane's network runs fewer iterations
-                yield DenoiseProgress(iteration=step.iteration, elapsed=time.monotonic() - start,
-                                      tiles=getattr(step, "tiles", 1), _step=step, _norm=norm, _plane_data=plane,
-                                      **{**progress, "iterations": step.iterations})
-            out[index] = fit(result)
-            if not filled:  # a constant plane is its own result: one event, after it is written
-                yield DenoiseProgress(iteration=plan.config.iterations, elapsed=time.monotonic() - start,
-                                      _plane_data=plane, **progress)
+        for chain in plane_chains(plan):
+            carried = _carried(plan)
+            for number, index in needed_planes(chain, skip):
+                replay = number in skip
+                plane = layout.take(image, index)
+                fill = _plane_events(plane, plan, state, carried, tile, start,
+                                     dict(plane=number, n_planes=layout.n_planes, index=index, replay=replay))
+                result, report = yield from fill
+                if not replay:
+                    out[index] = fit(result)
+                    if reports is not None:
+                        reports.append(report)
     finally:  # also when the consumer cancels (closes the generator) or an error ends the run
         free_device_memory(plan.device)
     return out
 
 
-def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:
-    """Denoise one plane ((H, W), or (H, W, 3|4) for an RGB plan) exactly as :func:`denoise_steps` would.
+def _carried(plan: DenoisePlan) -> CarriedNetwork | None:
+    """What carries the network along a chain (None without reuse)."""
+    if not plan.reuse_network:
+        return None
+    return CarriedNetwork(mode="auto" if plan.reuse_network == "auto" else "always")
 
-    The unit of work for Dask workers (:mod:`napari_mpi.distributed`): same plan, same result.
-    """
+
+def _plane_events(plane: np.ndarray, plan: DenoisePlan, state: dict | None, carried: CarriedNetwork | None,
+                  tile: tuple[int, int] | None, start: float, progress: dict[str, Any]):
+    """One plane's fill as DenoiseProgress events; returns its result and its PlaneReport."""
+    fill = fill_plane(plane, plan, state, carried, tile)
+    step: FillStep | None = None
+    while True:
+        try:
+            step, norm = next(fill)
+        except StopIteration as finished:
+            result = finished.value
+            break
+        yield DenoiseProgress(iteration=step.iteration, iterations=step.iterations, elapsed=time.monotonic() - start,
+                              tiles=getattr(step, "tiles", 1), _step=step, _norm=norm, _plane_data=plane, **progress)
+    if step is None:  # a constant plane is its own result: one event
+        yield DenoiseProgress(iteration=plan.config.iterations, iterations=plan.config.iterations,
+                              elapsed=time.monotonic() - start, _plane_data=plane, **progress)
+    begun = getattr(step, "start", PlaneStart())
+    report = PlaneReport(progress["plane"], progress["index"], begun.carried, begun.mismatch,
+                         getattr(step, "training", 0), step.iterations if step is not None else 0)
+    return result, report
+
+
+def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:
+    """Denoise one plane ((H, W), or (H, W, 3|4) for an RGB plan) exactly as :func:`denoise_steps` would without
+    ``reuse_network``."""
     state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
     plane = np.asarray(plane)
     fill = fill_plane(plane, plan, state, None, tile_to_fit_memory(*plane.shape[:2], plan))
@@ -317,6 +351,26 @@ def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:
         return drain(fill)
     finally:
         free_device_memory(plan.device)
+
+
+def denoise_chain(planes: list[np.ndarray], plan: DenoisePlan) -> tuple[list[np.ndarray], list[PlaneReport]]:
+    """Denoise one chain of planes (``plane_chains``) exactly as :func:`denoise_steps` would: the unit of work for
+    Dask workers (:mod:`napari_mpi.distributed`), same plan, same result. Returns the planes and their reports
+    (plane numbers counted within the chain)."""
+    state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
+    carried = _carried(plan)
+    results, reports = [], []
+    try:
+        for number, plane in enumerate(planes):
+            plane = np.asarray(plane)
+            events = _plane_events(plane, plan, state, carried, tile_to_fit_memory(*plane.shape[:2], plan), 0.0,
+                                   dict(plane=number, n_planes=len(planes), index=(), replay=False))
+            result, report = drain(events)
+            results.append(result)
+            reports.append(report)
+    finally:
+        free_device_memory(plan.device)
+    return results, reports
 
 
 #: Planes of a stack the noise check reads (evenly spaced): enough to outvote one odd plane, few to read
@@ -371,7 +425,7 @@ def denoise(
     lr: float | None = None,
     precision: str = "auto",
     out: PlaneSink | None = None,
-    reuse_network: bool = False,
+    reuse_network: bool | str = "auto",
     refine: str = "auto",
     crop: str | int = "auto",
     tuning: Mapping[str, Any] | None = None,
@@ -418,11 +472,16 @@ def denoise(
     out : array-like, optional
         Where to write the result, one finished plane at a time: e.g. a zarr array or
         ``napari_mpi.io.stores.create_tiff(...)`` for stacks bigger than memory (float32 recommended).
-    reuse_network : bool
-        For z-stacks and time-lapses whose neighbouring planes look alike: each plane after the first
-        continues from the previous plane's network with a fraction of the iterations
-        (``FillConfig.reuse_step_fraction``, ``reuse_predictions``): several times faster on such stacks; planes
-        that differ (separate fields of view, stains) can lose a little. Not with the auto preset.
+    reuse_network : {"auto", True, False}
+        Stacks (z-stacks, time-lapses): a plane after the first may continue from the previous plane's network
+        with a fraction of the steps, several times faster where neighbouring planes look alike. "auto"
+        (default) decides per plane without the clean image: a plane continues when the carried network fits it
+        nearly as well as it fitted the previous plane, and then trains a little longer while it still learns;
+        a plane unlike the previous one (another field of view, stain or channel) starts from the weights
+        (:mod:`napari_mpi.engine.chain`). True: every plane continues, for the fixed
+        ``FillConfig.reuse_step_fraction``; False: every plane alone. Chains of planes start from the weights
+        every ``FillConfig.reuse_chain_planes`` planes of a channel. Not with the auto preset (it decides per
+        plane alone; "auto" then means False).
     refine : {"auto", "wiener", "none"}
         "wiener": after each plane's fill, a collaborative (block-matching) Wiener filter with the fill's
         estimate as its pilot and a noise model fitted to the residual (:mod:`napari_mpi.engine.refine`) gives

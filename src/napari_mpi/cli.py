@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from .chains import summarise_reports
 from .settings import DEFAULT_PRESET, PRESET_NAMES
 
 
@@ -19,6 +20,10 @@ def _progress_bar(**options):
     from tqdm import tqdm
 
     return tqdm(dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0, **options)
+
+
+#: --reuse-network's choices, as reuse_network values
+_REUSE = {"auto": "auto", "yes": True, "no": False}
 
 
 def _ratio_range(text: str) -> tuple[float, float]:
@@ -187,27 +192,40 @@ def _fingerprint(source: Path, data, plan) -> dict:
     }
 
 
-def _local_planes(data, plan, sink, done: set[int], quiet: bool):
-    """Denoise on this machine with the engine's generator; yields plane numbers as they are written."""
+def _local_planes(data, plan, sink, done: set[int], quiet: bool, reports: list):
+    """Denoise on this machine with the engine's generator; yields plane numbers as they are written (a plane that a
+    resumed run fills again only to carry its network on is not written, and not yielded)."""
     from .api import denoise_steps
 
     position = 1 if plan.layout.n_planes > 1 else 0
     steps_bar = _progress_bar(total=plan.steps_per_plane, unit="it", position=position, disable=quiet, leave=False)
-    current: int | None = None
+    current = None
     try:
-        for event in denoise_steps(data, plan, sink, skip=done):
-            if event.plane != current:
-                if current is not None:
-                    yield current  # denoise_steps writes a plane before it starts the next
-                current = event.plane
+        for event in denoise_steps(data, plan, sink, skip=done, reports=reports):
+            if current is None or event.plane != current.plane:
+                if current is not None and not current.replay:
+                    yield current.plane  # denoise_steps writes a plane before it starts the next
                 steps_bar.reset(total=event.iterations)  # fewer for planes reusing the previous plane's network
+                steps_bar.set_description(_plane_status(event), refresh=False)
             elif event.iteration < steps_bar.n:
                 steps_bar.reset()
+            if event.iterations != steps_bar.total:  # a plane that still learns trains on
+                steps_bar.total = event.iterations
+            current = event
             steps_bar.update(event.iteration - steps_bar.n)
-        if current is not None:
-            yield current  # a plane may end before its last iteration ("auto" stops by itself)
+        if current is not None and not current.replay:
+            yield current.plane  # a plane may end before its last iteration ("auto" stops by itself)
     finally:
         steps_bar.close()
+
+
+def _plane_status(event) -> str:
+    """The progress bar's label of a plane: "plane 3", with "carried" when it continues the previous plane's network
+    and "again" when a resumed run fills it only to carry the network on."""
+    label = f"plane {event.plane}"
+    if event.start.carried:
+        label += " carried"
+    return label + (" again" if event.replay else "")
 
 
 def _denoise(args: argparse.Namespace) -> int:
@@ -228,7 +246,7 @@ def _denoise(args: argparse.Namespace) -> int:
         plan = prepare(
             data.shape, data.dtype, preset=args.preset, mask_ratio=args.mask_ratio, beta=args.beta,
             iterations=args.iterations, seed=args.seed, device=args.device, weights=args.weights,
-            precision=args.precision, reuse_network=args.reuse_network, refine=args.refine, crop=args.crop,
+            precision=args.precision, reuse_network=_REUSE[args.reuse_network], refine=args.refine, crop=args.crop,
             **_roles(axes, data.shape),
         )
         if not isinstance(data, np.ndarray):  # read plane by plane: name the file and plane of a damaged one
@@ -236,18 +254,18 @@ def _denoise(args: argparse.Namespace) -> int:
         warn_if_noise_looks_correlated(data, args.mask_ratio, option="run with --mask-ratio ",
                                        **_roles(axes, data.shape))
         output, sink, done = _open_sink(args, kind, data, axes, plan, calibration)
-        _run_planes(args, data, plan, sink, done, output, stack)
+        reports = _run_planes(args, data, plan, sink, done, output, stack)
         if output is not None:
-            output.finish()
+            reports = output.finish()
         else:
-            write_png(args.output, sink, data.dtype, plan.describe())
+            write_png(args.output, sink, data.dtype, plan.describe() | {"planes_filled": reports})
     if not args.quiet:
         n_planes = plan.layout.n_planes
         resumed = f", {len(done)} from the earlier run" if done else ""
-        reused = " (the first plane; the next ones reused its network)" if plan.reuse_network and n_planes > 1 else ""
         print(f"wrote {args.output} ({'x'.join(map(str, plan.layout.shape))}, axes {axes}, {n_planes} plane(s)"
-              f"{resumed}, preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {plan.describe_length()}"
-              f"{reused})")
+              f"{resumed}, preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {plan.describe_length()})")
+        if plan.reuse_network and n_planes > 1:
+            print(f"planes: {summarise_reports(reports)}")
     return 0
 
 
@@ -260,8 +278,6 @@ def _check_denoise_options(args: argparse.Namespace, kind: str) -> None:
         raise ValueError("--workers applies to --scheduler local only")
     if args.workers is not None and args.workers < 1:
         raise ValueError(f"--workers must be 1 or more, got {args.workers}")
-    if args.reuse_network and args.scheduler:
-        raise ValueError("--reuse-network runs the planes one after the other; it cannot be combined with --scheduler")
     if args.scheduler and args.scheduler != "local" and "://" not in args.scheduler:
         raise ValueError(
             f"--scheduler must be 'local' or a scheduler address like tcp://host:8786, got {args.scheduler!r}"
@@ -293,9 +309,12 @@ def _open_sink(args: argparse.Namespace, kind: str, data, axes: str, plan, calib
     return output, output.writer, output.done
 
 
-def _run_planes(args: argparse.Namespace, data, plan, sink, done: set[int], output, stack: ExitStack) -> None:
-    """Denoise the planes not yet ``done`` into ``sink``, here or on a Dask cluster, with a progress bar.
-    A run that fails before any plane is written leaves no partial output behind."""
+def _run_planes(args: argparse.Namespace, data, plan, sink, done: set[int], output, stack: ExitStack) -> list[dict]:
+    """Denoise the planes not yet ``done`` into ``sink``, here or on a Dask cluster, with a progress bar; the
+    planes' reports (``PlaneReport.as_dict``), each also recorded in ``output``. A run that fails before any plane is
+    written leaves no partial output behind."""
+    reports: list = []
+    recorded = 0
     n_planes = plan.layout.n_planes
     planes_bar = _progress_bar(total=n_planes, initial=len(done), unit="plane", position=0,
                                disable=args.quiet or n_planes == 1)
@@ -307,17 +326,23 @@ def _run_planes(args: argparse.Namespace, data, plan, sink, done: set[int], outp
             threads = args.threads or None
             if args.scheduler == "local" and threads is None:  # share this machine's cores among its workers
                 threads = max(1, (os.cpu_count() or 1) // max(1, len(client.nthreads())))
-            planes = distributed_steps(data, plan, client, sink, skip=done, device=args.device, threads=threads)
+            planes = distributed_steps(data, plan, client, sink, skip=done, device=args.device, threads=threads,
+                                       reports=reports)
         else:
-            planes = _local_planes(data, plan, sink, done, args.quiet)
+            planes = _local_planes(data, plan, sink, done, args.quiet, reports)
         for _ in planes:
             planes_bar.update(1)
+            for report in reports[recorded:]:
+                if output is not None:
+                    output.record(report.as_dict())
+            recorded = len(reports)
     except Exception:
         if output is not None and not output.done:  # nothing to resume: leave no partial files behind
             output.discard()
         raise
     finally:
         planes_bar.close()
+    return [report.as_dict() for report in reports]
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -383,10 +408,11 @@ def _add_denoise_parser(sub) -> None:
                      help="CPU threads (0 = torch's default; use fewer on a busy machine)")
     den.add_argument("--keep-dtype", action="store_true",
                      help="write the input's integer type (rounded) instead of float32")
-    den.add_argument("--reuse-network", action="store_true",
-                     help="z-stacks / time-lapses whose neighbouring planes look alike: each plane continues from the "
-                          "previous plane's network with a tenth of the iterations, several times faster (not with "
-                          "--preset auto; docs/benchmarks.md)")
+    den.add_argument("--reuse-network", choices=tuple(_REUSE), default="auto", nargs="?", const="yes",
+                     help="stacks: a plane may continue from the previous plane's network with a fraction of the "
+                          "steps, several times faster on z-stacks and time-lapses. auto (default): decided per plane "
+                          "(a plane unlike the previous one starts afresh); yes (or the bare flag): every plane "
+                          "continues; no: every plane alone (docs/benchmarks.md)")
     den.add_argument("--refine", choices=("auto", "wiener", "none"), default="auto",
                      help="after each plane's fill: a block-matching Wiener filter with the fill's estimate as its "
                           "pilot, which gives back texture; auto (default): wiener for mask "

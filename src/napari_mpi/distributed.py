@@ -1,9 +1,10 @@
 """Scale-out: spread the planes of one run over Dask distributed workers.
 
-Each worker denoises whole planes with :func:`napari_mpi.api.denoise_plane` — the same engine and
-the same per-plane seed as a local run — and sends the plane back; the client reads the input and
-writes every result itself (one writer, so the output and its resume record stay consistent). At most
-``window`` planes are in flight, so the client holds a few planes, never the stack.
+Each worker denoises a whole chain of planes with :func:`napari_mpi.api.denoise_chain` (one plane each without
+network reuse; with it, the planes that carry one network, ``napari_mpi.api.plane_chains``) — the same engine
+and the same seeds as a local run — and sends the planes back; the client reads the input and writes every
+result itself (one writer, so the output and its resume record stay consistent). At most ``window`` chains are
+in flight, so the client holds a few chains, never the stack.
 
 Dask is an optional dependency (``pip install "napari-mpi[batch]"``), imported only here and only when
 a scheduler is asked for. One GPU per worker: ``connect("local")`` starts one worker process per
@@ -23,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .api import DenoisePlan, PlaneSink, denoise_plane
+from .api import DenoisePlan, PlaneSink, denoise_chain
+from .chains import PlaneReport, needed_planes, plane_chains
 
 __all__ = ["ClusterError", "connect", "distributed_steps", "denoise_distributed"]
 
@@ -93,15 +95,16 @@ def connect(scheduler: str, *, workers: int | None = None, timeout: float | str 
         yield client
 
 
-def _denoise_task(plane: np.ndarray, plan: DenoisePlan, device: str, threads: int | None) -> np.ndarray:
-    """Run on a worker: resolve the device there (its own GPU), then denoise the plane."""
+def _denoise_task(planes: list[np.ndarray], plan: DenoisePlan, device: str,
+                  threads: int | None) -> tuple[list[np.ndarray], list[PlaneReport]]:
+    """Run on a worker: resolve the device there (its own GPU), then denoise the chain of planes."""
     import torch
 
     from .engine.devices import resolve_device
 
     if threads:
         torch.set_num_threads(threads)
-    return denoise_plane(plane, replace(plan, device=resolve_device(device)))
+    return denoise_chain(planes, replace(plan, device=resolve_device(device)))
 
 
 def distributed_steps(
@@ -114,54 +117,61 @@ def distributed_steps(
     device: str = "auto",
     threads: int | None = None,
     window: int | None = None,
+    reports: list[PlaneReport] | None = None,
 ) -> Generator[int, None, PlaneSink]:
     """Denoise ``image`` on the cluster behind ``client``; yield each plane number once it is in ``out``.
 
     ``device`` is resolved on each worker; ``threads`` sets torch's CPU threads there (None keeps the
     worker's). Results equal :func:`napari_mpi.denoise_steps` run with the same device and thread count
-    (CPU results depend on the thread count, so keep it the same to compare). ``window`` planes at most
-    are in flight (default: twice the cluster's threads).
+    (CPU results depend on the thread count, so keep it the same to compare): each worker takes whole chains
+    (``plane_chains``), and a chain with planes in ``skip`` is filled from its start, its skipped planes not
+    written. ``window`` chains at most are in flight (default: twice the cluster's threads). ``reports`` (a
+    list) receives a :class:`~napari_mpi.api.PlaneReport` for every plane written.
     """
     distributed = _require_distributed()
     layout = plan.layout
-    if plan.reuse_network:
-        raise ValueError("reusing the network across planes runs them one after the other: it cannot spread them "
-                         "over Dask workers; drop one of the two")
     if tuple(image.shape) != layout.shape:
         raise ValueError(f"image shape {tuple(image.shape)} does not match the plan's {layout.shape}")
     window = window or 2 * max(1, sum(client.nthreads().values()))
     # the plan (with any pre-trained weights) goes to every worker once, not with every plane
     [shared_plan] = client.scatter([plan], broadcast=True, hash=False)
-    todo = ((n, index) for n, index in enumerate(layout.indices()) if n not in skip)
+    todo = (chain for chain in (needed_planes(c, skip) for c in plane_chains(plan)) if chain)
     token = os.urandom(4).hex()
-    pending: dict[str, tuple[int, tuple, Any]] = {}
+    pending: dict[str, tuple[list[tuple[int, tuple]], Any]] = {}
     running = distributed.as_completed()
 
     def submit(count: int) -> None:
-        for number, index in itertools.islice(todo, count):
-            [plane] = client.scatter([layout.take(image, index)], hash=False)
-            future = client.submit(_denoise_task, plane, shared_plan, device, threads, pure=False,
-                                   key=f"napari-mpi-plane-{number}-{token}")
-            pending[future.key] = (number, index, future)
+        for chain in itertools.islice(todo, count):
+            [planes] = client.scatter([[layout.take(image, index) for _, index in chain]], hash=False)
+            future = client.submit(_denoise_task, planes, shared_plan, device, threads, pure=False,
+                                   key=f"napari-mpi-planes-{chain[0][0]}-{token}")
+            pending[future.key] = (chain, future)
             running.add(future)
 
     try:
         submit(window)
         for future in running:
-            number, index, _ = pending.pop(future.key)
-            out[index] = _plane_result(future, number, distributed)
+            chain, _ = pending.pop(future.key)
+            results, chain_reports = _plane_result(future, chain[0][0], distributed)
             future.release()
-            yield number
+            for (number, index), result, report in zip(chain, results, chain_reports, strict=True):
+                if number in skip:
+                    continue
+                out[index] = result
+                if reports is not None:
+                    reports.append(replace(report, plane=number, index=index))
+                yield number
             submit(1)
     finally:
         if pending:  # cancelled, or an error: nothing keeps running on the workers for us
-            client.cancel([future for _, _, future in pending.values()], force=True)
+            client.cancel([future for _, future in pending.values()], force=True)
         client.cancel([shared_plan], force=True)
     return out
 
 
-def _plane_result(future, number: int, distributed) -> np.ndarray:
-    """A finished plane's result; a cancelled plane or dying workers as a ClusterError."""
+def _plane_result(future, number: int, distributed) -> tuple[list[np.ndarray], list[PlaneReport]]:
+    """A finished chain's result (its first plane's ``number``); a cancelled chain or dying workers as a
+    ClusterError."""
     try:
         return future.result()
     except distributed.client.FutureCancelledError as exc:

@@ -80,6 +80,28 @@ class FillConfig:
         of ``iterations`` ...
     reuse_predictions : int, >= 0
         ... then makes this many predictions without a step.
+    reuse_max_mismatch : float, >= 1
+        ``reuse_network="auto"``: a later plane continues from the previous plane's network only when that network
+        fits it nearly as well as it fitted the previous plane: its masked loss on the new plane, relative to a
+        network fresh from the weights, is at most this many times what it was on the previous plane. Otherwise
+        the plane starts from the weights with its full length.
+    reuse_max_step_fraction : float, 0 < f <= 1
+        ``reuse_network="auto"``: a continuing plane trains on past ``reuse_step_fraction`` of ``iterations``, at
+        most up to this fraction, while its masked loss still falls and is still above what the previous plane
+        reached ...
+    reuse_fit_tolerance : float, >= 0
+        ... by more than this fraction, and its masked loss fell by at least ...
+    reuse_min_fall : float, 0 <= f < 1
+        ... this fraction since the last check; checked every ``reuse_check_every`` steps ...
+    reuse_check_every : int, >= 1
+        ... on ``reuse_probe_masks`` fixed masks of the middle ``crop_size`` x ``crop_size`` of the plane (the
+        same masks for the fresh network and the carried one).
+    reuse_probe_masks : int, >= 1
+        Masks of that check.
+    reuse_chain_planes : int, >= 1
+        Planes that carry one network, one after the other: every this many planes (of one channel) a chain starts
+        from the weights again, so that a resumed run and Dask workers, which each take whole chains, give the
+        same result as one uninterrupted run.
     crop_size : int, >= 64
         Side of the random windows that ``crop="auto"`` trains on.
     crop_min_windows : float, >= 1
@@ -121,6 +143,13 @@ class FillConfig:
     final_predictions: int = 30
     reuse_step_fraction: float = 0.10
     reuse_predictions: int = 10
+    reuse_max_mismatch: float = 2.0
+    reuse_max_step_fraction: float = 0.4
+    reuse_fit_tolerance: float = 0.1
+    reuse_min_fall: float = 0.02
+    reuse_check_every: int = 5
+    reuse_probe_masks: int = 2
+    reuse_chain_planes: int = 32
     crop_size: int = 256
     crop_min_windows: float = 4.0
     crop_step_scale: float = 1.0
@@ -147,6 +176,13 @@ class FillConfig:
         _check_whole("final_predictions", self.final_predictions, 0)
         _check_range("reuse_step_fraction", self.reuse_step_fraction, 0.0, 1.0, low_open=True)
         _check_whole("reuse_predictions", self.reuse_predictions, 0)
+        _check_range("reuse_max_mismatch", self.reuse_max_mismatch, 1.0, math.inf)
+        _check_range("reuse_max_step_fraction", self.reuse_max_step_fraction, 0.0, 1.0, low_open=True)
+        _check_range("reuse_fit_tolerance", self.reuse_fit_tolerance, 0.0, math.inf)
+        _check_range("reuse_min_fall", self.reuse_min_fall, 0.0, 1.0, high_open=True)
+        _check_whole("reuse_check_every", self.reuse_check_every, 1)
+        _check_whole("reuse_probe_masks", self.reuse_probe_masks, 1)
+        _check_whole("reuse_chain_planes", self.reuse_chain_planes, 1)
         _check_whole("crop_size", self.crop_size, MIN_CROP)
         _check_range("crop_min_windows", self.crop_min_windows, 1.0, math.inf)
         _check_range("crop_step_scale", self.crop_step_scale, 0.0, 4.0, low_open=True)

@@ -18,6 +18,7 @@ from .. import (
     denoise_steps,
     prepare,
 )
+from ..chains import summarise_reports
 from ..engine.devices import available_devices, is_out_of_memory, memory_advice
 from ..weights import default_start
 
@@ -35,4 +36,5 @@ __all__ = [
     "default_start",
     "denoise_steps",
     "prepare",
+    "summarise_reports",
 ]

@@ -56,6 +56,14 @@ def _holding(container: Container, widgets: list[Widget], margins: tuple[int, ..
     return container
 
 
+#: The choices of the stacks field: (label, ``reuse_network`` value)
+REUSE_CHOICES = (
+    ("Reuse the network where planes look alike", "auto"),
+    ("Reuse the network on every plane", True),
+    ("Denoise every plane alone", False),
+)
+
+
 def _row(text: str, *fields: Widget, **options: Any) -> Container:
     """A labelled row of a column: ``Label(text)``, then the fields (the label takes the first field's tooltip)."""
     label = Label(value=text, tooltip=fields[0].tooltip)
@@ -107,7 +115,7 @@ class DenoiseForm:
         ]
         self.actions = [self.use_hint, self.reset_button, self.preview_button]
         self.container = _holding(Container(name="mpi_denoise", labels=False), [
-            self.main, self.advanced_toggle, self.advanced, self.reuse, self.follow,
+            self.main, self.advanced_toggle, self.advanced, _row("Stacks", self.reuse), self.follow,
             _holding(Container(name="buttons", layout="horizontal", labels=False),
                      [self.run_button, self.preview_button]),
             self.progress_bar, self.status,
@@ -154,8 +162,7 @@ class DenoiseForm:
         self.advanced_toggle.changed.connect(self._show_advanced)
 
     def _declare_run(self) -> None:
-        self.reuse = CheckBox(name="reuse", text="Reuse the network from plane to plane (faster)", value=False,
-                              tooltip=TIPS["reuse"])
+        self.reuse = ComboBox(name="reuse", choices=list(REUSE_CHOICES), value="auto", tooltip=TIPS["reuse"])
         self.follow = CheckBox(name="follow", text="Show the plane being denoised", value=True,
                                tooltip=TIPS["follow"])
         self.run_button = PushButton(name="run_button", text="Denoise", tooltip=TIPS["run"])

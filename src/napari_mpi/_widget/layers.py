@@ -101,6 +101,8 @@ def finished_metadata(run: Any, latest: Any) -> dict[str, Any]:
                     elapsed_s=round(run.elapsed, 2))
     if run.auto_reports:
         metadata["auto"] = _auto_decisions(run.auto_reports)
+    if run.plan.reuse_network:
+        metadata["planes_filled"] = run.planes_filled()
     if run.state != "done" and latest is not None:
         metadata["stopped_at"] = {"plane": latest.plane + 1, "planes": latest.n_planes,
                                   "iteration": latest.iteration, "iterations": latest.iterations}

@@ -155,6 +155,7 @@ class Run:
         self.layer: Image | None = None
         self.latest: DenoiseProgress | None = None
         self.auto_reports: dict[int, Any] = {}  # plane -> the Auto preset's last report
+        self.plane_reports: list[Any] = []  # how each written plane was filled (PlaneReport; the worker appends)
         self.state = "running"
         self.finished = False
         self.holder: dict[str, Any] | None = None  # the widget's holder, cleared when finished
@@ -166,7 +167,8 @@ class Run:
         self._pbar_n = 0
         self.min_redraw_interval = PREVIEW_REDRAW_INTERVAL if preview else REDRAW_INTERVAL
         self.redraw_interval = self.min_redraw_interval
-        job = denoise_job(denoise_steps(data, plan, self.out), self.out, lambda: self.redraw_interval)
+        steps = denoise_steps(data, plan, self.out, reports=self.plane_reports)
+        job = denoise_job(steps, self.out, lambda: self.redraw_interval)
         self.job = with_threads(job, threads, torch.get_num_threads())
         self.worker = _worker(self.job, self.name, {
             "yielded": self.on_yielded, "returned": self.on_returned, "errored": self.on_errored,
@@ -270,12 +272,17 @@ class Run:
             self.pbar.close()
         self._finalize_layer(latest)
         output = self.layer.name if self.layer is not None else None
-        text = run_summary(self.state, self.elapsed, output, latest, list(self.auto_reports.values()))
+        planes = self.planes_filled() if self.plan.reuse_network and self.plan.layout.n_planes > 1 else None
+        text = run_summary(self.state, self.elapsed, output, latest, list(self.auto_reports.values()), planes)
         self._tell("run_finished", self, text)
         self.view = None
         if self.holder is not None and self.holder.get("run") is self:
             self.holder["run"] = None
         self.finished = True
+
+    def planes_filled(self) -> list[dict]:
+        """How each written plane was filled (``PlaneReport.as_dict``), in plane order; read after the worker ended."""
+        return [report.as_dict() for report in sorted(self.plane_reports, key=lambda report: report.plane)]
 
     def _finalize_layer(self, latest: DenoiseProgress | None) -> None:
         if self.layer is None and self.state == "done":

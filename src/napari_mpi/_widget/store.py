@@ -40,15 +40,15 @@ DEFAULTS: dict[str, Any] = {
     "threads": 0,
     "refine": True,
     "crop": True,
-    "reuse": False,
+    "reuse_network": "auto",
     "follow": True,
     "advanced": False,
 }
 
 _TYPES: dict[str, tuple[type, ...]] = {
     "preset": (str,), "mask_ratio": (float, int), "beta": (float, int), "iterations": (int,), "lr": (float, int),
-    "seed": (int,), "device": (str,), "threads": (int,), "refine": (bool,), "crop": (bool,), "reuse": (bool,),
-    "follow": (bool,), "advanced": (bool,),
+    "seed": (int,), "device": (str,), "threads": (int,), "refine": (bool,), "crop": (bool,),
+    "reuse_network": (str, bool), "follow": (bool,), "advanced": (bool,),
 }
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .engine import is_out_of_memory, memory_advice
+from .engine import is_out_of_memory, memory_advice, summarise_reports
 
 __all__ = [
     "ADVANCED_TIP", "BENCHMARKS", "NO_LAYER", "TIPS", "cannot_start", "engine_warning", "format_duration",
@@ -74,11 +74,12 @@ TIPS = {
         "channel is denoised on its own as a gray image. RGB layers are handled as colour automatically."
     ),
     "reuse": (
-        "For z-stacks and time-lapses whose neighbouring planes look alike: each plane after the first\n"
-        "continues from the previous plane's network with a fraction of the iterations, which is much faster\n"
-        "and on such stacks often better too.\n"
-        "Leave it off when the planes differ (separate fields of view, stains), and check one plane against a\n"
-        "run without it if unsure. Not with Auto.\n" + _SEE
+        "Z-stacks and time-lapses: a plane can continue from the previous plane's network with a fraction of\n"
+        "the steps, several times faster where neighbouring planes look alike, and often better too.\n"
+        "'Where planes look alike' (default) checks every plane first, without the clean image: a plane unlike\n"
+        "the previous one (another field of view, stain or channel) starts afresh with its full length. The\n"
+        "status line and the layer's metadata say what each plane did.\n"
+        "'Every plane' skips that check; 'alone' gives each plane its full fill. Not with Auto.\n" + _SEE
     ),
     "refine": (
         "After each plane's fill, a block-matching Wiener filter with the fill's result as its guide and a\n"
@@ -144,10 +145,11 @@ def progress_text(event: Any) -> str:
     fraction = event.fraction
     eta = event.elapsed * (1.0 - fraction) / fraction if fraction > 0 else math.inf
     tiles = f" (in {event.tiles} tiles)" if event.tiles > 1 else ""
+    carried = " (carried the previous plane's network)" if event.start.carried else ""
     auto = event.auto
     decided = f", auto: beta {auto.beta:g}, memorisation +{max(auto.rise, 0):.0%}" if auto is not None else ""
     return (
-        f"plane {event.plane + 1}/{event.n_planes}{tiles}, iteration {event.iteration}/{event.iterations}, "
+        f"plane {event.plane + 1}/{event.n_planes}{tiles}{carried}, iteration {event.iteration}/{event.iterations}, "
         f"elapsed {format_duration(event.elapsed)}, ETA {format_duration(eta)}{decided}"
     )
 
@@ -224,11 +226,16 @@ def _auto_summary(reports: list[Any]) -> str:
     return f" Auto ran {min(stops)}-{max(stops)} iterations per plane ({stopped} of {len(reports)} stopped early)."
 
 
-def run_summary(state: str, elapsed: float, output: str | None, latest: Any, reports: list[Any]) -> str:
-    """The status line after a run: "Done in 0:12; ..." or "Cancelled at plane 1/3, iteration 5/100 after 0:04"."""
+def run_summary(state: str, elapsed: float, output: str | None, latest: Any, reports: list[Any],
+                planes: list[dict] | None = None) -> str:
+    """The status line after a run: "Done in 0:12; ..." or "Cancelled at plane 1/3, iteration 5/100 after 0:04";
+    ``reports``: the Auto preset's, ``planes``: how each plane was filled when the network went from plane to plane
+    (``PlaneReport.as_dict``)."""
     took = format_duration(elapsed)
+    told = summarise_reports(planes) if planes else ""
+    reuse = f" {told[:1].upper()}{told[1:]}." if told else ""
     if state == "done":
-        return f"Done in {took}; the result is the layer '{output or ''}'." + _auto_summary(reports)
+        return f"Done in {took}; the result is the layer '{output or ''}'." + _auto_summary(reports) + reuse
     where = ""
     if latest is not None:
         where = f" at plane {latest.plane + 1}/{latest.n_planes}, iteration {latest.iteration}/{latest.iterations}"

@@ -25,7 +25,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 
 from . import presets, store
 from .engine import DenoisePlan, available_devices, check_noise, prepare
-from .form import CUSTOM, DenoiseForm, quietly
+from .form import CUSTOM, REUSE_CHOICES, DenoiseForm, quietly
 from .layers import layer_data, unwrap
 from .preview import add_preview_layer, crop_data, view_crop
 from .run import Run
@@ -203,7 +203,7 @@ class MPIDenoiseWidget(QWidget):
             iterations=int(form.iterations.value),
             lr=None if math.isclose(form.lr.value, self._start_lr) else round(form.lr.value, 8),
             seed=int(form.seed.value), device=form.device.value, threads=int(form.threads.value),
-            refine=form.refine.value, crop=form.crop.value, reuse=form.reuse.value, follow=form.follow.value,
+            refine=form.refine.value, crop=form.crop.value, reuse_network=form.reuse.value, follow=form.follow.value,
             advanced=form.advanced_toggle.value,
         )
 
@@ -235,8 +235,10 @@ class MPIDenoiseWidget(QWidget):
             form.threads.value = values["threads"] if values["threads"] in form.threads.choices else 0
             if values["device"] in form.device.choices:
                 form.device.value = values["device"]
-            for name in ("refine", "crop", "reuse", "follow"):
+            for name in ("refine", "crop", "follow"):
                 getattr(form, name).value = values[name]
+            if values["reuse_network"] in [value for _, value in REUSE_CHOICES]:
+                form.reuse.value = values["reuse_network"]
             form.advanced_toggle.value = values["advanced"]
         finally:
             self._remembering = False
@@ -351,7 +353,7 @@ class MPIDenoiseWidget(QWidget):
             device=form.device.value,
             channel_axis=form.channel_axis.value,
             rgb=bool(layer.rgb) if layer is not None else False,
-            reuse_network=form.reuse.value and not auto,
+            reuse_network=False if auto else form.reuse.value,
             refine="auto" if form.refine.value else "none",
             crop="auto" if form.crop.value else "none",
         )

@@ -13,19 +13,19 @@ cancellation point: a consumer that stops iterating stops the work.
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
 
 from ..settings import FillConfig
 from .auto import AutoReport, SelfSupervision
+from .chain import CarriedNetwork, PlaneLength, PlaneStart, continuation_steps, most_continuation_steps
 from .cuda_graph import CudaGraphStep, capture
-from .devices import autocast, resolve_device, resolve_precision, same_device
+from .devices import autocast, resolve_device, resolve_precision
 from .estimates import RunningMean, ema_update_
 from .masking import draw_mask, make_generator
-from .network import SkipNet, architecture_of, check_plane_size
+from .network import SkipNet, build_model, check_plane_size
 from .steps import predict, train_step
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "continuation_steps",
     "crop_steps",
     "plane_steps",
+    "plane_length",
 ]
 
 
@@ -53,37 +54,15 @@ class FillStep:
     estimate: torch.Tensor
     loss_tensor: torch.Tensor = field(repr=False)
     auto: AutoReport | None = None  # the "auto" preset's last check (None for the other presets)
+    #: what the plane started from: the previous plane's network or the weights (reusing a network across planes)
+    start: PlaneStart = PlaneStart()
+    #: training steps of this plane's fill (the rest of ``iterations`` are predictions without a step)
+    training: int = 0
 
     @property
     def loss(self) -> float:
         """Masked MSE of this step (synchronises with the device, so read it only when needed)."""
         return float(self.loss_tensor)
-
-
-@dataclass
-class CarriedNetwork:
-    """The network and Adam state one plane's fill hands to the next plane's (a stack's planes reusing
-    one network). Empty until the first fill; ``iterative_fill`` fills and updates it."""
-
-    model: SkipNet | None = None
-    optimizer: torch.optim.Optimizer | None = None
-    #: the masks go on from the previous plane's: planes of a still scene reseeded alike would get the
-    #: same masks over the same content, and predictions that agree with each other's errors
-    generator: torch.Generator | None = None
-    #: the captured training step (CUDA), replayed for the next plane of the same shape
-    graph: CudaGraphStep | None = None
-
-    @property
-    def channels(self) -> int:
-        """Image channels of the carried network (0 when empty)."""
-        return self.model.out_channels if self.model is not None else 0
-
-    def fits(self, channels: int, device: torch.device) -> bool:
-        """Whether a plane of ``channels`` on ``device`` can continue from the carried network."""
-        return self.channels == channels and same_device(next(self.model.parameters()).device, device)
-
-    def clear(self) -> None:
-        self.model, self.optimizer, self.generator, self.graph = None, None, None, None
 
 
 def check_reuse(config: FillConfig) -> None:
@@ -98,11 +77,6 @@ def final_predictions(config: FillConfig) -> int:
     ``config.final_predictions``, never more than the training steps; none for the auto preset, which ends
     where it decides."""
     return 0 if config.selfsup else min(config.final_predictions, config.iterations)
-
-
-def continuation_steps(config: FillConfig) -> int:
-    """Training steps of a plane that continues from the previous plane's network."""
-    return max(1, round(config.reuse_step_fraction * config.iterations))
 
 
 def crop_steps(iterations: int, height: int, width: int, crop: int, config: FillConfig) -> int:
@@ -123,23 +97,6 @@ def plane_steps(config: FillConfig, height: int, width: int, crop: int = 0) -> i
         return (crop_steps(config.iterations, height, width, crop, config)
                 + crop_steps(predictions, height, width, crop, config))
     return config.iterations + predictions
-
-
-#: serialises seeded initialisations (see build_model)
-_INIT_LOCK = threading.Lock()
-
-
-def build_model(channels: int, state_dict: dict[str, torch.Tensor] | None, seed: int, device: torch.device) -> SkipNet:
-    """A SkipNet for ``channels`` image channels (input = image + mask), with the given weights (and
-    the width they were trained at) or a seeded random initialisation of the default network."""
-    # torch's global generator is shared by all threads: planes denoised in parallel threads (Dask
-    # workers in one process) would interleave their draws and get other weights than a serial run
-    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = SkipNet(2 * channels, channels, **(architecture_of(state_dict) if state_dict is not None else {}))
-    if state_dict is not None:
-        model.load_state_dict(state_dict)
-    return model.to(device)
 
 
 def plane_network(carried: CarriedNetwork | None, continuing: bool, channels: int,
@@ -211,11 +168,12 @@ def iterative_fill(
 
     ``config.iterations`` training steps, then ``final_predictions(config)`` predictions of the trained network
     without a step that go on into the running mean (``plane_steps``; the auto preset ends where it decides
-    instead). With ``carried`` holding the previous plane's network (same channels and device), the plane
-    continues from it instead: ``continuation_steps(config)`` training steps, then ``config.reuse_predictions``
-    predictions without a step; its estimate is the bias-corrected running mean of the predictions at hidden
-    pixels (the noisy image only where no mask hid a pixel). Either way the network is left in ``carried`` for
-    the next plane.
+    instead). With ``carried`` holding the previous plane's network (same channels and device) and, with its
+    ``mode="auto"``, fitting this plane (:mod:`~napari_mpi.engine.chain`), the plane continues from it instead:
+    ``continuation_steps(config)`` training steps (in "auto" more while it still learns, ``plane_length``), then
+    ``config.reuse_predictions`` predictions without a step; its estimate is the bias-corrected running mean of the
+    predictions at hidden pixels (the noisy image only where no mask hid a pixel). Either way the network is left in
+    ``carried`` for the next plane.
 
     Parameters
     ----------
@@ -228,31 +186,30 @@ def iterative_fill(
     device : str or torch.device
         "auto", "cpu", "cuda", "mps" or a torch.device.
     carried : CarriedNetwork, optional
-        Reuse one network across a stack's planes (not with ``config.selfsup``).
+        Reuse one network across a stack's planes (not with ``config.selfsup``). Every step's ``start`` says what
+        this plane started from.
     """
     channels, height, width = check_plane(image, "iterative_fill")
     if carried is not None:
         check_reuse(config)
     dev = resolve_device(device)
-    continuing = carried is not None and carried.fits(channels, dev)
+    x = image.to(dev, torch.float32).unsqueeze(0)
+    cast = autocast(dev, resolve_precision(config.precision, dev))
+    start = carried.begin(x, state_dict, config, cast) if carried is not None else PlaneStart()
+    continuing = start.carried
     # a new network captures its training step when there are enough steps to repay the capture
     capturing = (not continuing and config.cuda_graphs and dev.type == "cuda"
                  and config.iterations >= config.cuda_graph_min_steps)
     model, optimizer, generator = plane_network(carried, continuing, channels, state_dict, config, dev, capturing)
-    if continuing:
-        steps = continuation_steps(config)
-        iterations = steps + config.reuse_predictions
-    else:
-        steps, iterations = config.iterations, plane_steps(config, height, width)
+    length = (plane_length(config, carried) if continuing
+              else PlaneLength(config.iterations, plane_steps(config, height, width) - config.iterations))
 
-    x = image.to(dev, torch.float32).unsqueeze(0)
     graph = carried.graph if continuing else None
     if graph is not None and graph.x.shape == x.shape:
         graph.x.copy_(x)  # the captured step reads the plane from its own buffer
         x = graph.x
     else:
         graph = None
-    cast = autocast(dev, resolve_precision(config.precision, dev))
     trainer = _Trainer(model, optimizer, x, cast, config, capturing, graph, carried)
     estimate = x[0].clone()
     judge = SelfSupervision(x, generator, config) if config.selfsup else None
@@ -260,11 +217,13 @@ def iterative_fill(
     running = RunningMean(x[0], config.beta) if continuing else None
     report: AutoReport | None = None
 
-    for iteration in range(1, iterations + 1):
+    iteration = 0
+    while iteration < length.iterations:
+        iteration += 1
         keep = draw_mask(x.shape, config.mask_ratio, config.mask_mode, generator, dev)
         hidden = 1.0 - keep
         weight = hidden if judge is None else hidden * judge.trained  # the pixels the loss counts
-        if iteration > steps:  # the last predictions, without a training step
+        if iteration > length.training:  # the last predictions, without a training step
             prediction, loss = predict(model, x, keep, weight, cast)
         else:
             prediction, loss = trainer(iteration, keep, weight)
@@ -274,9 +233,26 @@ def iterative_fill(
             ema_update_(estimate, prediction[0], hidden[0], config.beta)
         else:
             judge.update(prediction, hidden)
-            if judge.due(iteration, iterations):
+            if judge.due(iteration, length.iterations):
                 report = judge.check(iteration)
             estimate = judge.estimate()
-        yield FillStep(iteration, iterations, estimate, loss, report)
+        yield FillStep(iteration, length.iterations, estimate, loss, report, start, length.training)
         if report is not None and report.stopped:
             return
+        if continuing and length.can_extend(iteration) and carried.keep_training(x, config, cast):
+            length.extend()
+    if carried is not None:
+        carried.end(x, config, cast)
+
+
+def plane_length(config: FillConfig, carried: CarriedNetwork,
+                 windows: Callable[[int], int] | None = None) -> PlaneLength:
+    """Training steps and predictions of a plane that continues from ``carried``: ``continuation_steps``, then
+    ``config.reuse_predictions``; with ``mode="auto"`` the steps may grow, ``reuse_check_every`` at a time, up to
+    ``most_continuation_steps``. ``windows`` turns whole-plane steps into window steps (``crop_steps``)."""
+    scale = windows or (lambda steps: steps)
+    training = scale(continuation_steps(config))
+    if carried.mode != "auto":
+        return PlaneLength(training, scale(config.reuse_predictions))
+    return PlaneLength(training, scale(config.reuse_predictions), max(training, scale(most_continuation_steps(config))),
+                       scale(config.reuse_check_every))

@@ -12,13 +12,15 @@ The module knows nothing about masks or training; it only maps a tensor of shape
 
 from __future__ import annotations
 
+import threading
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
     "SkipNet", "MIN_SIDE", "DEFAULT_WIDTH", "DEFAULT_SKIP_WIDTH", "DEFAULT_DEPTH", "architecture_of",
-    "check_plane_size", "padded_side", "reflect_pad",
+    "check_plane_size", "padded_side", "reflect_pad", "build_model",
 ]
 
 #: Smallest image side the network accepts. Smaller planes carry too little context
@@ -158,3 +160,22 @@ def reflect_pad(x: torch.Tensor, extra_h: int, extra_w: int) -> torch.Tensor:
         extra_h -= step_h
         extra_w -= step_w
     return x
+
+
+#: serialises seeded initialisations (see build_model)
+_INIT_LOCK = threading.Lock()
+
+
+def build_model(channels: int, state_dict: dict[str, torch.Tensor] | None, seed: int, device: torch.device) -> SkipNet:
+    """A SkipNet for ``channels`` image channels (input = image + mask), with the given weights (and
+    the width they were trained at) or a seeded random initialisation of the default network."""
+    # torch's global generator is shared by all threads: planes denoised in parallel threads (Dask
+    # workers in one process) would interleave their draws and get other weights than a serial run
+    # (the CPU generator only: torch.manual_seed would also re-seed the GPUs' global generators, outside the fork,
+    # and records a formatted stack on every call until CUDA starts)
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        model = SkipNet(2 * channels, channels, **(architecture_of(state_dict) if state_dict is not None else {}))
+    if state_dict is not None:
+        model.load_state_dict(state_dict)
+    return model.to(device)

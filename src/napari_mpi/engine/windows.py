@@ -11,9 +11,10 @@ import numpy as np
 import torch
 
 from ..settings import MIN_CROP, FillConfig
+from .chain import CarriedNetwork, PlaneLength, PlaneStart
 from .devices import autocast, resolve_device, resolve_precision
 from .estimates import RunningMean
-from .fill import CarriedNetwork, FillStep, check_plane, continuation_steps, crop_steps, plane_network, plane_steps
+from .fill import FillStep, check_plane, crop_steps, plane_length, plane_network, plane_steps
 from .masking import draw_mask
 from .steps import predict, train_step
 
@@ -44,8 +45,8 @@ def crop_fill(
     ``final_predictions(config)`` without a step (``plane_steps``). Not with ``config.selfsup``.
 
     With ``carried`` holding the previous plane's network, the plane continues from it as in
-    ``fill.iterative_fill``, in windows: the window steps that stand for ``continuation_steps(config)``, then for
-    ``config.reuse_predictions`` predictions without a step. Either way the network is left in ``carried``.
+    ``fill.iterative_fill`` (``plane_length``), in windows: the window steps that stand for its training steps, then
+    for its predictions without a step. Either way the network is left in ``carried``.
     """
     crop = config.crop_size if crop is None else crop
     if config.selfsup:
@@ -54,32 +55,39 @@ def crop_fill(
         raise ValueError(f"crop size must be a whole number >= {MIN_CROP}, got {crop!r}")
     channels, height, width = check_plane(image, "crop_fill")
     dev = resolve_device(device)
-    continuing = carried is not None and carried.fits(channels, dev)
-    model, optimizer, generator = plane_network(carried, continuing, channels, state_dict, config, dev)
-    if continuing:
-        training = crop_steps(continuation_steps(config), height, width, crop, config)
-        steps = training + crop_steps(config.reuse_predictions, height, width, crop, config)
-    else:
-        training = crop_steps(config.iterations, height, width, crop, config)
-        steps = plane_steps(config, height, width, crop)
-    rng = np.random.default_rng((config.seed, 0xC0))  # the windows: a stream of their own
-    places = itertools.chain.from_iterable(iter(lambda: window_pass(height, width, crop, rng), None))  # pass after pass
     cast = autocast(dev, resolve_precision(config.precision, dev))
     x = image.to(dev, torch.float32).unsqueeze(0)
+    start = carried.begin(x, state_dict, config, cast) if carried is not None else PlaneStart()
+    continuing = start.carried
+    model, optimizer, generator = plane_network(carried, continuing, channels, state_dict, config, dev)
+    if continuing:
+        length = plane_length(config, carried, lambda steps: crop_steps(steps, height, width, crop, config))
+    else:
+        training = crop_steps(config.iterations, height, width, crop, config)
+        length = PlaneLength(training, plane_steps(config, height, width, crop) - training)
+    rng = np.random.default_rng((config.seed, 0xC0))  # the windows: a stream of their own
+    places = itertools.chain.from_iterable(iter(lambda: window_pass(height, width, crop, rng), None))  # pass after pass
     estimate = x[0].clone()
     running = RunningMean(x[0], config.beta)
     size_h, size_w = min(crop, height), min(crop, width)
-    for step, (top, left) in zip(range(1, steps + 1), places, strict=False):  # places never end
+    step = 0
+    while step < length.iterations:
+        step += 1
+        top, left = next(places)
         window = x[:, :, top:top + size_h, left:left + size_w]
         keep = draw_mask(window.shape, config.mask_ratio, config.mask_mode, generator, dev)
         hidden = 1.0 - keep
-        if step > training:  # the last predictions, without a training step
+        if step > length.training:  # the last predictions, without a training step
             prediction, loss = predict(model, window, keep, hidden, cast)
         else:
             prediction, loss = train_step(model, optimizer, window, keep, hidden, cast)
         inner, target = _used_part(top, left, size_h, size_w, height, width)
         running.update_region(target, prediction[0][inner], hidden[0][inner], estimate)
-        yield FillStep(step, steps, estimate, loss)
+        yield FillStep(step, length.iterations, estimate, loss, start=start, training=length.training)
+        if continuing and length.can_extend(step) and carried.keep_training(x, config, cast):
+            length.extend()
+    if carried is not None:
+        carried.end(x, config, cast)
 
 
 def _used_part(top: int, left: int, size_h: int, size_w: int, height: int,

@@ -17,7 +17,7 @@ import numpy as np
 
 from .calibration import Calibration
 from .planes import PlaneLayout, plane_name
-from .stores import TIFF_KINDS, convert, create_output, open_output, plane_chunk
+from .stores import TIFF_KINDS, add_run_metadata, convert, create_output, open_output, plane_chunk
 
 __all__ = ["PlaneWriter", "Progress", "BatchOutput"]
 
@@ -103,8 +103,11 @@ class Progress:
 
     VERSION = 1
 
-    def __init__(self, path: Path, fingerprint: dict, done: set[int] | None = None):
+    def __init__(self, path: Path, fingerprint: dict, done: set[int] | None = None,
+                 planes: dict[int, dict] | None = None):
         self.path, self.fingerprint, self.done = path, fingerprint, set(done or ())
+        #: how each written plane was filled (``napari_mpi.chains.PlaneReport.as_dict``), by plane number
+        self.planes = dict(planes or {})
 
     @classmethod
     def load(cls, path: Path, fingerprint: dict) -> Progress | None:
@@ -113,6 +116,7 @@ class Progress:
             record = json.loads(path.read_text())
             done = {n for low, high in record["done"] for n in range(low, high + 1)}
             recorded = record["fingerprint"]
+            planes = {int(r["plane"]): r for r in record.get("planes", [])}
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -123,14 +127,20 @@ class Progress:
             differ = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
             raise ValueError(f"cannot resume: the unfinished run used another input or other settings "
                              f"({', '.join(differ) or 'format'}); rerun without --resume to start over")
-        return cls(path, fingerprint, done)
+        return cls(path, fingerprint, done, planes)
 
     def save(self) -> None:
         _atomic_write_text(self.path, json.dumps({"version": self.VERSION, "fingerprint": self.fingerprint,
-                                                  "done": _ranges(self.done)}))
+                                                  "done": _ranges(self.done),
+                                                  "planes": [self.planes[n] for n in sorted(self.planes)]}))
 
     def mark(self, number: int) -> None:
         self.done.add(number)
+        self.save()
+
+    def record(self, report: dict) -> None:
+        """Keep how a written plane was filled (a dict with its "plane" number)."""
+        self.planes[int(report["plane"])] = report
         self.save()
 
 
@@ -199,11 +209,18 @@ class BatchOutput:
         self._remove(self.partial)
         self.progress.path.unlink(missing_ok=True)
 
-    def finish(self) -> None:
-        """Every plane is written: move the output into place (replacing an older one), drop the record."""
+    def record(self, report: dict) -> None:
+        """Keep how a written plane was filled (``napari_mpi.chains.PlaneReport.as_dict``), for the metadata."""
+        self.progress.record(report)
+
+    def finish(self) -> list[dict]:
+        """Every plane is written: add how each was filled to the output's metadata ("planes_filled"), move the output
+        into place (replacing an older one), drop the record. Returns those reports, in plane order."""
         missing = self.layout.n_planes - len(self.progress.done)
         if missing:
             raise ValueError(f"{missing} plane(s) of {self.target} are not written yet")
+        reports = [self.progress.planes[n] for n in sorted(self.progress.planes)]
+        add_run_metadata(self.partial, self.kind, {"planes_filled": reports})
         if self.kind in TIFF_KINDS:
             os.replace(self.partial, self.target)  # atomic
         else:  # a folder cannot replace a non-empty folder atomically: move the old one aside first
@@ -214,3 +231,4 @@ class BatchOutput:
             self._remove(old)
         _fsync(self.target.parent)
         self.progress.path.unlink(missing_ok=True)
+        return reports

@@ -24,6 +24,7 @@ from .planes import PlaneLayout
 
 __all__ = [
     "MappedArray",
+    "add_run_metadata",
     "open_image",
     "unique_axes",
     "create_tiff",
@@ -412,6 +413,25 @@ def create_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, a
     if kind in TIFF_KINDS:
         return create_tiff_output(path, kind, layout, dtype, axes, calibration, attrs, name)
     return _create_zarr(path, kind, layout, dtype, axes, attrs, calibration)
+
+
+def add_run_metadata(path: Path, kind: str, extra: dict) -> None:
+    """Add ``extra`` (e.g. how each plane was filled) to the run's parameters in an output :func:`create_output` made,
+    once its planes are written."""
+    from .tiff_output import add_tiff_run_metadata
+
+    if kind in TIFF_KINDS:
+        add_tiff_run_metadata(path, extra)
+        return
+    import zarr
+
+    node = zarr.open_array(str(path), mode="r+") if kind == "zarr" else zarr.open_group(str(path), mode="r+")
+    attrs = dict(node.attrs)
+    attrs["napari_mpi"] = {**attrs.get("napari_mpi", {}), **extra}
+    if kind == "ome-zarr":
+        multiscales = attrs["multiscales"]
+        multiscales[0]["metadata"]["napari_mpi"] = attrs["napari_mpi"]
+    node.attrs.update(attrs)
 
 
 def open_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str):

@@ -20,7 +20,7 @@ from .calibration import IMAGEJ_ORDER, IMAGEJ_TYPES, Calibration, imagej_options
 from .planes import PlaneLayout
 from .stores import MappedArray, _Transposed
 
-__all__ = ["tiff_format", "create_tiff_output", "open_tiff_output", "OME_TIFF_AXES"]
+__all__ = ["tiff_format", "create_tiff_output", "open_tiff_output", "add_tiff_run_metadata", "OME_TIFF_AXES"]
 
 #: Axes an OME-TIFF names (S: RGB samples)
 OME_TIFF_AXES = "TZCYXS"
@@ -100,3 +100,36 @@ def open_tiff_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype
             raise ValueError(f"{path} is not the unfinished output of this run")
         mapped = MappedArray(path, series.dataoffset, shape, np.dtype(tif.byteorder + dtype.char), writable=True)
     return mapped if order == sorted(order) else _Transposed(mapped, order)
+
+
+def add_tiff_run_metadata(path: Path, extra: dict[str, Any]) -> None:
+    """Add ``extra`` to the run's parameters in a TIFF :func:`create_tiff_output` made (after its planes are written):
+    entries of the OME MapAnnotation, lines of the ImageJ Info text, or keys of tifffile's JSON description. The tags
+    are rewritten in place (tifffile moves a longer value to the end of the file); the pixels are not touched."""
+    import html
+    import json
+
+    import tifffile
+
+    from .calibration import run_text
+
+    text = run_text(extra)
+    with tifffile.TiffFile(path, mode="r+b") as tif:
+        page = tif.pages[0]
+        if tif.is_ome:
+            entries = "".join(f'<M K="{html.escape(k)}">{html.escape(v)}</M>' for k, v in text.items())
+            description = page.description
+            at = description.find("</Value>", description.find('Namespace="napari-mpi"'))
+            if at < 0:
+                raise ValueError(f"{path} has no napari-mpi annotation to add to")
+            # OME-XML is UTF-8 (units such as µm): written as bytes, which tifffile takes as they are
+            page.tags["ImageDescription"].overwrite((description[:at] + entries + description[at:]).encode("utf-8"))
+        elif tif.is_imagej:
+            info = "\n".join([(page.tags.valueof(50839) or {}).get("Info", "")]
+                             + [f"napari-mpi.{k} = {v}" for k, v in text.items()])
+            for code, dtype, _, value, _ in tifffile.imagej_metadata_tag({"Info": info.strip()}, tif.byteorder):
+                page.tags[code].overwrite(value, dtype=dtype)
+        else:
+            metadata = json.loads(page.description)
+            metadata.setdefault("napari_mpi", {}).update(extra)
+            page.tags["ImageDescription"].overwrite(json.dumps(metadata))
