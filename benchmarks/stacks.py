@@ -1,17 +1,19 @@
-"""Planes of a stack reusing one network against each plane denoised alone: PSNR per plane and speed-up.
+"""A stack's planes carrying one network against each plane denoised alone: PSNR per plane and speed-up.
 
-Both rows are ``napari_mpi.denoise`` on the whole stack, as users run it (``--preset``, default fast, from
+Every row is ``napari_mpi.denoise_steps`` on the whole stack, as users run it (``--preset``, default fast, from
 ``--weights``, default the shipped prior):
 
-- ``alone``: every plane gets its own full fill;
-- ``reuse``: ``reuse_network=True``, what ships for z-stacks and time-lapses: the first plane gets its full
-  fill, each later plane continues from the previous plane's network with ``FillConfig.reuse_step_fraction``
-  of the iterations as training steps, then ``FillConfig.reuse_predictions`` predictions without a step;
-- ``reuse STEPS:PREDICTIONS`` (``--reuse-variants``, comma-separated): the same with other steps and
+- ``alone``: ``reuse_network=False``, every plane gets its own full fill;
+- ``auto``: ``reuse_network="auto"``, the default: each later plane is checked without the clean image and
+  continues from the previous plane's network where alike (``napari_mpi.engine.chain``), else starts from the
+  weights; each row records what every plane did;
+- ``always``: ``reuse_network=True``: every later plane continues, with ``FillConfig.reuse_step_fraction`` of the
+  iterations as training steps, then ``FillConfig.reuse_predictions`` predictions without a step;
+- ``always STEPS:PREDICTIONS`` (``--reuse-variants``, comma-separated): the same with other steps and
   predictions per later plane, passed as ``tuning={"reuse_step_fraction": STEPS / iterations,
   "reuse_predictions": PREDICTIONS}``.
 
-Every plane is scored against its clean plane (PSNR, data range 1.0, ``metrics.py``); a reuse row reports its
+Every plane is scored against its clean plane (PSNR, data range 1.0, ``metrics.py``); each other row reports its
 mean PSNR, its mean and worst per-plane gap to ``alone``, its seconds and its speed-up over ``alone``, and the
 fill iterations per plane that the progress reports count (training steps and predictions together; window
 steps when the planes are filled in windows).
@@ -26,7 +28,10 @@ still scene, fresh Gaussian noise per frame). Run from the repository root::
     python benchmarks/stacks.py --stack fmd-fovs --planes 19 --crop 256 --reuse-variants 6:15,14:20 --threads 2
     python benchmarks/stacks.py --stack colour-still --planes 8 --crop 128 --weights random
 
-``--out FILE.json`` is what ``plots.py --stacks`` draws (one file per stack; give it several).
+``--out FILE.json`` is what ``plots.py --stacks`` draws (one file per stack; give it several), and
+``--table FILE.json ...`` prints the table of docs/benchmarks.md from such files (without running anything)::
+
+    python benchmarks/stacks.py --table benchmarks/results/stacks-*.json
 """
 
 from __future__ import annotations
@@ -103,6 +108,30 @@ def table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _gap(row: dict) -> str:
+    return f"{row['gap_mean']:+.2f} ({row['gap_worst']:+.2f})"
+
+
+def summary_table(records: list[dict]) -> str:
+    """One row per stack (a ``--out`` file): the default (``auto``) and ``always`` against every plane alone, with
+    how many planes the default carried."""
+    lines = ["| stack | planes | default: vs alone, mean (worst plane) | speed-up | carried / from the weights "
+             "| every plane carried: vs alone | speed-up | measured |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for record in records:
+        rows = {r["strategy"]: r for r in record["results"]}
+        auto, always = rows["auto"], rows.get("always")
+        carried = sum(p["start"] == "carried" for p in auto["planes"])
+        shape = record["stack"]["shape"]
+        side = "x".join(map(str, shape[1:3]))
+        threads = record["config"].get("threads") or "all"
+        every = f"{_gap(always)} | {always['speedup']:.1f}x" if always else "– | –"
+        lines.append(f"| {record['stack']['name']} | {shape[0]} of {side} | {_gap(auto)} | {auto['speedup']:.1f}x "
+                     f"| {carried} / {len(auto['planes']) - carried} | {every} | {record['date'][:10]}, "
+                     f"{threads} threads |")
+    return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stack", default="synthetic", choices=STACKS)
@@ -121,11 +150,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0 = torch's choice)")
     parser.add_argument("--data", default=None, help="shared data folder (default $NAPARI_MPI_DATA or ../shared/data)")
     parser.add_argument("--out", default=None, help="write the rows as JSON (what plots.py --stacks reads)")
+    parser.add_argument("--table", nargs="+", default=None, metavar="FILE.json",
+                        help="print the docs table of these --out files and stop")
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.table:
+        import json
+        from pathlib import Path
+
+        print(summary_table([json.loads(Path(name).read_text()) for name in args.table]))
+        return 0
     variants = parse_variants(args.reuse_variants)
     if args.threads:
         import torch
@@ -148,7 +185,8 @@ def main(argv=None) -> int:
         row = compare(denoise_stack(noisy, clean, args, reuse=reuse, tuning=tuning), alone) | {"strategy": strategy}
         results.append(row)
         decisions = " ".join(f"{'C' if p['start'] == 'carried' else 'W'}{p['steps']}"
-                             + (f"({p['mismatch']:.2f})" if p["mismatch"] is not None else "") for p in row["planes"])
+                             + (f"({p['mismatch']:.2f}/{p['change']:.2f})" if p["mismatch"] is not None else "")
+                             for p in row["planes"])
         print(f"  {strategy}: {row['psnr']:.2f} dB ({row['gap_mean']:+.2f}, worst plane {row['gap_worst']:+.2f}), "
               f"{row['seconds']:.0f} s = {row['speedup']:.1f}x; planes {decisions}", file=sys.stderr, flush=True)
     print(table(results))

@@ -50,6 +50,7 @@ def test_alike_planes_carry_the_network_and_an_unlike_plane_starts_from_the_weig
     assert reports[0].mismatch is None
     assert all(r.mismatch < 1.5 for r in reports[1:3]), reports
     assert reports[3].mismatch > FillConfig().reuse_max_mismatch, reports
+    assert all(r.change < 0.1 for r in reports[1:3]) and reports[3].change > FillConfig().reuse_max_change
     config = napari_mpi.prepare(mixed_stack.shape, mixed_stack.dtype, iterations=ITERATIONS).config
     assert reports[3].steps == ITERATIONS and continuation_steps(config) <= reports[1].steps <= ITERATIONS
     assert [e.start.carried for e in events if e.plane == 1] == [True] * reports[1].iterations
@@ -103,7 +104,7 @@ def test_reuse_network_choices_and_what_they_refuse():
         CarriedNetwork(mode="sometimes")
     for name, bad in [("reuse_max_mismatch", 0.5), ("reuse_check_every", 0), ("reuse_chain_planes", 0),
                       ("reuse_probe_masks", 1.5), ("reuse_max_step_fraction", 0.0), ("reuse_fit_tolerance", -1),
-                      ("reuse_min_fall", 1.0)]:
+                      ("reuse_min_fall", 1.0), ("reuse_max_change", -0.1)]:
         with pytest.raises(ValueError, match=name):
             FillConfig(**{name: bad})
 
@@ -123,7 +124,7 @@ def test_a_continuing_plane_grows_a_few_steps_at_a_time_up_to_its_bound():
 def test_reports_in_words_and_as_plain_values(mixed_stack):
     _, reports, _ = _run(mixed_stack)
     plain = [r.as_dict() for r in reports]
-    assert plain[0] == {"plane": 0, "start": "weights", "mismatch": None, "steps": ITERATIONS,
+    assert plain[0] == {"plane": 0, "start": "weights", "mismatch": None, "change": None, "steps": ITERATIONS,
                         "iterations": reports[0].iterations}
     assert plain[1]["start"] == "carried" and isinstance(plain[1]["mismatch"], float)
     assert summarise_reports(plain).startswith("2 of 4 planes carried the previous plane's network (")

@@ -200,8 +200,8 @@ def test_the_plan_runs_the_presets_length_for_its_start():
 def test_reusing_the_network_on_alike_planes_is_faster_and_as_good():
     """A time-lapse of a still sample: the same clean image, fresh noise in every plane. (Keep the planes at
     128x128 or more: at 64x64 the first plane's network memorises more of its noise and reusing it costs
-    clearly more; measured figures, here and on the real FMD time-lapse, in docs/benchmarks.md, "Stacks:
-    planes sharing one network".)"""
+    clearly more; measured figures on the real FMD time-lapse in docs/benchmarks.md, "Stacks: the network from
+    plane to plane".)"""
     from napari_mpi._sample_data import clean_fluorescence, expected_counts, noisy_fluorescence
 
     clean = clean_fluorescence((128, 128), seed=0)

@@ -55,6 +55,25 @@ def test_local_cluster_equals_local_run(cluster):
     assert (partial[1] == -1).all() and np.array_equal(partial[[0, 2]], expected[[0, 2]])
 
 
+def test_workers_take_whole_chains_of_planes_that_carry_one_network(cluster):
+    """Planes that carry the network come in chains; each worker takes whole chains (here 2 planes each), so the
+    result and the per-plane reports equal a local run's, and a resumed run's too."""
+    _, client = cluster
+    data = np.random.default_rng(5).integers(0, 4000, (5, 32, 32)).astype(np.uint16)
+    options = dict(iterations=3, weights="random", device="cpu", seed=SEED, tuning={"reuse_chain_planes": 2})
+    plan = napari_mpi.prepare(data.shape, data.dtype, **options)
+    local_reports, spread_reports = [], []
+    expected = napari_mpi.drain(napari_mpi.denoise_steps(data, plan, reports=local_reports))
+    assert [r.carried for r in local_reports][::2] == [False, False, False]  # planes 0, 2, 4 start a chain
+    result = denoise_distributed(data, plan, client, device="cpu", reports=spread_reports)
+    assert np.array_equal(result, expected)
+    assert sorted(spread_reports, key=lambda r: r.plane) == local_reports
+
+    partial = np.full(data.shape, -1, np.float32)  # resumed with planes 0 and 3 done: chains [0, 1] and [2, 3]
+    denoise_distributed(data, plan, client, partial, skip={0, 3}, device="cpu")
+    assert (partial[[0, 3]] == -1).all() and np.array_equal(partial[[1, 2, 4]], expected[[1, 2, 4]])
+
+
 def test_worker_errors_reach_the_caller(cluster):
     _, client = cluster
     data = np.ones((2, 32, 32), np.float32)

@@ -19,7 +19,7 @@ _HOMES = {
     "DenoisePlan": ".api",
     "DenoiseProgress": ".api",
     "DenoiseWarning": ".api",
-    "check_noise": ".api",
+    "check_noise": ".noise_check",
     "denoise": ".api",
     "denoise_plane": ".api",
     "denoise_steps": ".api",
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
         DenoisePlan,
         DenoiseProgress,
         DenoiseWarning,
-        check_noise,
         denoise,
         denoise_plane,
         denoise_steps,
@@ -54,6 +53,7 @@ if TYPE_CHECKING:
     )
     from .chains import PlaneReport
     from .engine.fill import iterative_fill
+    from .noise_check import check_noise
     from .settings import DEFAULT_PRESET, PRESETS, FillConfig, Preset, config_for
 
 

@@ -9,7 +9,6 @@ every iteration — the cancellation point — and writes each finished plane in
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Callable, Container, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -24,11 +23,11 @@ from .engine.chain import CarriedNetwork, PlaneStart
 from .engine.devices import free_device_memory, resolve_device
 from .engine.fill import FillStep, check_reuse, final_predictions, plane_steps
 from .engine.network import DEFAULT_DEPTH, DEFAULT_SKIP_WIDTH, DEFAULT_WIDTH, architecture_of, check_plane_size
-from .engine.noise import MaskRatioHint, mask_ratio_hint
 from .engine.plane import DenoiseWarning, fill_plane, tile_to_fit_memory, to_plane
 from .engine.refine import resolve_refine
 from .io.planes import Normalization, PlaneLayout, check_dtype, check_values, plane_layout
 from .io.sinks import fitting
+from .noise_check import as_array, check_noise, warn_if_noise_looks_correlated
 from .settings import DEFAULT_PRESET, MIN_CROP, FillConfig, config_for, tuned, tuning_fields
 from .weights import Checkpoint, WeightsSpec, resolve_weights
 
@@ -302,11 +301,13 @@ def denoise_steps(
                 plane = layout.take(image, index)
                 fill = _plane_events(plane, plan, state, carried, tile, start,
                                      dict(plane=number, n_planes=layout.n_planes, index=index, replay=replay))
-                result, report = yield from fill
+                result, report, constant = yield from fill
                 if not replay:
                     out[index] = fit(result)
                     if reports is not None:
                         reports.append(report)
+                if constant is not None:  # a constant plane is its own result: one event, after it is written
+                    yield constant
     finally:  # also when the consumer cancels (closes the generator) or an error ends the run
         free_device_memory(plan.device)
     return out
@@ -321,7 +322,8 @@ def _carried(plan: DenoisePlan) -> CarriedNetwork | None:
 
 def _plane_events(plane: np.ndarray, plan: DenoisePlan, state: dict | None, carried: CarriedNetwork | None,
                   tile: tuple[int, int] | None, start: float, progress: dict[str, Any]):
-    """One plane's fill as DenoiseProgress events; returns its result and its PlaneReport."""
+    """One plane's fill as DenoiseProgress events; returns its result, its PlaneReport and, for a constant plane
+    (its own result, no fill), the one event to yield once it is written."""
     fill = fill_plane(plane, plan, state, carried, tile)
     step: FillStep | None = None
     while True:
@@ -332,13 +334,14 @@ def _plane_events(plane: np.ndarray, plan: DenoisePlan, state: dict | None, carr
             break
         yield DenoiseProgress(iteration=step.iteration, iterations=step.iterations, elapsed=time.monotonic() - start,
                               tiles=getattr(step, "tiles", 1), _step=step, _norm=norm, _plane_data=plane, **progress)
-    if step is None:  # a constant plane is its own result: one event
-        yield DenoiseProgress(iteration=plan.config.iterations, iterations=plan.config.iterations,
-                              elapsed=time.monotonic() - start, _plane_data=plane, **progress)
+    constant = None
+    if step is None:
+        constant = DenoiseProgress(iteration=plan.config.iterations, iterations=plan.config.iterations,
+                                   elapsed=time.monotonic() - start, _plane_data=plane, **progress)
     begun = getattr(step, "start", PlaneStart())
-    report = PlaneReport(progress["plane"], progress["index"], begun.carried, begun.mismatch,
+    report = PlaneReport(progress["plane"], progress["index"], begun.carried, begun.mismatch, begun.change,
                          getattr(step, "training", 0), step.iterations if step is not None else 0)
-    return result, report
+    return result, report, constant
 
 
 def denoise_plane(plane: np.ndarray, plan: DenoisePlan) -> np.ndarray:
@@ -365,48 +368,12 @@ def denoise_chain(planes: list[np.ndarray], plan: DenoisePlan) -> tuple[list[np.
             plane = np.asarray(plane)
             events = _plane_events(plane, plan, state, carried, tile_to_fit_memory(*plane.shape[:2], plan), 0.0,
                                    dict(plane=number, n_planes=len(planes), index=(), replay=False))
-            result, report = drain(events)
+            result, report, _ = drain(events)
             results.append(result)
             reports.append(report)
     finally:
         free_device_memory(plan.device)
     return results, reports
-
-
-#: Planes of a stack the noise check reads (evenly spaced): enough to outvote one odd plane, few to read
-NOISE_CHECK_PLANES = 3
-#: ... and the middle this many pixels a side of each (~35 ms for a gray plane, 4 ms at 512x512)
-NOISE_CHECK_SIDE = 1024
-
-
-def check_noise(image, *, rgb: bool = False, channel_axis: int | None = None) -> MaskRatioHint:
-    """Whether ``image``'s noise looks spatially correlated, from the middle of up to NOISE_CHECK_PLANES of its
-    planes (:mod:`napari_mpi.noise`); its ``mask_ratio`` is the ratio to suggest (None: keep the default).
-
-    Only a hint: it also fires on some nearly clean images, where a high mask ratio blurs detail away."""
-    image = _as_array(image)
-    layout = plane_layout(tuple(image.shape), rgb=rgb, channel_axis=channel_axis)
-    indices = list(layout.indices()) if layout.n_planes <= NOISE_CHECK_PLANES else None
-    if indices is None:
-        wanted = {round(i * (layout.n_planes - 1) / (NOISE_CHECK_PLANES - 1)) for i in range(NOISE_CHECK_PLANES)}
-        indices = [index for number, index in enumerate(layout.indices()) if number in wanted]
-    planes = []
-    for index in indices:
-        plane = layout.take(image, index)
-        top, left = (max(0, (side - NOISE_CHECK_SIDE) // 2) for side in plane.shape[:2])
-        planes.append(plane[top:top + NOISE_CHECK_SIDE, left:left + NOISE_CHECK_SIDE])  # the middle: bounded time
-    return mask_ratio_hint(planes, rgb=rgb)
-
-
-def warn_if_noise_looks_correlated(image, mask_ratio: float | None, *, rgb: bool, channel_axis: int | None,
-                                   option: str = "pass mask_ratio=", stacklevel: int = 3) -> None:
-    """A DenoiseWarning when no mask ratio was chosen and the noise looks correlated (``check_noise``); ``option``
-    says how to choose one, followed by the ratio (the command line: "run with --mask-ratio ")."""
-    if mask_ratio is not None:
-        return
-    hint = check_noise(image, rgb=rgb, channel_axis=channel_axis)
-    if hint.correlated:
-        warnings.warn(f"{hint.describe()}; {option}{hint.mask_ratio} to try it", DenoiseWarning, stacklevel=stacklevel)
 
 
 def denoise(
@@ -504,7 +471,7 @@ def denoise(
     numpy.ndarray or ``out``
         float32, the input's shape, in the input's intensity units; ``out`` itself when given.
     """
-    image = _as_array(image)
+    image = as_array(image)
     plan = prepare(
         tuple(image.shape), image.dtype, mask_ratio=mask_ratio, beta=beta, iterations=iterations, preset=preset,
         rgb=rgb, channel_axis=channel_axis, seed=seed, device=device, weights=weights, lr=lr, precision=precision,
@@ -512,21 +479,3 @@ def denoise(
     )
     warn_if_noise_looks_correlated(image, mask_ratio, rgb=rgb, channel_axis=channel_axis)
     return drain(denoise_steps(image, plan, out), progress)
-
-
-def _as_array(image):
-    """Arrays (numpy, dask, zarr: anything with shape and dtype) as they are; nested lists or tuples
-    of numbers as numpy; anything else is a TypeError."""
-    if isinstance(image, torch.Tensor):
-        raise TypeError("denoise() takes numpy, dask or zarr arrays, not a torch tensor; pass "
-                        "tensor.detach().cpu().numpy()")
-    if hasattr(image, "shape") and hasattr(image, "dtype"):
-        return image
-    if isinstance(image, (list, tuple)):
-        try:
-            return np.asarray(image)
-        except ValueError as exc:  # ragged nesting
-            raise ValueError("cannot make an image from these nested lists: their rows have different lengths") from exc
-    raise TypeError(
-        f"denoise() needs an image array (numpy, dask or zarr, or nested lists of numbers), got {type(image).__name__}"
-    )

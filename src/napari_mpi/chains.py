@@ -20,21 +20,25 @@ __all__ = ["PlaneReport", "summarise_reports", "plane_chains", "needed_planes"]
 @dataclass(frozen=True)
 class PlaneReport:
     """How one plane was filled: from the previous plane's network (``carried``) or from the weights, with the
-    mismatch that decided it (``reuse_network="auto"``), and its training steps and iterations (steps and
-    predictions; window steps when the plane is filled in windows, 0 for a constant plane)."""
+    mismatch and change that decided it (``reuse_network="auto"``; :mod:`napari_mpi.engine.chain`), and its
+    training steps and iterations (steps and predictions; window steps when the plane is filled in windows, 0 for
+    a constant plane)."""
 
     plane: int
     index: tuple
     carried: bool
     mismatch: float | None
+    change: float | None
     steps: int
     iterations: int
 
     def as_dict(self) -> dict[str, Any]:
-        """Plain values, for metadata: plane number, start ("carried" or "weights"), mismatch, steps, iterations."""
+        """Plain values, for metadata: plane number, start ("carried" or "weights"), mismatch, change, steps,
+        iterations."""
         mismatch = None if self.mismatch is None else round(self.mismatch, 3)
+        change = None if self.change is None else round(self.change, 3)
         return {"plane": self.plane, "start": "carried" if self.carried else "weights", "mismatch": mismatch,
-                "steps": self.steps, "iterations": self.iterations}
+                "change": change, "steps": self.steps, "iterations": self.iterations}
 
 
 def summarise_reports(reports: list[dict[str, Any]]) -> str:

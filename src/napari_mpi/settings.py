@@ -83,21 +83,27 @@ class FillConfig:
     reuse_max_mismatch : float, >= 1
         ``reuse_network="auto"``: a later plane continues from the previous plane's network only when that network
         fits it nearly as well as it fitted the previous plane: its masked loss on the new plane, relative to a
-        network fresh from the weights, is at most this many times what it was on the previous plane. Otherwise
-        the plane starts from the weights with its full length.
+        network fresh from the weights, is at most this many times what it was on the previous plane, and the
+        planes' structures are alike in size (``reuse_max_change``). Otherwise the plane starts from the weights
+        with its full length.
+    reuse_max_change : float, >= 0
+        ``reuse_network="auto"``: the largest mean absolute difference of two planes' log radial power spectra,
+        over the lower half of the frequencies, for the later plane to continue (another stain or channel has
+        structures of other sizes; ``napari_mpi.engine.chain.structure_spectrum``).
     reuse_max_step_fraction : float, 0 < f <= 1
-        ``reuse_network="auto"``: a continuing plane trains on past ``reuse_step_fraction`` of ``iterations``, at
-        most up to this fraction, while its masked loss still falls and is still above what the previous plane
-        reached ...
+        ``reuse_network="auto"``: the most training steps of a continuing plane, as a fraction of ``iterations``.
+        Past ``reuse_step_fraction`` it trains ``reuse_check_every`` steps more at a time while its masked loss
+        still falls (``reuse_min_fall``) and its fit is still worse than the previous plane's
+        (``reuse_fit_tolerance``).
     reuse_fit_tolerance : float, >= 0
-        ... by more than this fraction, and its masked loss fell by at least ...
+        A continuing plane trains on while its fit is worse than the previous plane's by more than this fraction.
     reuse_min_fall : float, 0 <= f < 1
-        ... this fraction since the last check; checked every ``reuse_check_every`` steps ...
+        ... and while its masked loss fell by at least this fraction since the last check.
     reuse_check_every : int, >= 1
-        ... on ``reuse_probe_masks`` fixed masks of the middle ``crop_size`` x ``crop_size`` of the plane (the
-        same masks for the fresh network and the carried one).
+        Training steps between two such checks.
     reuse_probe_masks : int, >= 1
-        Masks of that check.
+        Fixed masks of every masked loss these checks measure, on the middle ``crop_size`` x ``crop_size`` of the
+        plane (the same masks for the fresh network and the carried one).
     reuse_chain_planes : int, >= 1
         Planes that carry one network, one after the other: every this many planes (of one channel) a chain starts
         from the weights again, so that a resumed run and Dask workers, which each take whole chains, give the
@@ -144,6 +150,7 @@ class FillConfig:
     reuse_step_fraction: float = 0.10
     reuse_predictions: int = 10
     reuse_max_mismatch: float = 2.0
+    reuse_max_change: float = 0.25
     reuse_max_step_fraction: float = 0.4
     reuse_fit_tolerance: float = 0.1
     reuse_min_fall: float = 0.02
@@ -177,6 +184,7 @@ class FillConfig:
         _check_range("reuse_step_fraction", self.reuse_step_fraction, 0.0, 1.0, low_open=True)
         _check_whole("reuse_predictions", self.reuse_predictions, 0)
         _check_range("reuse_max_mismatch", self.reuse_max_mismatch, 1.0, math.inf)
+        _check_range("reuse_max_change", self.reuse_max_change, 0.0, math.inf)
         _check_range("reuse_max_step_fraction", self.reuse_max_step_fraction, 0.0, 1.0, low_open=True)
         _check_range("reuse_fit_tolerance", self.reuse_fit_tolerance, 0.0, math.inf)
         _check_range("reuse_min_fall", self.reuse_min_fall, 0.0, 1.0, high_open=True)

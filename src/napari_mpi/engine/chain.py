@@ -10,7 +10,12 @@ view or another stain does not. With ``mode="auto"`` :class:`CarriedNetwork` mea
   plane's noise level or brightness.
 - **mismatch**: the carried network's fit on the new plane divided by its fit on the previous plane when that plane
   ended. About 1 for planes alike; much more for a plane unlike the previous one.
-- A plane continues from the carried network when its mismatch is at most ``reuse_max_mismatch``, and then trains
+- **change**: how much the sizes of the structures differ between the two planes: the mean absolute difference
+  of their radially averaged log power spectra over the lower half of the frequencies (``structure_spectrum``).
+  Frames of one scene and neighbouring slices differ by at most ~0.2; another stain or channel, with structures
+  of other sizes, or a cut to another field of view by more.
+- A plane continues from the carried network when its mismatch is at most ``reuse_max_mismatch`` and its change
+  at most ``reuse_max_change``, and then trains
   past ``reuse_step_fraction`` of the iterations (checked every ``reuse_check_every`` steps, at most
   ``reuse_max_step_fraction``) while its masked loss still falls by ``reuse_min_fall`` per check and its fit is
   still worse than the previous plane's by more than ``reuse_fit_tolerance``. (The loss falls on every plane as
@@ -48,15 +53,12 @@ _PROBE_SEED = 2**32
 @dataclass(frozen=True)
 class PlaneStart:
     """What a plane's fill started from: the previous plane's network (``carried``) or the weights, and with
-    ``mode="auto"`` the mismatch that decided it (None for a chain's first plane or ``mode="always"``)."""
+    ``mode="auto"`` the mismatch and the change that decided it (None for a chain's first plane or
+    ``mode="always"``)."""
 
     carried: bool = False
     mismatch: float | None = None
-
-    def describe(self) -> str:
-        """E.g. "carried (mismatch 1.08)" or "from the weights (mismatch 4.4)"."""
-        text = "carried" if self.carried else "from the weights"
-        return text + (f" (mismatch {self.mismatch:.2f})" if self.mismatch is not None else "")
+    change: float | None = None
 
 
 def continuation_steps(config: FillConfig) -> int:
@@ -106,6 +108,24 @@ def probe_loss(model: SkipNet, window: torch.Tensor, config: FillConfig, cast: t
     return max(float(total) / config.reuse_probe_masks, 1e-12)
 
 
+#: Radial frequency bins of ``structure_spectrum`` up to the Nyquist frequency; the lower half count
+SPECTRUM_BINS = 16
+
+
+def structure_spectrum(window: torch.Tensor) -> torch.Tensor:
+    """The log of the radially averaged power spectrum of a (1, C, h, w) plane (channels averaged, mean removed),
+    in the lower half of SPECTRUM_BINS bins from 0 to 0.5 cycles per pixel: where the structures are, above the
+    flat floor of pixel-independent noise."""
+    plane = window[0].float().mean(dim=0)
+    power = torch.fft.fft2(plane - plane.mean()).abs().square() / plane.numel()
+    fy = torch.fft.fftfreq(plane.shape[0], device=plane.device)[:, None]
+    fx = torch.fft.fftfreq(plane.shape[1], device=plane.device)[None, :]
+    bins = torch.clamp((torch.sqrt(fy.square() + fx.square()) * 2 * SPECTRUM_BINS).long(), max=SPECTRUM_BINS - 1)
+    sums = torch.zeros(SPECTRUM_BINS, device=plane.device).index_add_(0, bins.flatten(), power.flatten())
+    counts = torch.bincount(bins.flatten(), minlength=SPECTRUM_BINS).clamp_min(1)
+    return torch.log((sums / counts)[: SPECTRUM_BINS // 2].clamp_min(1e-12))
+
+
 @dataclass
 class CarriedNetwork:
     """The network and Adam state one plane's fill hands to the next plane's (a stack's planes reusing one
@@ -130,6 +150,9 @@ class CarriedNetwork:
     _last_loss: float = 1.0
     #: auto: whether ``_last_loss`` is the network's as it is now (it stopped training at a check)
     _settled: bool = False
+    #: auto: ``structure_spectrum`` of the current plane, and of the previous one
+    _spectrum: torch.Tensor | None = None
+    _previous_spectrum: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in REUSE_MODES:
@@ -147,24 +170,27 @@ class CarriedNetwork:
     def clear(self) -> None:
         """Forget the network: the next plane starts a new chain from the weights."""
         self.model, self.optimizer, self.generator, self.graph = None, None, None, None
-        self.reference, self.fitted = None, None
+        self.reference, self.fitted, self._spectrum, self._previous_spectrum = None, None, None, None
 
     def begin(self, x: torch.Tensor, state_dict: dict | None, config: FillConfig, cast: torch.autocast) -> PlaneStart:
         """Whether the plane ``x`` (1, C, H, W, on the compute device) continues from the carried network."""
         self._settled = False
+        window = probe_window(x, config.crop_size)
+        if self.mode == "auto":
+            self._spectrum = structure_spectrum(window)
         if not self.fits(x.shape[1], x.device) or (self.mode == "auto" and self.fitted is None):
             self.fitted = None  # (no fit: the previous plane's fill did not end)
             if self.mode == "auto":  # the yardstick of this plane's fit when it ends
-                window = probe_window(x, config.crop_size)
                 self._fresh_loss = probe_loss(self._reference(x, state_dict, config), window, config, cast)
             return PlaneStart(False)
         if self.mode == "always":
             return PlaneStart(True)
-        window = probe_window(x, config.crop_size)
         self._fresh_loss = probe_loss(self._reference(x, state_dict, config), window, config, cast)
         self._last_loss = probe_loss(self.model, window, config, cast)
         mismatch = self._last_loss / self._fresh_loss / self.fitted
-        return PlaneStart(mismatch <= config.reuse_max_mismatch, mismatch)
+        change = float((self._spectrum - self._previous_spectrum).abs().mean())
+        alike = mismatch <= config.reuse_max_mismatch and change <= config.reuse_max_change
+        return PlaneStart(alike, mismatch, change)
 
     def keep_training(self, x: torch.Tensor, config: FillConfig, cast: torch.autocast) -> bool:
         """``mode="auto"``, after a continuing plane's last planned step: whether its masked loss fell by at least
@@ -182,6 +208,7 @@ class CarriedNetwork:
             loss = self._last_loss if self._settled else probe_loss(self.model, probe_window(x, config.crop_size),
                                                                     config, cast)
             self.fitted = loss / self._fresh_loss
+            self._previous_spectrum = self._spectrum
 
     def _reference(self, x: torch.Tensor, state_dict: dict | None, config: FillConfig) -> SkipNet:
         if self.reference is None or not same_device(next(self.reference.parameters()).device, x.device) \

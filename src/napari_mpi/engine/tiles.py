@@ -9,6 +9,7 @@ from dataclasses import replace
 import torch
 
 from ..settings import FillConfig
+from .chain import PlaneStart
 from .fill import FillStep, iterative_fill, plane_steps
 from .network import check_plane_size
 
@@ -73,10 +74,12 @@ class TiledStep:
     whole plane, ``loss``), with the estimate blended from the tiles on demand (on the CPU)."""
 
     def __init__(self, iteration: int, iterations: int, tiles: int, blend: Callable[[], torch.Tensor],
-                 loss_tensor: torch.Tensor) -> None:
+                 loss_tensor: torch.Tensor, training: int = 0) -> None:
         self.iteration = iteration
         self.iterations = iterations
         self.tiles = tiles
+        self.training = training  # each tile's training steps (every tile starts from the weights)
+        self.start = PlaneStart()
         self._blend = blend
         self.loss_tensor = loss_tensor
 
@@ -160,6 +163,6 @@ def tiled_fill(
         for step in iterative_fill(image[region], tile_config, state_dict, device):
             blend.live = (number, step)
             work = number * iterations + step.iteration
-            yield TiledStep(work // count, iterations, count, blend, step.loss_tensor)
+            yield TiledStep(work // count, iterations, count, blend, step.loss_tensor, step.training)
         assert step is not None
         blend.finish(number, step)
