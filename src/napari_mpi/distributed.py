@@ -1,7 +1,7 @@
 """Scale-out: spread the planes of one run over Dask distributed workers.
 
 Each worker denoises a whole chain of planes with :func:`napari_mpi.api.denoise_chain` (one plane each without
-network reuse; with it, the planes that carry one network, ``napari_mpi.api.plane_chains``) — the same engine
+network reuse; with it, the planes that carry one network, ``napari_mpi.chains.plane_chains``) — the same engine
 and the same seeds as a local run — and sends the planes back; the client reads the input and writes every
 result itself (one writer, so the output and its resume record stay consistent). At most ``window`` chains are
 in flight, so the client holds a few chains, never the stack.
@@ -126,7 +126,7 @@ def distributed_steps(
     (CPU results depend on the thread count, so keep it the same to compare): each worker takes whole chains
     (``plane_chains``), and a chain with planes in ``skip`` is filled from its start, its skipped planes not
     written. ``window`` chains at most are in flight (default: twice the cluster's threads). ``reports`` (a
-    list) receives a :class:`~napari_mpi.api.PlaneReport` for every plane written.
+    list) receives a :class:`~napari_mpi.chains.PlaneReport` for every plane written.
     """
     distributed = _require_distributed()
     layout = plan.layout

@@ -115,13 +115,14 @@ SPECTRUM_BINS = 16
 def structure_spectrum(window: torch.Tensor) -> torch.Tensor:
     """The log of the radially averaged power spectrum of a (1, C, h, w) plane (channels averaged, mean removed),
     in the lower half of SPECTRUM_BINS bins from 0 to 0.5 cycles per pixel: where the structures are, above the
-    flat floor of pixel-independent noise."""
-    plane = window[0].float().mean(dim=0)
+    flat floor of pixel-independent noise. Computed on the CPU (at most crop_size x crop_size pixels; every device
+    gets the same numbers)."""
+    plane = window[0].detach().float().mean(dim=0).cpu()
     power = torch.fft.fft2(plane - plane.mean()).abs().square() / plane.numel()
-    fy = torch.fft.fftfreq(plane.shape[0], device=plane.device)[:, None]
-    fx = torch.fft.fftfreq(plane.shape[1], device=plane.device)[None, :]
+    fy = torch.fft.fftfreq(plane.shape[0])[:, None]
+    fx = torch.fft.fftfreq(plane.shape[1])[None, :]
     bins = torch.clamp((torch.sqrt(fy.square() + fx.square()) * 2 * SPECTRUM_BINS).long(), max=SPECTRUM_BINS - 1)
-    sums = torch.zeros(SPECTRUM_BINS, device=plane.device).index_add_(0, bins.flatten(), power.flatten())
+    sums = torch.zeros(SPECTRUM_BINS).index_add_(0, bins.flatten(), power.flatten())
     counts = torch.bincount(bins.flatten(), minlength=SPECTRUM_BINS).clamp_min(1)
     return torch.log((sums / counts)[: SPECTRUM_BINS // 2].clamp_min(1e-12))
 
