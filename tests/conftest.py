@@ -22,6 +22,16 @@ def _torch_threads():
 
 
 @pytest.fixture
+def one_thread():
+    """torch on one thread for a test (CPU results depend on the thread count: the CLI subprocesses and Dask workers
+    of some tests run with one, and tiny planes gain nothing from more); the earlier count afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
 def camera_crop() -> np.ndarray:
     """A 96x96 crop of scikit-image's bundled camera picture, float in [0, 1]."""
     from skimage import data

@@ -30,16 +30,7 @@ def main(*args: str) -> None:
     assert cli.main(list(args)) == 0
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """torch on one thread in this process, as the CLI subprocesses run with --threads 1 (CPU results
-    depend on the thread count); tiny planes gain nothing from more, and a busy machine loses a lot."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ engine sinks

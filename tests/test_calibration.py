@@ -20,14 +20,7 @@ FAST = ["--iterations", "2", "--weights", "random", "-q"]
 STACK = np.random.default_rng(0).integers(0, 4000, (3, 32, 36)).astype(np.uint16)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def main(*args: str) -> None:

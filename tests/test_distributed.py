@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pytest
 import tifffile
-import torch
 
 distributed = pytest.importorskip("distributed")
 
@@ -19,14 +18,7 @@ from napari_mpi.distributed import denoise_distributed  # noqa: E402
 SEED = 3
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """torch on one thread in this process (the in-process workers use it too), as the CLI runs with
-    --threads 1: CPU results depend on the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

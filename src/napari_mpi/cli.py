@@ -206,26 +206,18 @@ def _local_planes(data, plan, sink, done: set[int], quiet: bool, reports: list):
                 if current is not None and not current.replay:
                     yield current.plane  # denoise_steps writes a plane before it starts the next
                 steps_bar.reset(total=event.iterations)  # fewer for planes reusing the previous plane's network
-                steps_bar.set_description(_plane_status(event), refresh=False)
+                # "carried": it continues the previous plane's network; "again": a resumed run fills it only for that
+                carried, again = " carried" * event.start.carried, " again" * event.replay
+                steps_bar.set_description(f"plane {event.plane}{carried}{again}", refresh=False)
             elif event.iteration < steps_bar.n:
                 steps_bar.reset()
-            if event.iterations != steps_bar.total:  # a plane that still learns trains on
-                steps_bar.total = event.iterations
+            steps_bar.total = event.iterations  # a plane that still learns trains on
             current = event
             steps_bar.update(event.iteration - steps_bar.n)
         if current is not None and not current.replay:
             yield current.plane  # a plane may end before its last iteration ("auto" stops by itself)
     finally:
         steps_bar.close()
-
-
-def _plane_status(event) -> str:
-    """The progress bar's label of a plane: "plane 3", with "carried" when it continues the previous plane's network
-    and "again" when a resumed run fills it only to carry the network on."""
-    label = f"plane {event.plane}"
-    if event.start.carried:
-        label += " carried"
-    return label + (" again" if event.replay else "")
 
 
 def _denoise(args: argparse.Namespace) -> int:

@@ -98,7 +98,9 @@ class Progress:
     """Which planes of an unfinished run are on disk, kept in a small JSON file next to the output.
 
     The file also holds a fingerprint of the input and the parameters, so ``--resume`` refuses to mix
-    planes from a different input or different settings into one output.
+    planes from a different input or different settings into one output. How each plane was filled goes in a
+    second file beside it (``reports_path``), one JSON line appended per plane, so that a run of thousands of
+    planes never rewrites a record that grows with them.
     """
 
     VERSION = 1
@@ -109,6 +111,28 @@ class Progress:
         #: how each written plane was filled (``napari_mpi.chains.PlaneReport.as_dict``), by plane number
         self.planes = dict(planes or {})
 
+    @staticmethod
+    def reports_path(path: Path) -> Path:
+        """The plane reports' file of the progress file ``path``."""
+        return path.with_name(path.name.removesuffix(".json") + "-planes.jsonl")
+
+    @staticmethod
+    def _load_reports(path: Path) -> dict[int, dict]:
+        """The recorded plane reports (a line cut short by a killed run is left out: that plane is reported
+        as not recorded)."""
+        planes: dict[int, dict] = {}
+        try:
+            lines = path.read_text().splitlines()
+        except FileNotFoundError:
+            return planes
+        for line in lines:
+            try:
+                report = json.loads(line)
+                planes[int(report["plane"])] = report
+            except (ValueError, KeyError, TypeError):
+                continue
+        return planes
+
     @classmethod
     def load(cls, path: Path, fingerprint: dict) -> Progress | None:
         """The recorded run, or None when there is none; ValueError when it was a different run."""
@@ -116,7 +140,6 @@ class Progress:
             record = json.loads(path.read_text())
             done = {n for low, high in record["done"] for n in range(low, high + 1)}
             recorded = record["fingerprint"]
-            planes = {int(r["plane"]): r for r in record.get("planes", [])}
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -127,21 +150,33 @@ class Progress:
             differ = sorted(k for k in set(recorded) | set(fingerprint) if recorded.get(k) != fingerprint.get(k))
             raise ValueError(f"cannot resume: the unfinished run used another input or other settings "
                              f"({', '.join(differ) or 'format'}); rerun without --resume to start over")
-        return cls(path, fingerprint, done, planes)
+        return cls(path, fingerprint, done, cls._load_reports(cls.reports_path(path)))
 
     def save(self) -> None:
         _atomic_write_text(self.path, json.dumps({"version": self.VERSION, "fingerprint": self.fingerprint,
-                                                  "done": _ranges(self.done),
-                                                  "planes": [self.planes[n] for n in sorted(self.planes)]}))
+                                                  "done": _ranges(self.done)}))
+
+    def start(self) -> None:
+        """Save the record of a run that starts over: no planes, no plane reports."""
+        self.reports_path(self.path).unlink(missing_ok=True)
+        self.save()
+
+    def remove(self) -> None:
+        """Delete the record and its plane reports."""
+        self.path.unlink(missing_ok=True)
+        self.reports_path(self.path).unlink(missing_ok=True)
 
     def mark(self, number: int) -> None:
         self.done.add(number)
         self.save()
 
     def record(self, report: dict) -> None:
-        """Keep how a written plane was filled (a dict with its "plane" number)."""
+        """Keep how a written plane was filled (a dict with its "plane" number): one line appended and synced."""
         self.planes[int(report["plane"])] = report
-        self.save()
+        with open(self.reports_path(self.path), "a") as fh:
+            fh.write(json.dumps(report) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
 
 
 class BatchOutput:
@@ -180,7 +215,10 @@ class BatchOutput:
                 self._remove(self.partial)
                 raise OSError(f"cannot create {target}: {exc.strerror or exc}; free some space (or choose another "
                               "disk)") from exc
-        progress.save()
+        if self.resumed:
+            progress.save()
+        else:
+            progress.start()
         self.progress = progress
         chunk_root = None if kind in TIFF_KINDS else (self.partial / "0" if kind == "ome-zarr" else self.partial)
         self.writer = PlaneWriter(store, layout, self.dtype, progress, chunk_root, name=str(target), axes=axes)
@@ -207,7 +245,7 @@ class BatchOutput:
     def discard(self) -> None:
         """Remove the partial output and its record (a run that failed before finishing any plane)."""
         self._remove(self.partial)
-        self.progress.path.unlink(missing_ok=True)
+        self.progress.remove()
 
     def record(self, report: dict) -> None:
         """Keep how a written plane was filled (``napari_mpi.chains.PlaneReport.as_dict``), for the metadata."""
@@ -230,5 +268,5 @@ class BatchOutput:
             os.replace(self.partial, self.target)
             self._remove(old)
         _fsync(self.target.parent)
-        self.progress.path.unlink(missing_ok=True)
+        self.progress.remove()
         return reports
