@@ -15,6 +15,21 @@ import torch
 FEW = {"iterations": 2, "weights": "random"}
 
 
+#: fixtures that start Qt: a test that uses one needs a working display stack
+QT_FIXTURES = {"qapp", "qtbot", "make_napari_viewer", "make_napari_viewer_proxy"}
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """Before any test runs: when some collected test starts Qt, stop with one line naming what is missing if Qt
+    cannot start (Qt would abort the whole run, without a summary, at the first such test)."""
+    if any(QT_FIXTURES & set(getattr(item, "fixturenames", ())) for item in items):
+        from .qt_check import qt_start_problem
+
+        problem = qt_start_problem()
+        if problem is not None:
+            pytest.exit(problem, returncode=3)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _torch_threads():
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))

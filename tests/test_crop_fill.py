@@ -9,10 +9,10 @@ import torch
 
 import napari_mpi
 from napari_mpi.api import DenoiseWarning
-from napari_mpi.engine.fill import CarriedNetwork, continuation_steps, plane_steps
-from napari_mpi.engine.fill import crop_steps as crop_steps_for
+from napari_mpi.engine.fill import CarriedNetwork, continuation_steps
 from napari_mpi.engine.windows import CROP_MARGIN, crop_fill, window_pass
-from napari_mpi.settings import FillConfig
+from napari_mpi.settings import FillConfig, plane_steps
+from napari_mpi.settings import crop_steps as crop_steps_for
 from napari_mpi.weights import default_checkpoint
 
 from .conftest import psnr

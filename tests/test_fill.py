@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from napari_mpi.engine.estimates import ema_update_
-from napari_mpi.engine.fill import build_model, iterative_fill, plane_steps
+from napari_mpi.engine.fill import build_model, iterative_fill
 from napari_mpi.engine.masking import draw_mask, make_generator
-from napari_mpi.settings import PRESETS, FillConfig, config_for
+from napari_mpi.settings import PRESETS, FillConfig, config_for, plane_steps
 
 from .conftest import psnr
 

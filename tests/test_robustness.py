@@ -442,6 +442,27 @@ def test_cli_out_of_memory_is_one_line(tmp_path):
     fails_cleanly(result, "ran out of memory on a 40x44 plane")
 
 
+@pytest.mark.parametrize("device,advice", [("cuda", "use --device cpu"), ("cpu", "close other programs")])
+def test_out_of_memory_advice_is_worded_for_each_shell(device, advice):
+    """The engine's advice names the API's argument; the command line and the widget say it in their own words."""
+    import pickle
+
+    from napari_mpi import cli
+    from napari_mpi._widget.texts import user_message
+    from napari_mpi.engine.devices import DeviceMemoryError
+
+    error = DeviceMemoryError(f"{device.upper()} ran out of memory on a 40x44 plane", device)
+    assert str(error).startswith(f"{device.upper()} ran out of memory on a 40x44 plane; ")
+    assert ("device='cpu'" in str(error)) == (device == "cuda")
+    line = cli.error_text(error)
+    assert advice in line and "device='cpu'" not in line and line.startswith(error.what)
+    widget = user_message(error, "cells", device)
+    assert "device='cpu'" not in widget and "40x44" in widget
+    assert ("choose device 'cpu' under Advanced" in widget) == (device == "cuda")
+    again = pickle.loads(pickle.dumps(error))  # as a Dask worker sends it back
+    assert isinstance(again, DeviceMemoryError) and str(again) == str(error) and again.device == error.device
+
+
 # Rows fixed in the batch reader (napari_mpi.io.stores): tifffile's logged damage is refused, and
 # tifffile's repeated unknown axes ("QQQYX") get distinct letters.
 

@@ -16,9 +16,9 @@ from ._version import __version__
 
 #: public name -> the module that defines it
 _HOMES = {
-    "DenoisePlan": ".api",
+    "DenoisePlan": ".plan",
     "DenoiseProgress": ".api",
-    "DenoiseWarning": ".api",
+    "DenoiseWarning": ".plan",
     "check_noise": ".noise_check",
     "denoise": ".api",
     "denoise_plane": ".api",
@@ -42,9 +42,7 @@ __all__ = [  # the names of _HOMES, and the version
 
 if TYPE_CHECKING:
     from .api import (
-        DenoisePlan,
         DenoiseProgress,
-        DenoiseWarning,
         denoise,
         denoise_plane,
         denoise_steps,
@@ -54,6 +52,7 @@ if TYPE_CHECKING:
     from .chains import PlaneReport
     from .engine.fill import iterative_fill
     from .noise_check import check_noise
+    from .plan import DenoisePlan, DenoiseWarning
     from .settings import DEFAULT_PRESET, PRESETS, FillConfig, Preset, config_for
 
 

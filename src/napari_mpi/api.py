@@ -16,20 +16,20 @@ from typing import Any, Protocol, TypeVar
 import numpy as np
 import torch
 
-from ._version import __version__
 from .chains import PlaneReport, needed_planes, plane_chains
 from .engine.auto import AutoReport
 from .engine.chain import CarriedNetwork, PlaneStart
 from .engine.devices import free_device_memory, resolve_device
-from .engine.fill import FillStep, check_reuse, final_predictions, plane_steps
+from .engine.fill import FillStep, check_reuse
 from .engine.network import DEFAULT_DEPTH, DEFAULT_SKIP_WIDTH, DEFAULT_WIDTH, architecture_of, check_plane_size
-from .engine.plane import DenoiseWarning, fill_plane, tile_to_fit_memory, to_plane
+from .engine.plane import fill_plane, tile_to_fit_memory, to_plane
 from .engine.refine import resolve_refine
-from .io.planes import Normalization, PlaneLayout, check_dtype, check_values, plane_layout
+from .io.planes import Normalization, check_dtype, check_values, plane_layout
 from .io.sinks import fitting
 from .noise_check import as_array, check_noise, warn_if_noise_looks_correlated
-from .settings import DEFAULT_PRESET, MIN_CROP, FillConfig, config_for, tuned, tuning_fields
-from .weights import Checkpoint, WeightsSpec, resolve_weights
+from .plan import DenoisePlan, DenoiseWarning
+from .settings import DEFAULT_PRESET, MIN_CROP, FillConfig, config_for, tuning_fields
+from .weights import WeightsSpec, resolve_weights
 
 __all__ = [
     "DenoisePlan", "DenoiseProgress", "DenoiseWarning", "PlaneSink", "prepare", "denoise_steps", "denoise_plane",
@@ -48,71 +48,6 @@ def drain(steps: Generator[Any, None, T], progress: Callable[[Any], object] | No
             return finished.value
         if progress is not None:
             progress(event)
-
-
-@dataclass(frozen=True)
-class DenoisePlan:
-    """Everything a run needs, validated: how to split the array, the fill settings, the weights, the device."""
-
-    layout: PlaneLayout
-    config: FillConfig
-    checkpoint: Checkpoint | None
-    device: torch.device
-    preset: str
-    channel_axis: int | None = None
-    #: whether planes after the first continue from the previous plane's network (fewer steps;
-    #: engine.chain.CarriedNetwork): "auto" decides per plane, True whenever a plane can, False never
-    reuse_network: bool | str = False
-    #: what follows each plane's fill: "wiener" (collaborative Wiener filter, napari_mpi.refine) or "none"
-    refine: str = "none"
-    #: side of the random windows each fill step trains on (engine.windows.crop_fill); 0 = the whole plane
-    crop: int = 0
-
-    @property
-    def steps_per_plane(self) -> int:
-        """Iterations of one plane's fill, its last predictions included: window steps with ``crop`` (planes continuing
-        a reused network run fewer)."""
-        return plane_steps(self.config, *self.layout.plane_shape[:2], self.crop)
-
-    def describe_length(self) -> str:
-        """One plane's fill in words, e.g. "100 iterations, then 30 predictions (as 520 steps on 256x256 windows)"."""
-        predictions = final_predictions(self.config)
-        text = f"{self.config.iterations} iterations{f', then {predictions} predictions' if predictions else ''}"
-        return text + (f" (as {self.steps_per_plane} steps on {self.crop}x{self.crop} windows)" if self.crop else "")
-
-    @property
-    def network(self) -> dict[str, int]:
-        """Width, skip width and depth of the network the fill builds: the checkpoint's, else the default."""
-        if self.checkpoint is not None:
-            return architecture_of(self.checkpoint.state_dict)
-        return {"width": DEFAULT_WIDTH, "skip_width": DEFAULT_SKIP_WIDTH, "depth": DEFAULT_DEPTH}
-
-    def describe(self) -> dict[str, Any]:
-        """Parameters as plain values, for metadata and logs."""
-        return {
-            "napari_mpi_version": __version__,
-            "preset": self.preset,
-            "mask_ratio": self.config.mask_ratio,
-            "beta": self.config.beta,
-            "iterations": self.config.iterations,
-            "lr": self.config.lr,
-            "mask_mode": self.config.mask_mode,
-            "seed": self.config.seed,
-            "precision": self.config.precision,
-            "selfsup": self.config.selfsup,
-            "final_predictions": final_predictions(self.config),
-            "tuning": tuned(self.config),
-            "reuse_network": self.reuse_network,
-            "refine": self.refine,
-            "crop": self.crop,
-            "device": str(self.device),
-            "weights": self.checkpoint.name if self.checkpoint is not None else "random initialisation",
-            "network": self.network,
-            "rgb": self.layout.rgb,
-            "channel_axis": self.channel_axis,
-            "plane_by_plane_axes": list(self.layout.iter_axes),
-            "planes": self.layout.n_planes,
-        }
 
 
 @dataclass
@@ -212,7 +147,11 @@ def prepare(
         config = config_for(preset, start=checkpoint.start, **options)
     device = resolve_device(device)
     crop = _resolve_crop(crop, layout.plane_shape[:2], device, config, layout.rgb)
-    return DenoisePlan(layout, config, checkpoint, device, preset.lower(), channel_axis, reuse_network, refine, crop)
+    network = (architecture_of(checkpoint.state_dict) if checkpoint is not None
+               else {"width": DEFAULT_WIDTH, "skip_width": DEFAULT_SKIP_WIDTH, "depth": DEFAULT_DEPTH})
+    return DenoisePlan(layout=layout, config=config, checkpoint=checkpoint, device=device, preset=preset.lower(),
+                       network=network, channel_axis=channel_axis, reuse_network=reuse_network, refine=refine,
+                       crop=crop)
 
 
 #: The largest seed (numpy's and most tools' seed range; tiles add their number to it)
@@ -404,18 +343,10 @@ def denoise(
     image : array-like
         2-D (H, W) gray, (..., H, W, 3) RGB with ``rgb=True``, or any N-D stack; every axis but Y, X
         (and the RGB axis) is processed plane by plane. Integer or float pixels; numpy, dask or zarr.
-    mask_ratio : float, optional
-        Fraction of pixels hidden per step, 0 < p < 1. Default 0.3, right for pixel-independent (shot / read)
-        noise; raise it to 0.8-0.95 when the noise is streaky or blotchy (spatially correlated). Left out, a
-        DenoiseWarning says when the noise looks correlated (``check_noise``).
-    beta : float, optional
-        Weight of the running mean of predictions, in [0, 1); default from the preset and the start. Higher
-        averages more predictions and needs more iterations.
-    iterations : int, optional
-        Training steps per plane; default from the preset and the start (fewer from the shipped weights than
-        from a random start). Then ``FillConfig.final_predictions`` predictions of the trained network without
-        a step go on into the running mean (never more than the steps; not with the auto preset). Raise it when
-        the result still looks grainy.
+    mask_ratio, beta, iterations, lr, precision
+        The :class:`~napari_mpi.settings.FillConfig` fields of these names (their ranges, and when to change
+        them, are documented there); None keeps the preset's value. Left out, ``mask_ratio`` is 0.3, right for
+        pixel-independent noise, and a DenoiseWarning says when the noise looks spatially correlated.
     preset : {"fast", "quality", "auto"}
         Named defaults for ``beta`` and ``iterations`` (``napari_mpi.PRESETS``). "quality" runs longer; "auto"
         (experimental) decides per plane, without the clean image, when to stop and which running mean to output.
@@ -428,39 +359,16 @@ def denoise(
     device : str
         "auto" (CUDA, then MPS, then CPU), "cpu", "cuda" or "mps".
     weights : "default", "random", path or Checkpoint
-        The pre-trained network to start from; "default" picks the shipped checkpoint that fits. Colour
-        images (``rgb=True``) start from gray weights spread over their channels (``Checkpoint.as_colour``).
+        The pre-trained network to start from; "default" picks the shipped checkpoint that fits (gray weights
+        spread over the channels of colour images, ``Checkpoint.as_colour``).
     progress : callable, optional
         Called with a :class:`DenoiseProgress` after every iteration.
-    lr : float, optional
-        Adam learning rate (default from the preset and the start); rarely worth changing.
-    precision : {"auto", "fp32", "bf16"}
-        Arithmetic of the forward pass; "auto" uses bf16 where the hardware computes it natively.
     out : array-like, optional
         Where to write the result, one finished plane at a time: e.g. a zarr array or
         ``napari_mpi.io.stores.create_tiff(...)`` for stacks bigger than memory (float32 recommended).
-    reuse_network : {"auto", True, False}
-        Stacks (z-stacks, time-lapses): a plane after the first may continue from the previous plane's network
-        with a fraction of the steps, several times faster where neighbouring planes look alike. "auto"
-        (default) decides per plane without the clean image: a plane continues when the carried network fits it
-        nearly as well as it fitted the previous plane, and then trains a little longer while it still learns;
-        a plane unlike the previous one (another field of view, stain or channel) starts from the weights
-        (:mod:`napari_mpi.engine.chain`). True: every plane continues, for the fixed
-        ``FillConfig.reuse_step_fraction``; False: every plane alone. Chains of planes start from the weights
-        every ``FillConfig.reuse_chain_planes`` planes of a channel. Not with the auto preset (it decides per
-        plane alone; "auto" then means False).
-    refine : {"auto", "wiener", "none"}
-        "wiener": after each plane's fill, a collaborative (block-matching) Wiener filter with the fill's
-        estimate as its pilot and a noise model fitted to the residual (:mod:`napari_mpi.engine.refine`) gives
-        back texture. "none": the fill's estimate as is. "auto" (default): "wiener" up to
-        ``FillConfig.refine_max_mask_ratio``, "none" above (the filter assumes independent noise).
-    crop : "auto", "none" or int
-        A side in pixels: each fill step trains on a random window of this size instead of the whole plane, and
-        the plane's estimate gathers the windows' predictions (``engine.windows.crop_fill``); ``iterations``
-        still counts whole-plane steps. Memory is one window's, whatever the plane's size. "auto" (default):
-        ``FillConfig.crop_size`` windows on the CPU for gray planes of at least ``crop_min_windows`` times that
-        area (not for colour, not with the auto preset; with ``reuse_network`` the later planes continue in
-        windows too); "none": every step on the whole plane.
+    reuse_network, refine, crop
+        How a stack's later planes start, what follows each plane's fill, and the training windows: the
+        :class:`~napari_mpi.plan.DenoisePlan` fields of these names say what each choice does ("auto" decides).
     tuning : dict, optional
         Any other :class:`~napari_mpi.settings.FillConfig` field by name, e.g. ``{"final_predictions": 0}``.
 

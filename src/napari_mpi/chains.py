@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Container
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .api import DenoisePlan
+from .plan import DenoisePlan
 
 __all__ = ["PlaneReport", "summarise_reports", "plane_chains", "needed_planes"]
 

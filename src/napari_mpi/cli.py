@@ -471,6 +471,16 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     return f"napari-mpi: warning: {message}\n"
 
 
+def error_text(exc: BaseException) -> str:
+    """A user's error in the command line's words: out-of-memory advice names --device, not the API's argument."""
+    if isinstance(exc, MemoryError) and "torch" in sys.modules:  # only the engine can have run out of memory
+        from .engine.devices import DeviceMemoryError
+
+        if isinstance(exc, DeviceMemoryError):
+            return f"{exc.what}; {exc.advice('use --device cpu')}"
+    return str(exc)
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -480,7 +490,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.formatwarning = _one_line_warning
         return args.func(args)
     except (ValueError, OSError, MemoryError) as exc:
-        print(f"napari-mpi: error: {exc}", file=sys.stderr)
+        print(f"napari-mpi: error: {error_text(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         more = " (run again with --resume to continue)" if command == "denoise" else ""

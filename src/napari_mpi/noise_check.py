@@ -9,8 +9,8 @@ import numpy as np
 import torch
 
 from .engine.noise import MaskRatioHint, mask_ratio_hint
-from .engine.plane import DenoiseWarning
 from .io.planes import plane_layout
+from .plan import DenoiseWarning
 
 __all__ = ["NOISE_CHECK_PLANES", "NOISE_CHECK_SIDE", "as_array", "check_noise", "warn_if_noise_looks_correlated"]
 

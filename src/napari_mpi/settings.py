@@ -28,6 +28,9 @@ __all__ = [
     "Preset",
     "Start",
     "config_for",
+    "crop_steps",
+    "final_predictions",
+    "plane_steps",
     "tuned",
     "tuning_fields",
 ]
@@ -341,3 +344,30 @@ def tuned(config: FillConfig) -> dict[str, Any]:
     default = FillConfig()
     return {name: getattr(config, name) for name in FillConfig.field_names()
             if name not in OWN_PARAMETERS and getattr(config, name) != getattr(default, name)}
+
+
+def final_predictions(config: FillConfig) -> int:
+    """Predictions without a step that end the fill of a plane started from the weights:
+    ``config.final_predictions``, never more than the training steps; none for the auto preset, which ends
+    where it decides."""
+    return 0 if config.selfsup else min(config.final_predictions, config.iterations)
+
+
+def crop_steps(iterations: int, height: int, width: int, crop: int, config: FillConfig) -> int:
+    """Training steps of a window fill that stands for ``iterations`` whole-plane steps on a height x width
+    plane: ``config.crop_step_scale`` of their pixels in windows of crop x crop (never fewer than
+    ``iterations``)."""
+    windows = height * width / (min(crop, height) * min(crop, width))
+    return max(iterations, round(config.crop_step_scale * iterations * windows))
+
+
+def plane_steps(config: FillConfig, height: int, width: int, crop: int = 0) -> int:
+    """Iterations of the fill of a height x width plane started from the weights (not continuing a carried
+    network): ``config.iterations`` training steps, then ``final_predictions(config)`` predictions without a step;
+    in crop x crop windows (``engine.windows.crop_fill``) as many window steps as those stand for. The auto preset runs
+    at most its iterations."""
+    predictions = final_predictions(config)
+    if crop:
+        return (crop_steps(config.iterations, height, width, crop, config)
+                + crop_steps(predictions, height, width, crop, config))
+    return config.iterations + predictions

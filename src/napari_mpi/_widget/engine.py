@@ -19,7 +19,7 @@ from .. import (
     prepare,
 )
 from ..chains import summarise_reports
-from ..engine.devices import available_devices, is_out_of_memory, memory_advice
+from ..engine.devices import DeviceMemoryError, available_devices, is_out_of_memory, memory_advice
 from ..weights import default_start
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "DenoisePlan",
     "DenoiseProgress",
     "DenoiseWarning",
+    "DeviceMemoryError",
     "available_devices",
     "is_out_of_memory",
     "memory_advice",

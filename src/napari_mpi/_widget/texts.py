@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .engine import is_out_of_memory, memory_advice, summarise_reports
+from .engine import DeviceMemoryError, is_out_of_memory, memory_advice, summarise_reports
 
 __all__ = [
     "ADVANCED_TIP", "BENCHMARKS", "NO_LAYER", "TIPS", "cannot_start", "engine_warning", "format_duration",
@@ -178,8 +178,12 @@ def user_message(exc: BaseException, name: str, device: str | None = None) -> st
     """One clear sentence for an error raised while denoising layer ``name`` on ``device`` ("cpu", "cuda", ...)."""
     text = str(exc).strip().rstrip(".")
     if is_out_of_memory(exc):
-        detail = text.split(";")[0].strip() or "not enough memory"  # the engine's own advice names API arguments
-        advice = memory_advice("cpu" if device == "cpu" else "cuda", "choose device 'cpu' under Advanced")
+        cpu_option = "choose device 'cpu' under Advanced"
+        if isinstance(exc, DeviceMemoryError):  # the engine's own words, advice in the widget's terms
+            detail, advice = exc.what, exc.advice(cpu_option)
+        else:
+            detail = text or "not enough memory"
+            advice = memory_advice("cpu" if device == "cpu" else "cuda", cpu_option)
         return f"Denoising '{name}' ran out of memory ({detail}). {advice[0].upper()}{advice[1:]}."
     if isinstance(exc, ValueError):
         return f"Cannot denoise '{name}': {text}."

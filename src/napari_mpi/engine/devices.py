@@ -19,6 +19,7 @@ __all__ = [
     "free_device_memory",
     "is_out_of_memory",
     "memory_advice",
+    "DeviceMemoryError",
     "available_memory",
     "fill_memory",
     "CPU_BYTES_PER_PIXEL",
@@ -126,6 +127,22 @@ def memory_advice(device: torch.device | str, cpu_option: str = "use device='cpu
     if torch.device(device).type == "cpu":
         return "close other programs to free memory, or denoise a smaller crop"
     return f"close other programs using the GPU, or {cpu_option}"
+
+
+class DeviceMemoryError(MemoryError):
+    """A device ran out of memory where the run could not work around it (no smaller tile left): ``what`` ran out,
+    on ``device``. Its text gives the advice in the API's words; a shell words it its own way with :meth:`advice`."""
+
+    def __init__(self, what: str, device: torch.device | str):
+        self.what, self.device = what, torch.device(device)
+        super().__init__(f"{what}; {memory_advice(self.device)}")
+
+    def advice(self, cpu_option: str) -> str:
+        """:func:`memory_advice` for this device, choosing the CPU as ``cpu_option`` says (e.g. "use --device cpu")."""
+        return memory_advice(self.device, cpu_option)
+
+    def __reduce__(self):  # Dask workers send it back to the client
+        return type(self), (self.what, str(self.device))
 
 
 def available_memory() -> int | None:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..settings import FillConfig
+from ..settings import FillConfig, plane_steps
 from .auto import AutoReport, SelfSupervision
 from .chain import CarriedNetwork, PlaneLength, PlaneStart, continuation_steps, most_continuation_steps
 from .cuda_graph import CudaGraphStep, capture
@@ -36,10 +36,7 @@ __all__ = [
     "plane_network",
     "check_plane",
     "check_reuse",
-    "final_predictions",
     "continuation_steps",
-    "crop_steps",
-    "plane_steps",
     "plane_length",
 ]
 
@@ -70,33 +67,6 @@ def check_reuse(config: FillConfig) -> None:
     if config.selfsup:
         raise ValueError("the auto preset decides per plane and cannot reuse one network across planes; "
                          "choose the fast or quality preset to reuse it")
-
-
-def final_predictions(config: FillConfig) -> int:
-    """Predictions without a step that end the fill of a plane started from the weights:
-    ``config.final_predictions``, never more than the training steps; none for the auto preset, which ends
-    where it decides."""
-    return 0 if config.selfsup else min(config.final_predictions, config.iterations)
-
-
-def crop_steps(iterations: int, height: int, width: int, crop: int, config: FillConfig) -> int:
-    """Training steps of a window fill that stands for ``iterations`` whole-plane steps on a height x width
-    plane: ``config.crop_step_scale`` of their pixels in windows of crop x crop (never fewer than
-    ``iterations``)."""
-    windows = height * width / (min(crop, height) * min(crop, width))
-    return max(iterations, round(config.crop_step_scale * iterations * windows))
-
-
-def plane_steps(config: FillConfig, height: int, width: int, crop: int = 0) -> int:
-    """Iterations of the fill of a height x width plane started from the weights (not continuing a carried
-    network): ``config.iterations`` training steps, then ``final_predictions(config)`` predictions without a step;
-    in crop x crop windows (``windows.crop_fill``) as many window steps as those stand for. The auto preset runs
-    at most its iterations."""
-    predictions = final_predictions(config)
-    if crop:
-        return (crop_steps(config.iterations, height, width, crop, config)
-                + crop_steps(predictions, height, width, crop, config))
-    return config.iterations + predictions
 
 
 def plane_network(carried: CarriedNetwork | None, continuing: bool, channels: int,

@@ -6,19 +6,19 @@ from __future__ import annotations
 import gc
 import warnings
 from collections.abc import Generator
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..io.planes import Normalization, normalize
+from ..plan import DenoisePlan, DenoiseWarning
 from .devices import (
     CPU_MEMORY_SHARE,
+    DeviceMemoryError,
     available_memory,
     fill_memory,
     free_device_memory,
     is_out_of_memory,
-    memory_advice,
     resolve_precision,
 )
 from .fill import CarriedNetwork, FillStep, iterative_fill
@@ -26,14 +26,7 @@ from .refine import refine_estimate
 from .tiles import TILE_OVERLAP, smaller_tile, tile_count, tiled_fill
 from .windows import crop_fill
 
-if TYPE_CHECKING:
-    from ..api import DenoisePlan
-
 __all__ = ["DenoiseWarning", "fill_plane", "tile_to_fit_memory", "to_plane", "to_tensor"]
-
-
-class DenoiseWarning(RuntimeWarning):
-    """A run changed how it works to finish: e.g. a plane too big for the device's memory is denoised in tiles."""
 
 
 #: Tiles train a network each (tiles.tiled_fill), so nothing carries from plane to plane.
@@ -94,13 +87,12 @@ def _next_tile(shape: tuple[int, int], tile: tuple[int, int] | None, plan: Denoi
     height, width = shape
     device = plan.device.type.upper()
     if plan.crop:
-        raise MemoryError(f"{device} ran out of memory training on {plan.crop}x{plan.crop} windows of a "
-                          f"{height}x{width} plane; {memory_advice(plan.device)}")
+        raise DeviceMemoryError(f"{device} ran out of memory training on {plan.crop}x{plan.crop} windows of a "
+                                f"{height}x{width} plane", plan.device)
     smaller = smaller_tile(tile or (height, width), (height, width))
     if smaller is None:
         where = f", even in tiles of {tile[0]}x{tile[1]} pixels" if tile is not None else ""
-        raise MemoryError(f"{device} ran out of memory on a {height}x{width} plane{where}; "
-                          f"{memory_advice(plan.device)}")
+        raise DeviceMemoryError(f"{device} ran out of memory on a {height}x{width} plane{where}", plan.device)
     warnings.warn(
         f"{device} ran out of memory on a {height}x{width} plane ({failure}); denoising it in "
         f"{tile_count((height, width), smaller)} overlapping tiles of {smaller[0]}x{smaller[1]} pixels instead "

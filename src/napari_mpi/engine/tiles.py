@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import torch
 
-from ..settings import FillConfig
+from ..settings import FillConfig, plane_steps
 from .chain import PlaneStart
-from .fill import FillStep, iterative_fill, plane_steps
+from .fill import FillStep, iterative_fill
 from .network import check_plane_size
 
 __all__ = ["TILE_OVERLAP", "MIN_TILE", "TiledStep", "tiled_fill", "tile_starts", "smaller_tile", "tile_count"]

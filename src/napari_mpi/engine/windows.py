@@ -10,11 +10,11 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from ..settings import MIN_CROP, FillConfig
+from ..settings import MIN_CROP, FillConfig, crop_steps, plane_steps
 from .chain import CarriedNetwork, PlaneLength, PlaneStart
 from .devices import autocast, resolve_device, resolve_precision
 from .estimates import RunningMean
-from .fill import FillStep, check_plane, crop_steps, plane_length, plane_network, plane_steps
+from .fill import FillStep, check_plane, plane_length, plane_network
 from .masking import draw_mask
 from .steps import predict, train_step
 

@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "Calibration", "unit_name", "read_calibration", "ome_tiff_metadata", "imagej_options", "IMAGEJ_ORDER",
-    "run_text", "ome_zarr_axes",
+    "Calibration", "axis_letters", "unit_name", "read_calibration", "ome_tiff_metadata", "imagej_options",
+    "IMAGEJ_ORDER", "run_text", "ome_zarr_axes",
 ]
 
 #: canonical unit -> (OME symbol, ImageJ spelling)
@@ -42,6 +42,14 @@ SPATIAL = "XYZ"
 #: ImageJ hyperstacks: axes in this order (a subset), pixels of these types
 IMAGEJ_ORDER = "TZCYXS"
 IMAGEJ_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
+
+
+def axis_letters(names: list) -> str:
+    """OME / xarray axis names ("t", "c", "z", "y", "x", "channel", ...) as one letter each."""
+    known = {"t": "T", "time": "T", "c": "C", "channel": "C", "z": "Z", "y": "Y", "x": "X"}
+    letters = [known.get(str(n).lower(), "") for n in names]
+    spare = iter(letter for letter in "QIJKLMNOPR" if letter not in letters)
+    return "".join(letter or next(spare) for letter in letters)
 
 
 def unit_name(text: Any) -> str | None:
@@ -160,8 +168,6 @@ def _imagej_calibration(meta: dict, page) -> dict[str, tuple[float, str | None]]
 def _zarr_calibration(path: Path) -> dict[str, tuple[float, str | None]]:
     import zarr
 
-    from .stores import _letters
-
     node = zarr.open(str(path), mode="r")
     attrs = dict(node.attrs)
     multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
@@ -177,7 +183,7 @@ def _zarr_calibration(path: Path) -> dict[str, tuple[float, str | None]]:
         if transform.get("type") == "scale":
             scale = [a * float(b) for a, b in zip(scale, transform["scale"], strict=True)]
     units = [unit_name(a.get("unit")) if isinstance(a, dict) else None for a in axes]
-    return {letter: (s, u) for letter, s, u in zip(_letters(names), scale, units, strict=True)
+    return {letter: (s, u) for letter, s, u in zip(axis_letters(names), scale, units, strict=True)
             if _positive(s) is not None and (u is not None or s != 1.0)}
 
 

@@ -1,8 +1,8 @@
 """Plane-by-plane file access for stacks bigger than memory: TIFF, Zarr and OME-Zarr stores.
 
-Reading: an uncompressed TIFF is read one block at a time (:class:`MappedArray`); a compressed TIFF goes
-through tifffile's zarr view (one page decoded at a time); Zarr arrays and OME-Zarr images through zarr.
-Writing: an uncompressed TIFF created empty at full size and filled plane by plane (again through
+Reading: an uncompressed TIFF is read one block at a time (:class:`~napari_mpi.io.arrays.MappedArray`); a
+compressed TIFF goes through tifffile's zarr view (one page decoded at a time); Zarr arrays and OME-Zarr images
+through zarr. Writing: an uncompressed TIFF created empty at full size and filled plane by plane (again through
 :class:`MappedArray`; the OME-TIFF and ImageJ flavours are :mod:`napari_mpi.io.tiff_output`), or a Zarr /
 OME-Zarr array with one chunk per plane, with the pixel sizes of :mod:`napari_mpi.io.calibration`. Either way
 only the plane in hand is in memory. The resumable batch output that writes into these stores is
@@ -19,11 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import Calibration, ome_zarr_axes
+from .arrays import MappedArray, Transposed, create_tiff
+from .calibration import Calibration, axis_letters, ome_zarr_axes
 from .planes import PlaneLayout
+from .tiff_output import add_tiff_run_metadata, create_tiff_output, open_tiff_output
 
 __all__ = [
-    "MappedArray",
+    "MappedArray",  # napari_mpi.io.arrays, kept here beside create_output
     "add_run_metadata",
     "open_image",
     "unique_axes",
@@ -46,95 +48,6 @@ OME_ORDER = "TCZYX"
 WRITE_EVERY_CHUNK = {"write_empty_chunks": True}
 #: output kinds written as TIFF
 TIFF_KINDS = ("tiff", "ome-tiff")
-
-
-class MappedArray:
-    """A C-ordered array stored raw in a file at a byte offset (the image data of an uncompressed TIFF).
-
-    Every read or write reads or writes only the block that holds the requested plane, with plain file
-    reads and writes, so memory stays about one plane whatever the file size; and a full disk or a file cut
-    short is an ``OSError`` or ``ValueError`` (a memory map of the file would kill the process with SIGBUS).
-    Writes are on disk (fsync) before ``__setitem__`` returns.
-    """
-
-    def __init__(self, path: str | os.PathLike, offset: int, shape: tuple[int, ...], dtype, writable: bool = False):
-        self.path = Path(path)
-        self.offset = int(offset)
-        self.shape = tuple(int(s) for s in shape)
-        self.dtype = np.dtype(dtype)
-        self.writable = writable
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
-
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __repr__(self) -> str:
-        return f"MappedArray({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
-
-    def _block(self, index) -> tuple[int, tuple[int, ...], tuple]:
-        """Byte offset and shape of the contiguous block that the index's leading integers fix, and the
-        rest of the index (to apply within the block)."""
-        index = index if isinstance(index, tuple) else (index,)
-        if any(item is Ellipsis or item is None for item in index):
-            raise IndexError("MappedArray takes integers and slices only")
-        lead: list[int] = []
-        for item in index:
-            if len(lead) == self.ndim or not isinstance(item, (int, np.integer)):
-                break
-            size = self.shape[len(lead)]
-            if not -size <= item < size:
-                raise IndexError(f"index {item} is out of bounds for axis {len(lead)} with size {size}")
-            lead.append(int(item) % size)
-        block_shape = self.shape[len(lead):]
-        first = int(np.ravel_multi_index(lead, self.shape[: len(lead)])) if lead else 0
-        per_block = int(np.prod(block_shape, dtype=np.int64))
-        return self.offset + first * per_block * self.dtype.itemsize, block_shape, index[len(lead):]
-
-    def _read(self, offset: int, shape: tuple[int, ...]) -> np.ndarray:
-        count = int(np.prod(shape, dtype=np.int64)) * self.dtype.itemsize
-        with open(self.path, "rb") as fh:
-            fh.seek(offset)
-            data = fh.read(count)
-        if len(data) < count:
-            raise ValueError(f"{self.path.name} is truncated: {count} bytes expected at offset {offset}, "
-                             f"{len(data)} found")
-        return np.frombuffer(data, dtype=self.dtype).reshape(shape)
-
-    def __getitem__(self, index) -> np.ndarray:
-        offset, shape, rest = self._block(index)
-        if not shape:
-            shape, rest = (1,), (0,)
-        return np.array(self._read(offset, shape)[rest])  # a writable copy
-
-    def __setitem__(self, index, value) -> None:
-        if not self.writable:
-            raise ValueError(f"{self.path} is open read-only")
-        offset, shape, rest = self._block(index)
-        if not shape:
-            shape, rest = (1,), (0,)
-        whole = all(isinstance(r, slice) and r == slice(None) for r in rest)
-        block = np.empty(shape, self.dtype) if whole else np.array(self._read(offset, shape))
-        block[rest] = value
-        with open(self.path, "r+b") as fh:  # explicit writes: a full disk is an OSError (a mapping would SIGBUS)
-            fh.seek(offset)
-            fh.write(block.tobytes())
-            fh.flush()
-            os.fsync(fh.fileno())
-
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        data = self[()]
-        return data if dtype is None else data.astype(dtype)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -253,7 +166,7 @@ def _open_zarr(path: Path) -> tuple[Any, str]:
         if multiscales:
             image = multiscales[0]
             array = node[image["datasets"][0]["path"]]
-            return array, _letters([a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])])
+            return array, axis_letters([a["name"] if isinstance(a, dict) else a for a in image.get("axes", [])])
         arrays = list(node.array_keys())
     except READ_ERRORS as exc:
         raise ValueError(f"cannot read {path}: not a valid Zarr store ({exc.__class__.__name__}: {exc})") from exc
@@ -270,15 +183,7 @@ def _axes_attribute(attrs: dict) -> str:
     if isinstance(attrs.get("axes"), str):
         return attrs["axes"].upper()
     names = attrs.get("_ARRAY_DIMENSIONS")
-    return _letters(names) if isinstance(names, list) else ""
-
-
-def _letters(names: list) -> str:
-    """OME / xarray axis names ("t", "c", "z", "y", "x", "channel", ...) as one letter each."""
-    known = {"t": "T", "time": "T", "c": "C", "channel": "C", "z": "Z", "y": "Y", "x": "X"}
-    letters = [known.get(str(n).lower(), "") for n in names]
-    spare = iter(letter for letter in "QIJKLMNOPR" if letter not in letters)
-    return "".join(letter or next(spare) for letter in letters)
+    return axis_letters(names) if isinstance(names, list) else ""
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -318,42 +223,12 @@ def convert(plane: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.asarray(plane, dtype=dtype)
 
 
-def create_tiff(
-    path: str | os.PathLike, shape: tuple[int, ...], dtype=np.float32, axes: str | None = None
-) -> MappedArray:
-    """An empty, uncompressed TIFF of ``shape`` (BigTIFF when large) to fill plane by plane: a sink for
-    :func:`napari_mpi.denoise` with stacks bigger than memory. ``axes`` (e.g. "ZYX", "YXS") goes in the metadata."""
-    import tifffile
-
-    photometric = "rgb" if axes and axes.endswith("S") else "minisblack"
-    metadata = {"axes": axes} if axes else {}
-    offset, _ = tifffile.imwrite(path, data=None, shape=tuple(shape), dtype=np.dtype(dtype), metadata=metadata,
-                                 photometric=photometric, returnoffset=True)
-    return MappedArray(path, offset, shape, dtype, writable=True)
-
-
 def ome_axes_order(axes: str) -> list[int]:
     """Source axis for each OME-Zarr axis: OME-NGFF 0.4 wants (t, c, z, y, x) order; RGB samples (S) become c."""
     letters = axes.replace("S", "C") if "C" not in axes else axes
     if "S" in letters or any(a not in OME_ORDER for a in letters):
         raise ValueError(f"OME-Zarr holds axes T, C, Z, Y, X only (RGB counts as C), not {axes}; write .zarr or .tif")
     return sorted(range(len(letters)), key=lambda i: OME_ORDER.index(letters[i]))
-
-
-class _Transposed:
-    """Writes planes given in source axis order into an array whose axes are permuted (for OME order)."""
-
-    def __init__(self, target, order: list[int]):
-        self.target, self.order = target, order
-        self.shape = tuple(target.shape[order.index(a)] for a in range(len(order)))
-
-    def target_index(self, index: tuple) -> tuple:
-        return tuple(index[a] for a in self.order)
-
-    def __setitem__(self, index: tuple, value: np.ndarray) -> None:
-        sliced = [a for a in range(len(index)) if not isinstance(index[a], (int, np.integer))]
-        in_target = [a for a in self.order if a in sliced]
-        self.target[self.target_index(index)] = np.transpose(value, [sliced.index(a) for a in in_target])
 
 
 def _plane_chunks(shape: tuple[int, ...], layout: PlaneLayout, order: list[int]) -> tuple[int, ...]:
@@ -385,7 +260,7 @@ def _create_zarr(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, ax
         }],
         "napari_mpi": attrs,
     })
-    return _Transposed(root.create_array("0", **options), order)
+    return Transposed(root.create_array("0", **options), order)
 
 
 def _open_zarr_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str):
@@ -399,7 +274,7 @@ def _open_zarr_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtyp
         raise ValueError(f"{path} is not the unfinished output of this run ({exc.__class__.__name__})") from exc
     if tuple(array.shape) != tuple(layout.shape[a] for a in order) or array.dtype != dtype:
         raise ValueError(f"{path} is not the unfinished output of this run")
-    return _Transposed(array, order) if kind == "ome-zarr" else array
+    return Transposed(array, order) if kind == "ome-zarr" else array
 
 
 def create_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str, attrs: dict,
@@ -407,8 +282,6 @@ def create_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, a
     """An empty output store of ``kind`` ("tiff", "ome-tiff", "zarr" or "ome-zarr") to write plane by plane, indexed
     in the source's axis order, with ``calibration`` (pixel sizes and units) and ``attrs`` (the run's parameters) in
     its metadata; ``name``: the output's name in messages."""
-    from .tiff_output import create_tiff_output
-
     calibration = calibration or Calibration.unknown(len(axes))
     if kind in TIFF_KINDS:
         return create_tiff_output(path, kind, layout, dtype, axes, calibration, attrs, name)
@@ -418,8 +291,6 @@ def create_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, a
 def add_run_metadata(path: Path, kind: str, extra: dict) -> None:
     """Add ``extra`` (e.g. how each plane was filled) to the run's parameters in an output :func:`create_output` made,
     once its planes are written."""
-    from .tiff_output import add_tiff_run_metadata
-
     if kind in TIFF_KINDS:
         add_tiff_run_metadata(path, extra)
         return
@@ -437,8 +308,6 @@ def add_run_metadata(path: Path, kind: str, extra: dict) -> None:
 def open_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str):
     """The store :func:`create_output` made, opened again to write the planes still missing; ValueError
     when it is not the output of this run (another shape or type)."""
-    from .tiff_output import open_tiff_output
-
     if kind in TIFF_KINDS:
         return open_tiff_output(path, kind, layout, dtype, axes)
     return _open_zarr_output(path, kind, layout, dtype, axes)
@@ -447,6 +316,6 @@ def open_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axe
 def plane_chunk(store, root: Path, index: tuple) -> Path:
     """The chunk file of the plane at ``index`` (source axis order) in a Zarr store with one chunk per plane,
     key "i/j/0/0" under the array folder ``root``."""
-    target_index = store.target_index(index) if isinstance(store, _Transposed) else index
+    target_index = store.target_index(index) if isinstance(store, Transposed) else index
     key = [str(i) if isinstance(i, (int, np.integer)) else "0" for i in target_index]
     return root.joinpath(*key)

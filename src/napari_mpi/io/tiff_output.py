@@ -5,7 +5,7 @@ ImageJ hyperstack (resolution, z spacing, unit, frame interval, the run's parame
 ImageJ can hold the image (axes among T, Z, C, Y, X, S; 8-bit, 16-bit or float32 pixels; 8-bit RGB), its axes
 put in ImageJ's order; otherwise a plain TIFF with the axes, pixel sizes and parameters in tifffile's JSON
 description, and a warning. Each is created empty, uncompressed, and filled plane by plane through
-:class:`~napari_mpi.io.stores.MappedArray`. tifffile writes every header; numpy and tifffile only.
+:class:`~napari_mpi.io.arrays.MappedArray`. tifffile writes every header; numpy and tifffile only.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from .calibration import IMAGEJ_ORDER, IMAGEJ_TYPES, Calibration, imagej_options, ome_tiff_metadata
+from .arrays import MappedArray, Transposed
+from .calibration import IMAGEJ_ORDER, IMAGEJ_TYPES, Calibration, imagej_options, ome_tiff_metadata, run_text
 from .planes import PlaneLayout
-from .stores import MappedArray, _Transposed
 
 __all__ = ["tiff_format", "create_tiff_output", "open_tiff_output", "add_tiff_run_metadata", "OME_TIFF_AXES"]
 
@@ -82,7 +82,7 @@ def create_tiff_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dty
     except tifffile.OmeXmlError as exc:
         raise ValueError(f"cannot write an OME-TIFF of this image ({exc}); write .tif or .zarr instead") from exc
     mapped = MappedArray(path, offset, shape, dtype, writable=True)
-    return mapped if order == sorted(order) else _Transposed(mapped, order)
+    return mapped if order == sorted(order) else Transposed(mapped, order)
 
 
 def open_tiff_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype, axes: str):
@@ -99,7 +99,7 @@ def open_tiff_output(path: Path, kind: str, layout: PlaneLayout, dtype: np.dtype
         if series.dataoffset is None or size != int(np.prod(shape, dtype=np.int64)) or series.dtype != dtype:
             raise ValueError(f"{path} is not the unfinished output of this run")
         mapped = MappedArray(path, series.dataoffset, shape, np.dtype(tif.byteorder + dtype.char), writable=True)
-    return mapped if order == sorted(order) else _Transposed(mapped, order)
+    return mapped if order == sorted(order) else Transposed(mapped, order)
 
 
 def add_tiff_run_metadata(path: Path, extra: dict[str, Any]) -> None:
@@ -110,8 +110,6 @@ def add_tiff_run_metadata(path: Path, extra: dict[str, Any]) -> None:
     import json
 
     import tifffile
-
-    from .calibration import run_text
 
     text = run_text(extra)
     with tifffile.TiffFile(path, mode="r+b") as tif:
