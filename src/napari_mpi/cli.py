@@ -472,13 +472,9 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def error_text(exc: BaseException) -> str:
-    """A user's error in the command line's words: out-of-memory advice names --device, not the API's argument."""
-    if isinstance(exc, MemoryError) and "torch" in sys.modules:  # only the engine can have run out of memory
-        from .engine.devices import DeviceMemoryError
-
-        if isinstance(exc, DeviceMemoryError):
-            return f"{exc.what}; {exc.advice('use --device cpu')}"
-    return str(exc)
+    """A user's error in the command line's words: out-of-memory advice names --device (DeviceMemoryError.advice)."""
+    advice = getattr(exc, "advice", None)
+    return f"{exc.what}; {advice('use --device cpu')}" if callable(advice) else str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
