@@ -149,8 +149,11 @@ def test_all_layers_are_denoised_each_into_its_own_output_as_alone(queue_widget,
     show = widget.form.show_progress
     monkeypatch.setattr(widget.form, "show_progress", lambda text, fraction: shown.append((text, fraction)) or show(
         text, fraction))
+    bar = []  # every value of the widget's bar: it covers the whole queue, it never starts again
+    widget.form.progress_bar.changed.connect(bar.append)
     queue = run_queue(qtbot, widget, "all")
     assert [o.state for o in queue.outcomes] == ["done", "done"]
+    assert bar and bar == sorted(bar) and bar[-1] > widget.form.progress_bar.max / 2  # into the second layer
     first, second = viewer.layers["first denoised"], viewer.layers["second denoised"]  # top first: second
     assert second.data.shape == (SIDE, SIDE + 8) and first.data.shape == (SIDE, SIDE)
     assert first.metadata["input_layer"] == "first" and first.metadata["status"] == "complete"
@@ -249,3 +252,29 @@ def test_nothing_to_queue_is_a_warning_that_says_what_to_do(queue_widget, qtbot,
     assert widget._queue is None and widget._run is None
     assert any("select image layers" in m for m in messages(notes(), NotificationSeverity.WARNING))
     assert widget.form.run_button.text == "Denoise"
+
+
+def test_a_layer_removed_during_its_turn_stops_only_that_layer(queue_widget, qtbot, notes):
+    viewer, widget = queue_widget
+    viewer.add_image(noisy((SIDE, SIDE), seed=1), name="kept")
+    viewer.add_image(noisy((SIDE, SIDE), seed=2), name="removed")
+    quick(widget, iterations=100)
+    on_output(viewer, "removed denoised", lambda: viewer.layers.remove("removed"))
+    queue = run_queue(qtbot, widget, "all")
+    assert [o.state for o in queue.outcomes] == ["stopped", "done"]
+    assert viewer.layers["removed denoised (partial)"].metadata["status"] == "partial"
+    assert viewer.layers["kept denoised"].metadata["status"] == "complete"
+    assert any("'removed' was removed" in m for m in messages(notes(), NotificationSeverity.WARNING))
+    assert "stopped, a layer was removed: 'removed'" in widget.form.status.value
+
+
+def test_closing_the_panel_mid_queue_stops_it(queue_widget, qtbot, notes):
+    viewer, widget = queue_widget
+    viewer.add_image(noisy((SIDE, SIDE), seed=1), name="second")
+    viewer.add_image(noisy((SIDE, SIDE), seed=2), name="first")
+    quick(widget, iterations=100)
+    on_output(viewer, "first denoised", lambda: viewer.window.remove_dock_widget(widget))
+    queue = run_queue(qtbot, widget, "all")
+    assert [o.state for o in queue.outcomes] == ["cancelled", "waiting"] and len(queue.runs) == 1
+    assert "first denoised (partial)" in viewer.layers and "second denoised" not in viewer.layers
+    assert any("panel was closed" in m for m in messages(notes(), NotificationSeverity.WARNING))

@@ -210,12 +210,14 @@ class DenoiseForm:
             widget.enabled = not self.running and widget.name not in self.greyed
 
     def lock(self, running: bool) -> None:
-        """Lock the parameters while a run goes on; the run button turns into Cancel."""
+        """Lock the parameters while a run goes on; the run button turns into Cancel. The bar starts from 0 when
+        the form locks, not again for each layer of a queue."""
+        starting = running and not self.running
         self.running = running
         self._apply_lock()
         self.run_button.text = "Cancel" if running else "Denoise"
         self.progress_bar.visible = running
-        if running:
+        if starting:
             self.progress_bar.value = 0
 
     def show_progress(self, text: str, fraction: float) -> None:
