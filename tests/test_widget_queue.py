@@ -278,3 +278,18 @@ def test_closing_the_panel_mid_queue_stops_it(queue_widget, qtbot, notes):
     assert [o.state for o in queue.outcomes] == ["cancelled", "waiting"] and len(queue.runs) == 1
     assert "first denoised (partial)" in viewer.layers and "second denoised" not in viewer.layers
     assert any("panel was closed" in m for m in messages(notes(), NotificationSeverity.WARNING))
+
+
+def test_closing_the_viewer_mid_queue_stops_every_worker(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("napari-mpi", "MPI denoise")
+    viewer.add_image(noisy((SIDE, SIDE), seed=1), name="second")
+    viewer.add_image(noisy((SIDE, SIDE), seed=2), name="first")
+    quick(widget, iterations=100)
+    on_output(viewer, "first denoised", viewer.close)
+    choose(widget.form.scope, "All image layers")
+    queue = widget.start_queue()
+    wait_queue(qtbot, queue)
+    # closing removes the layers (the run stops) and cancels napari's workers: either way, no other run starts
+    assert queue.outcomes[0].state in ("stopped", "cancelled") and len(queue.runs) == 1
+    assert queue.outcomes[1].state in ("waiting", "skipped")

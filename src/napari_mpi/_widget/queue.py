@@ -122,7 +122,9 @@ class Queue:
                                   (self.position + fraction) / n)
 
     def run_finished(self, run: Run, text: str) -> None:
-        """A run's summary: the queue goes on from :meth:`_after`, which also runs when the widget is gone."""
+        """A run's summary, logged: the queue goes on from :meth:`_after`, which also runs when the widget is gone
+        (a run then tells it nothing), and the status line shows the queue's summary at the end."""
+        log.info("napari-mpi: layer %d/%d %r: %s", self.position + 1, len(self.layers), run.name, text)
 
     # -- the queue -------------------------------------------------------------------------
     def start(self) -> None:
