@@ -27,7 +27,7 @@ from qtpy.QtWidgets import QComboBox, QSizePolicy
 
 from .texts import ADVANCED_TIP, TIPS
 
-__all__ = ["AUTO_THREADS", "CUSTOM", "DenoiseForm", "quietly"]
+__all__ = ["AUTO_THREADS", "CUSTOM", "SCOPES", "DenoiseForm", "quietly"]
 
 #: The preset label shown when beta and iterations match no preset.
 CUSTOM = "Custom"
@@ -55,6 +55,13 @@ def _holding(container: Container, widgets: list[Widget], margins: tuple[int, ..
     container.margins = margins
     return container
 
+
+#: The choices of the Layers field: (label, which layers Denoise processes)
+SCOPES = (
+    ("The chosen image", "chosen"),
+    ("Selected image layers", "selected"),
+    ("All image layers", "all"),
+)
 
 #: The choices of the stacks field: (label, ``reuse_network`` value)
 REUSE_CHOICES = (
@@ -110,7 +117,7 @@ class DenoiseForm:
         self._declare_advanced(devices, lr, max_threads)
         self._declare_run()
         self.parameters = [
-            self.layer, self.preset, self.mask_ratio, self.beta, self.iterations, self.lr, self.seed,
+            self.layer, self.scope, self.preset, self.mask_ratio, self.beta, self.iterations, self.lr, self.seed,
             self.device, self.threads, self.channel_axis, self.refine, self.crop, self.reuse,
         ]
         self.actions = [self.use_hint, self.reset_button, self.preview_button]
@@ -126,6 +133,7 @@ class DenoiseForm:
                               choices=lambda _: self._choices["layer"])
         self.layer.native.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
         self.layer.native.setMinimumContentsLength(12)  # long layer names do not widen the dock
+        self.scope = ComboBox(name="scope", choices=list(SCOPES), value="chosen", tooltip=TIPS["scope"])
         self.preset = ComboBox(name="preset", tooltip=TIPS["preset"],
                                choices=[name.capitalize() for name in presets] + [CUSTOM])
         self.mask_ratio = _float_box("mask_ratio", 0.05, 0.95, 0.05, 2, mask_ratio)
@@ -136,8 +144,9 @@ class DenoiseForm:
         self.beta = _float_box("beta", 0.0, 0.999, 0.01, 3, 0.9)
         self.iterations = SpinBox(name="iterations", min=1, max=100_000, step=50, tooltip=TIPS["iterations"])
         self.main = _holding(Container(name="main", labels=False), [
-            _row("Image", self.layer), _row("Preset", self.preset), _row("Mask ratio", self.mask_ratio),
-            self.hint_box, _row("Beta", self.beta), _row("Iterations", self.iterations),
+            _row("Image", self.layer), _row("Layers", self.scope), _row("Preset", self.preset),
+            _row("Mask ratio", self.mask_ratio), self.hint_box, _row("Beta", self.beta),
+            _row("Iterations", self.iterations),
         ])
 
     def _declare_advanced(self, devices: Sequence[str], lr: float, max_threads: int) -> None:
@@ -201,12 +210,14 @@ class DenoiseForm:
             widget.enabled = not self.running and widget.name not in self.greyed
 
     def lock(self, running: bool) -> None:
-        """Lock the parameters while a run goes on; the run button turns into Cancel."""
+        """Lock the parameters while a run goes on; the run button turns into Cancel. The bar starts from 0 when
+        the form locks, not again for each layer of a queue."""
+        starting = running and not self.running
         self.running = running
         self._apply_lock()
         self.run_button.text = "Cancel" if running else "Denoise"
         self.progress_bar.visible = running
-        if running:
+        if starting:
             self.progress_bar.value = 0
 
     def show_progress(self, text: str, fraction: float) -> None:

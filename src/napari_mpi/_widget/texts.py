@@ -14,7 +14,8 @@ from .engine import DeviceMemoryError, is_out_of_memory, memory_advice, summaris
 __all__ = [
     "ADVANCED_TIP", "BENCHMARKS", "NO_LAYER", "TIPS", "cannot_start", "engine_warning", "format_duration",
     "input_removed", "noise_hint", "output_removed", "panel_closed", "progress_text", "run_summary", "starting",
-    "user_message", "window_closed", "cannot_preview", "preview_starting",
+    "user_message", "window_closed", "cannot_preview", "preview_starting", "NO_QUEUED_LAYER", "layer_skipped",
+    "queue_progress", "queue_summary",
 ]
 
 #: Where the measurements behind the advice live (in the napari-mpi repository and on its site).
@@ -25,6 +26,15 @@ TIPS = {
     "layer": (
         "The image layer to denoise. Only image layers are listed; RGB layers are denoised as colour.\n"
         "The input layer is never changed: the result goes to a new layer '<name> denoised'."
+    ),
+    "scope": (
+        "Which layers Denoise processes, one after another, each with the settings below:\n"
+        "the chosen image; the image layers selected in napari's layer list; or every image layer.\n"
+        "Layers made by napari-mpi (denoised and preview layers) are left out. Each result goes to its own\n"
+        "layer '<name> denoised', whatever you select meanwhile. A fixed preset gives each layer the\n"
+        "iterations of what it starts from (gray or colour); the channel axis applies to the layers with as\n"
+        "many dimensions as the chosen image (and gray or colour like it). Cancel stops the current layer\n"
+        "within one iteration, keeps what was computed, and starts no more layers."
     ),
     "preset": (
         "Fast: start here. Gray images start from the shipped pre-trained network and need few iterations;\n"
@@ -128,6 +138,11 @@ TIPS = {
 ADVANCED_TIP = "Learning rate, seed, device, channel axis, the Wiener refinement and windows: rarely needed."
 
 NO_LAYER = "Open or choose an image layer to denoise first."
+
+NO_QUEUED_LAYER = (
+    "No image layer to denoise: select image layers in the layer list (layers made by napari-mpi are left out), "
+    "or set Layers to 'The chosen image'."
+)
 
 
 def format_duration(seconds: float) -> str:
@@ -246,3 +261,45 @@ def run_summary(state: str, elapsed: float, output: str | None, latest: Any, rep
     verb = {"cancelled": "Cancelled", "stopped": "Stopped", "failed": "Failed"}.get(state, "Stopped")
     kept = "; the partial result is kept" if output is not None else ""
     return f"{verb}{where} after {took}{kept}."
+
+
+def layer_skipped(name: str) -> str:
+    return f"The layer '{name}' was removed before its turn, so it was skipped; the other layers go on."
+
+
+def queue_progress(position: int, total: int, name: str, text: str) -> str:
+    """A run's status line within a queue: "layer k/n 'name': ..." (``position`` counts from 0)."""
+    return f"Layer {position + 1}/{total} '{name}': {text}"
+
+
+def _names(names: list[str]) -> str:
+    return ", ".join(f"'{name}'" for name in names)
+
+
+def queue_summary(outcomes: list[Any], elapsed: float) -> str:
+    """The status line after a queue of layers (``outcomes``: one Outcome per layer, in queue order): how many
+    were denoised, and what became of the others and of their output layers."""
+    by_state: dict[str, list[Any]] = {}
+    for outcome in outcomes:
+        by_state.setdefault(outcome.state, []).append(outcome)
+    done = by_state.get("done", [])
+    cancelled = "cancelled" in by_state
+    head = f"{'Cancelled' if cancelled else 'Done'}: {len(done)} of {len(outcomes)} layers denoised in " \
+           f"{format_duration(elapsed)}"
+    parts = []
+    if done:
+        parts.append(f"complete: {_names([o.output or o.name for o in done])}")
+    partial = [o for o in outcomes if o.state in ("cancelled", "stopped", "failed") and o.output]
+    if partial:
+        parts.append(f"partial, what was computed is kept: {_names([o.output for o in partial])}")
+    failed = [o for o in outcomes if o.state in ("failed", "refused")]
+    if failed:
+        parts.append(f"failed (see the notifications): {_names([o.name for o in failed])}")
+    stopped = by_state.get("stopped", [])
+    if stopped:
+        parts.append(f"stopped, a layer was removed: {_names([o.name for o in stopped])}")
+    if "skipped" in by_state:
+        parts.append(f"skipped, removed before their turn: {_names([o.name for o in by_state['skipped']])}")
+    if "waiting" in by_state:
+        parts.append(f"not started: {_names([o.name for o in by_state['waiting']])}")
+    return head + ("; " + "; ".join(parts) if parts else "") + "."

@@ -4,7 +4,8 @@ napari's manifest docks :class:`MPIDenoiseWidget` (a QWidget holding the magicgu
 a preset fills in beta and iterations for what the run would start from, and editing them switches the
 preset to the one they match (else Custom); the image chooser follows napari's layers and selection; the
 chosen layer's noise is checked for the mask-ratio hint. The run itself is a :class:`.run.Run`; so is a
-preview of the part of the current plane on screen (:mod:`.preview`). Every parameter is locked while either
+preview of the part of the current plane on screen (:mod:`.preview`), and each layer of a :mod:`.queue` (the
+Layers field: selected or all image layers, one after another). Every parameter is locked while any of them
 runs. The fields are remembered when napari closes and opens again (:mod:`.store`), until *Reset to defaults*.
 """
 
@@ -28,9 +29,11 @@ from .engine import DenoisePlan, available_devices, check_noise, prepare
 from .form import CUSTOM, REUSE_CHOICES, DenoiseForm, quietly
 from .layers import layer_data, unwrap
 from .preview import add_preview_layer, crop_data, view_crop
-from .run import Run
+from .queue import Queue, parameters_for, queued_layers
+from .run import Run, RunView
 from .texts import (
     NO_LAYER,
+    NO_QUEUED_LAYER,
     cannot_preview,
     cannot_start,
     input_removed,
@@ -87,6 +90,7 @@ class MPIDenoiseWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self._run: Run | None = None
+        self._queue: Queue | None = None  # the layers of one click of Denoise, when the Layers field names several
         self._layers: list[Image] = []
         self._output_layers: weakref.WeakSet = weakref.WeakSet()
         self._holder: dict[str, Any] = {"alive": True, "run": None}
@@ -361,8 +365,10 @@ class MPIDenoiseWidget(QWidget):
     def _on_run_clicked(self, *_: Any) -> None:
         if self._run is not None:
             self.cancel()
-        else:
+        elif self.form.scope.value == "chosen":
             self.start()
+        else:
+            self.start_queue()
 
     def _on_preview_clicked(self, *_: Any) -> None:
         if self._run is None:
@@ -393,15 +399,34 @@ class MPIDenoiseWidget(QWidget):
         layer = self._layer_to_run()
         if layer is None:
             return None
+        run = self._make_run(layer, self, self.parameters())
+        return None if run is None else self._launch(run, starting(run.plan))
+
+    def _make_run(self, layer: Image, view: RunView, params: dict[str, Any]) -> Run | None:
+        """A run of ``layer`` with ``prepare``'s arguments ``params``, telling ``view``; None after a notification."""
         data = layer_data(layer)
-        params = self.parameters()
         plan = self._plan(data, params, layer.name)
         if plan is None:
             return None
         settings = {"preset": self.form.preset.value.lower(), "channel_axis": params["channel_axis"]}
-        run = Run(self, self.viewer, layer, data, plan, settings, self.form.follow.value,
-                  threads=self.form.threads.value)
-        return self._launch(run, starting(plan))
+        return Run(view, self.viewer, layer, data, plan, settings, self.form.follow.value,
+                   threads=self.form.threads.value)
+
+    def start_queue(self) -> Queue | None:
+        """Denoise the layers the Layers field names (selected or all image layers) one after another with the
+        form's settings, each into its own output layer; returns the queue, or None after a notification."""
+        if self._run is not None:
+            return None
+        layers = queued_layers(self.viewer, self.form.scope.value, self._output_layers)
+        if not layers:
+            show_warning(NO_QUEUED_LAYER)
+            return None
+        params, chosen, label = self.parameters(), self.chosen_layer(), self.form.preset.value
+        follows = math.isclose(self.form.lr.value, self._start_lr)
+        self._queue = queue = Queue(self, self.viewer, layers, lambda layer, view: self._make_run(
+            layer, view, parameters_for(layer, params, label=label, chosen=chosen, lr_follows=follows)))
+        queue.start()
+        return queue
 
     def preview(self) -> Run | None:
         """Denoise the part of the chosen layer's current plane that is on screen (at most 256x256) with the
@@ -438,6 +463,8 @@ class MPIDenoiseWidget(QWidget):
     def cancel(self) -> None:
         """Stop the current run within one iteration, keeping what was computed."""
         run = self._run
+        if self._queue is not None:
+            self._queue.cancel()
         if run is not None and run.state == "running":
             run.cancel()
             self.form.run_button.enabled = False
@@ -464,10 +491,12 @@ class MPIDenoiseWidget(QWidget):
     def show_progress(self, text: str, fraction: float) -> None:
         self.form.show_progress(text, fraction)
 
-    def run_finished(self, run: Run, text: str) -> None:
+    def run_finished(self, run: Run | None, text: str) -> None:
         if self._run is run:
             self._run = None
             self._holder["run"] = None
+        if self._queue is not None and self._queue.finished:
+            self._queue = None
         self._set_running(False)
         self.form.status.value = text
         self._refresh_layers()
