@@ -11,6 +11,7 @@ import pytest
 from napari.utils.notifications import NotificationSeverity
 from qtpy.QtCore import QTimer
 
+from napari_mpi._widget import run as run_module
 from napari_mpi._widget.layers import add_output_layer
 from napari_mpi._widget.queue import parameters_for, queued_layers
 
@@ -145,6 +146,8 @@ def test_all_layers_are_denoised_each_into_its_own_output_as_alone(queue_widget,
     viewer.add_image(noisy((SIDE, SIDE), seed=0), name="first", scale=(0.5, 0.5), translate=(2.0, 3.0))
     viewer.add_image(noisy((SIDE, SIDE + 8), seed=2), name="second", axis_labels=("y", "x"))
     quick(widget)
+    monkeypatch.setattr(run_module, "REDRAW_INTERVAL", 0.0)  # a redraw after every iteration
+    monkeypatch.setattr(run_module, "REDRAW_BUDGET", 1e9)  # however slow the redraws are on a busy machine
     shown = []  # (status line, fraction of the bar) of every progress report
     show = widget.form.show_progress
     monkeypatch.setattr(widget.form, "show_progress", lambda text, fraction: shown.append((text, fraction)) or show(

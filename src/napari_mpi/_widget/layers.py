@@ -14,6 +14,8 @@ from napari.layers import Image
 __all__ = [
     "IN_MEMORY_OUTPUT_LIMIT",
     "add_output_layer",
+    "axis_choices",
+    "layer_label",
     "finished_metadata",
     "layer_data",
     "move_dims_to",
@@ -46,6 +48,25 @@ def output_array(data: Any, shape: tuple[int, ...]) -> np.ndarray:
         return np.zeros(shape, dtype=np.float32)
     with tempfile.TemporaryFile(prefix="napari-mpi-") as backing:  # unnamed; the mapping keeps it alive
         return np.memmap(backing, dtype=np.float32, mode="w+", shape=shape)
+
+
+def layer_label(layer: Image) -> str:
+    """The layer chooser's name for a layer."""
+    return layer.name + (" (RGB)" if layer.rgb else "")
+
+
+def axis_choices(layer: Image | None) -> list[tuple[str, int | None]]:
+    """"none", then the axes of ``layer`` that could hold channels (none for a single plane)."""
+    choices: list[tuple[str, int | None]] = [("none", None)]
+    if layer is None:
+        return choices
+    shape = layer_data(layer).shape
+    if len(shape) > (3 if layer.rgb else 2):
+        labels = list(layer.axis_labels)
+        for axis in range(len(shape) - (1 if layer.rgb else 0)):
+            label = labels[axis] if axis < len(labels) else str(axis)
+            choices.append((f"axis {axis} ({label}, size {shape[axis]})", axis))
+    return choices
 
 
 def add_output_layer(viewer: Any, source: Image, out: np.ndarray, name: str, *, title: str | None = None,

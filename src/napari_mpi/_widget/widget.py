@@ -1,13 +1,12 @@
 """The dock widget: the form's reactions, the layer chooser, and starting, cancelling and ending runs.
 
-napari's manifest docks :class:`MPIDenoiseWidget` (a QWidget holding the magicgui form). Its reactions:
-a preset fills in beta and iterations for what the run would start from, and editing them switches the
-preset to the one they match (else Custom); the image chooser follows napari's layers and selection; the
-chosen layer's noise is checked for the mask-ratio hint. The run itself is a :class:`.run.Run`; so is a
-preview of the part of the current plane on screen (:mod:`.preview`), and each layer of a :mod:`.queue` (the
-Layers field: selected or all image layers, one after another). Every parameter is locked while any of them
-runs. The fields are remembered when napari closes and opens again (:mod:`.store`), until *Reset to defaults*.
-"""
+napari's manifest docks :class:`MPIDenoiseWidget` (a QWidget holding the magicgui form). Its reactions: a preset
+fills in beta and iterations for what the run would start from, and editing them switches the preset to the one
+they match (else Custom); the image chooser follows napari's layers and selection; the chosen layer's noise is
+checked for the mask-ratio hint. The run itself is a :class:`.run.Run`; so is a preview of the part of the current
+plane on screen (:mod:`.preview`), and each layer of a :mod:`.queue` (the Layers field: selected or all image
+layers, one after another). Every parameter is locked while any of them runs. The fields are remembered when
+napari closes and opens again (:mod:`.store`), until *Reset to defaults*."""
 
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ from qtpy.QtWidgets import QVBoxLayout, QWidget
 from . import presets, store
 from .engine import DenoisePlan, available_devices, check_noise, prepare
 from .form import CUSTOM, REUSE_CHOICES, DenoiseForm, quietly
-from .layers import layer_data, unwrap
+from .layers import axis_choices, layer_data, layer_label, unwrap
 from .preview import add_preview_layer, crop_data, view_crop
 from .queue import Queue, parameters_for, queued_layers
 from .run import Run, RunView
@@ -58,24 +57,6 @@ def _on_widget_destroyed(holder: dict) -> None:
     if run is not None:
         run.view = None
         run.cancel("cancelled", window_closed(run.name))
-
-
-def _layer_label(layer: Image) -> str:
-    return layer.name + (" (RGB)" if layer.rgb else "")
-
-
-def _axis_choices(layer: Image | None) -> list[tuple[str, int | None]]:
-    """"none", then the axes of ``layer`` that could hold channels (none for a single plane)."""
-    choices: list[tuple[str, int | None]] = [("none", None)]
-    if layer is None:
-        return choices
-    shape = layer_data(layer).shape
-    if len(shape) > (3 if layer.rgb else 2):
-        labels = list(layer.axis_labels)
-        for axis in range(len(shape) - (1 if layer.rgb else 0)):
-            label = labels[axis] if axis < len(labels) else str(axis)
-            choices.append((f"axis {axis} ({label}, size {shape[axis]})", axis))
-    return choices
 
 
 def _within(widget: Any, value: float) -> float:
@@ -301,7 +282,7 @@ class MPIDenoiseWidget(QWidget):
             else:
                 candidates = [layer for layer in self._layers if layer not in self._output_layers]
                 current = (candidates or self._layers or [None])[0]
-        self.form.set_choices(self.form.layer, [(_layer_label(layer), layer) for layer in self._layers], current)
+        self.form.set_choices(self.form.layer, [(layer_label(layer), layer) for layer in self._layers], current)
         self._on_layer_chosen()
 
     def chosen_layer(self) -> Image | None:
@@ -313,7 +294,7 @@ class MPIDenoiseWidget(QWidget):
         """Offer the axes of the chosen layer as channel axes (keeping the choice when it still fits)."""
         layer = self.chosen_layer()
         form = self.form
-        form.set_choices(form.channel_axis, _axis_choices(layer), form.channel_axis.value)
+        form.set_choices(form.channel_axis, axis_choices(layer), form.channel_axis.value)
         self._on_start_changed()
         self._check_noise(layer)
         self._grey_out()
