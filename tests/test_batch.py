@@ -17,7 +17,7 @@ import tifffile
 import zarr
 
 import napari_mpi
-from napari_mpi import cli
+from napari_mpi import _cli_denoise, cli
 from napari_mpi.io.stores import MappedArray, create_tiff
 
 from .conftest import one_line_error
@@ -239,7 +239,7 @@ def test_resume_refuses_other_settings_and_restarts_without_flag(tmp_path, capsy
 
     plan = napari_mpi.prepare((2, 32, 32), np.uint16, iterations=2, weights="random")
     output = BatchOutput(target, "tiff", plan.layout, np.dtype(np.float32), "ZYX",
-                         cli._fingerprint(source, np.zeros(1, np.uint16), plan), resume=False)
+                         _cli_denoise.fingerprint(source, np.zeros(1, np.uint16), plan), resume=False)
     output.writer[(0, slice(None), slice(None))] = np.zeros((32, 32), np.float32)
     line = one_line_error(capsys, "cannot resume", "denoise", str(source), "-o", str(target), "--resume", "--seed", "1",
                           *FAST)

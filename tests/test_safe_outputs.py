@@ -223,7 +223,7 @@ def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
     def interrupted(args):
         raise KeyboardInterrupt  # e.g. while torch is still importing
 
-    monkeypatch.setattr(cli, "_denoise", interrupted)
+    monkeypatch.setattr(cli, "run_denoise", interrupted)
     assert cli.main(["denoise", "in.tif", "-o", "out.tif"]) == 130
     assert capsys.readouterr().err == "napari-mpi: interrupted (run again with --resume to continue)\n"
 

@@ -5,25 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from .chains import summarise_reports
+from ._cli_batch import run_denoise
+from ._cli_denoise import REUSE, check_threads, error_text, progress_bar
 from .settings import DEFAULT_PRESET, PRESET_NAMES
-
-
-def _progress_bar(**options):
-    """A tqdm bar that redraws live on a terminal and only every 30 s in a log file (CI, batch jobs)."""
-    from tqdm import tqdm
-
-    return tqdm(dynamic_ncols=True, mininterval=0.1 if sys.stderr.isatty() else 30.0, **options)
-
-
-#: --reuse-network's choices, as reuse_network values
-_REUSE = {"auto": "auto", "yes": True, "no": False}
 
 
 def _ratio_range(text: str) -> tuple[float, float]:
@@ -80,13 +68,13 @@ def _pretrain(args: argparse.Namespace) -> int:
         checkpoint_minutes=args.checkpoint_minutes,
         short_side=args.short_side,
     )
-    _check_threads(args.threads)
+    check_threads(args.threads)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     run = pretrain(args.images, args.out, config, resume=args.resume, init=args.init, max_minutes=args.max_minutes,
                    device=device, history=args.history)
-    with _progress_bar(total=config.steps or None, unit="step") as bar:
+    with progress_bar(total=config.steps or None, unit="step") as bar:
         for record in run:
             if bar.n == 0:
                 bar.n = record.step - 1
@@ -99,244 +87,6 @@ def _pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _read_image(path: Path, axes: str | None, stack: ExitStack) -> tuple[Any, str, Any]:
-    """Open TIFF (plane by plane), Zarr / OME-Zarr (a folder) or another image format lazily where possible;
-    return data, its axes (from --axes, else the file's metadata) and its pixel sizes (OME, ImageJ, OME-Zarr)."""
-    from .io.calibration import Calibration, read_calibration
-    from .io.stores import open_image
-
-    data, found = open_image(path, stack)
-    known = read_calibration(path) if len(found) == data.ndim else {}
-    calibration = Calibration.from_letters(found, known) if known else Calibration.unknown(data.ndim)
-    axes_used = (axes or found or "").upper()
-    if not axes_used:
-        axes_used = "YX" if data.ndim == 2 else "Q" * (data.ndim - 2) + "YX"
-    if len(axes_used) != data.ndim:
-        raise ValueError(
-            f"--axes {axes_used} has {len(axes_used)} letters but {path.name} has {data.ndim} dimensions {data.shape}"
-        )
-    _check_axes(axes_used, "--axes" if axes else f"the axes of {path.name}")
-    return data, axes_used, calibration
-
-
-def _check_axes(axes: str, what: str) -> None:
-    """Every axis its own letter, Y and X among them."""
-    repeated = sorted({a for a in axes if axes.count(a) > 1})
-    if repeated:
-        raise ValueError(f"{what} {axes}: {', '.join(repeated)} appears more than once; give every axis its own "
-                         "letter, e.g. TZCYX (letters other than Y, X, C and S, such as Q, I, J, are denoised plane "
-                         "by plane)")
-    if "Y" not in axes or "X" not in axes:
-        raise ValueError(f"{what} {axes} must include Y and X (the rows and columns of a plane), e.g. YX, ZYX, TZCYX, "
-                         "YXS for RGB")
-
-
-def _roles(axes: str, shape: tuple[int, ...]) -> dict:
-    """denoise() keyword arguments from an axes string: S (samples) last = RGB, C = channel axis."""
-    rgb = axes.endswith("S") and shape[-1] in (3, 4)
-    if "S" in axes and not rgb:
-        raise ValueError(f"axes {axes}: a samples (S) axis must be last with 3 or 4 values (RGB / RGBA)")
-    channel_axis = axes.index("C") if "C" in axes else None
-    spatial = [i for i, a in enumerate(axes) if a not in "SC"][-2:]
-    if [axes[i] for i in spatial] != ["Y", "X"]:
-        raise ValueError(f"axes {axes}: Y and X must be the last two axes apart from C and S")
-    return {"rgb": rgb, "channel_axis": channel_axis}
-
-
-def _check_output(source: Path, target: Path, overwrite: bool = False) -> str:
-    """Refuse outputs that would overwrite the input, replace an existing file unasked or cannot be written;
-    return the output kind."""
-    from .io.stores import output_kind
-
-    kind = output_kind(target)
-    source_path, target_path = source.resolve(), target.resolve()
-    if target_path == source_path:
-        raise ValueError("output path equals the input path; choose another name so the input is never overwritten")
-    if source_path in target_path.parents or target_path in source_path.parents:
-        raise ValueError(
-            f"output {target} and input {source} lie inside one another; choose another place for the output"
-        )
-    if kind in ("zarr", "ome-zarr"):
-        if target.is_file():
-            raise ValueError(f"output {target} is a file, not a Zarr folder; remove it or choose another name")
-        if target.is_dir() and any(target.iterdir()) and not any(
-                (target / name).is_file() for name in (".zarray", ".zgroup", "zarr.json")):
-            raise ValueError(f"output folder {target} exists and is not a Zarr store; it is not replaced")
-    elif target.is_dir():
-        raise ValueError(f"output {target} is a folder; name a file")
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise ValueError(f"output {target} exists; add --overwrite to replace it, or choose another name")
-    folder = target.parent if str(target.parent) else Path(".")
-    if not folder.is_dir():
-        raise ValueError(f"output folder does not exist: {folder}")
-    probe = folder / f".{target.name}.napari-mpi-probe"
-    try:
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ValueError(f"cannot write to output folder {folder}: {exc.strerror or exc}") from exc
-    return kind
-
-
-def _fingerprint(source: Path, data, plan) -> dict:
-    """What makes two runs the same run, for --resume: the input file and every parameter that changes
-    the numbers (not the device: a run may resume on another machine)."""
-    stat = source.stat()
-    described = {k: v for k, v in plan.describe().items() if k not in ("device", "napari_mpi_version")}
-    return {
-        "input": str(source.resolve()),
-        "input_size": None if source.is_dir() else stat.st_size,
-        "input_mtime_ns": None if source.is_dir() else stat.st_mtime_ns,
-        "input_dtype": np.dtype(data.dtype).str,
-        "parameters": described,
-    }
-
-
-def _local_planes(data, plan, sink, done: set[int], quiet: bool, reports: list):
-    """Denoise on this machine with the engine's generator; yields plane numbers as they are written (a plane that a
-    resumed run fills again only to carry its network on is not written, and not yielded)."""
-    from .api import denoise_steps
-
-    position = 1 if plan.layout.n_planes > 1 else 0
-    steps_bar = _progress_bar(total=plan.steps_per_plane, unit="it", position=position, disable=quiet, leave=False)
-    current = None
-    try:
-        for event in denoise_steps(data, plan, sink, skip=done, reports=reports):
-            if current is None or event.plane != current.plane:
-                if current is not None and not current.replay:
-                    yield current.plane  # denoise_steps writes a plane before it starts the next
-                steps_bar.reset(total=event.iterations)  # fewer for planes reusing the previous plane's network
-                # "carried": it continues the previous plane's network; "again": a resumed run fills it only for that
-                carried, again = " carried" * event.start.carried, " again" * event.replay
-                steps_bar.set_description(f"plane {event.plane}{carried}{again}", refresh=False)
-            elif event.iteration < steps_bar.n:
-                steps_bar.reset()
-            steps_bar.total = event.iterations  # a plane that still learns trains on
-            current = event
-            steps_bar.update(event.iteration - steps_bar.n)
-        if current is not None and not current.replay:
-            yield current.plane  # a plane may end before its last iteration ("auto" stops by itself)
-    finally:
-        steps_bar.close()
-
-
-def _denoise(args: argparse.Namespace) -> int:
-    from .api import prepare, warn_if_noise_looks_correlated
-    from .io.checked import CheckedSource
-    from .io.png import check_png, write_png
-
-    kind = _check_output(args.input, args.output, args.overwrite)
-    _check_denoise_options(args, kind)
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    with ExitStack() as stack:
-        data, axes, calibration = _read_image(args.input, args.axes, stack)
-        if kind == "png":
-            check_png(data, axes)
-        plan = prepare(
-            data.shape, data.dtype, preset=args.preset, mask_ratio=args.mask_ratio, beta=args.beta,
-            iterations=args.iterations, seed=args.seed, device=args.device, weights=args.weights,
-            precision=args.precision, reuse_network=_REUSE[args.reuse_network], refine=args.refine, crop=args.crop,
-            **_roles(axes, data.shape),
-        )
-        if not isinstance(data, np.ndarray):  # read plane by plane: name the file and plane of a damaged one
-            data = CheckedSource(data, args.input, plan.layout, axes)
-        warn_if_noise_looks_correlated(data, args.mask_ratio, option="run with --mask-ratio ",
-                                       **_roles(axes, data.shape))
-        output, sink, done = _open_sink(args, kind, data, axes, plan, calibration)
-        reports = _run_planes(args, data, plan, sink, done, output, stack)
-        if output is not None:
-            reports = output.finish()
-        else:
-            write_png(args.output, sink, data.dtype, plan.describe() | {"planes_filled": reports})
-    if not args.quiet:
-        n_planes = plan.layout.n_planes
-        resumed = f", {len(done)} from the earlier run" if done else ""
-        print(f"wrote {args.output} ({'x'.join(map(str, plan.layout.shape))}, axes {axes}, {n_planes} plane(s)"
-              f"{resumed}, preset {plan.preset}, mask ratio {plan.config.mask_ratio}, {plan.describe_length()})")
-        if plan.reuse_network and n_planes > 1:
-            print(f"planes: {summarise_reports(reports)}")
-    return 0
-
-
-def _check_denoise_options(args: argparse.Namespace, kind: str) -> None:
-    """Refuse combinations of ``denoise`` options that cannot work, before anything is read."""
-    _check_threads(args.threads)
-    if args.resume and kind == "png":
-        raise ValueError("--resume needs a .tif, .zarr or .ome.zarr output (a PNG is written whole at the end)")
-    if args.workers is not None and args.scheduler != "local":
-        raise ValueError("--workers applies to --scheduler local only")
-    if args.workers is not None and args.workers < 1:
-        raise ValueError(f"--workers must be 1 or more, got {args.workers}")
-    if args.scheduler and args.scheduler != "local" and "://" not in args.scheduler:
-        raise ValueError(
-            f"--scheduler must be 'local' or a scheduler address like tcp://host:8786, got {args.scheduler!r}"
-        )
-
-
-def _check_threads(threads: int) -> None:
-    if threads < 0:
-        raise ValueError(f"--threads must be 0 (torch's default) or a number of CPU threads, got {threads}")
-
-
-def _open_sink(args: argparse.Namespace, kind: str, data, axes: str, plan, calibration):
-    """Where the planes go: (the resumable output or None, the sink to write into, planes already written).
-    A PNG is filled in memory and written whole at the end."""
-    from .io.batch_output import BatchOutput
-    from .io.stores import output_dtype
-
-    if kind == "png":
-        done: set[int] = set()
-        return None, np.zeros(plan.layout.shape, dtype=np.float32), done
-    output = BatchOutput(args.output, kind, plan.layout, output_dtype(data.dtype, kind, args.keep_dtype), axes,
-                         _fingerprint(args.input, data, plan), attrs=plan.describe(), resume=args.resume,
-                         calibration=calibration)
-    if output.restarted and not args.quiet:
-        print(f"starting {args.output} over (an unfinished run was there; --resume continues one)")
-    if args.resume and not args.quiet:
-        print(f"resuming: {len(output.done)} of {plan.layout.n_planes} plane(s) already written" if output.resumed
-              else "resuming: no unfinished run of this output found; starting from the first plane")
-    return output, output.writer, output.done
-
-
-def _run_planes(args: argparse.Namespace, data, plan, sink, done: set[int], output, stack: ExitStack) -> list[dict]:
-    """Denoise the planes not yet ``done`` into ``sink``, here or on a Dask cluster, with a progress bar; the
-    planes' reports (``PlaneReport.as_dict``), each also recorded in ``output``. A run that fails before any plane is
-    written leaves no partial output behind."""
-    reports: list = []
-    recorded = 0
-    n_planes = plan.layout.n_planes
-    planes_bar = _progress_bar(total=n_planes, initial=len(done), unit="plane", position=0,
-                               disable=args.quiet or n_planes == 1)
-    try:
-        if args.scheduler:
-            from .distributed import connect, distributed_steps
-
-            client = stack.enter_context(connect(args.scheduler, workers=args.workers))
-            threads = args.threads or None
-            if args.scheduler == "local" and threads is None:  # share this machine's cores among its workers
-                threads = max(1, (os.cpu_count() or 1) // max(1, len(client.nthreads())))
-            planes = distributed_steps(data, plan, client, sink, skip=done, device=args.device, threads=threads,
-                                       reports=reports)
-        else:
-            planes = _local_planes(data, plan, sink, done, args.quiet, reports)
-        for _ in planes:
-            planes_bar.update(1)
-            for report in reports[recorded:]:
-                if output is not None:
-                    output.record(report.as_dict())
-            recorded = len(reports)
-    except Exception:
-        if output is not None and not output.done:  # nothing to resume: leave no partial files behind
-            output.discard()
-        raise
-    finally:
-        planes_bar.close()
-    return [report.as_dict() for report in reports]
-
-
 def _demo(args: argparse.Namespace) -> int:
     from ._sample_data import clean_fluorescence, expected_counts, noisy_fluorescence
     from .api import denoise
@@ -345,7 +95,7 @@ def _demo(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     clean = clean_fluorescence((args.size, args.size), seed=0)
     noisy = noisy_fluorescence(clean)
-    with _progress_bar(total=None, unit="it", desc="denoising the demo sample") as bar:
+    with progress_bar(total=None, unit="it", desc="denoising the demo sample") as bar:
         def progress(event) -> None:
             bar.total = event.iterations
             bar.update(1)
@@ -382,10 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_denoise_parser(sub) -> None:
-    den = sub.add_parser("denoise", help="denoise a TIFF, Zarr / OME-Zarr or PNG image plane by plane")
-    den.add_argument("input", type=Path, help="noisy image: .tif/.tiff (any N-D), a Zarr or OME-Zarr folder, or .png")
+    den = sub.add_parser("denoise", help="denoise TIFF, Zarr / OME-Zarr or PNG images plane by plane")
+    den.add_argument("inputs", nargs="+", metavar="input",
+                     help="noisy image: .tif/.tiff (any N-D), a Zarr or OME-Zarr folder, or .png; or several, folders "
+                          "of them, or quoted globs like 'run*/**/*.tif' (then -o names an output folder)")
     den.add_argument("-o", "--output", required=True, type=Path,
-                     help="where to write the result: .tif/.tiff, .zarr, .ome.zarr (written plane by plane) or .png")
+                     help="where to write the result: .tif/.tiff, .zarr, .ome.zarr (written plane by plane) or .png; "
+                          "a folder for several inputs, where each output keeps its input's name and format")
+    den.add_argument("--suffix", default="", help="several inputs: added to each output's name, e.g. _denoised")
+    den.add_argument("--summary", type=Path, default=None,
+                     help="several inputs: the summary file, .csv or .json (default OUTPUT/napari-mpi-summary.csv)")
     den.add_argument("--preset", choices=PRESET_NAMES, default=DEFAULT_PRESET)
     den.add_argument("--mask-ratio", type=float, default=None,
                      help="fraction hidden per step (default 0.3; 0.8-0.95 for correlated noise)")
@@ -400,7 +156,7 @@ def _add_denoise_parser(sub) -> None:
                      help="CPU threads (0 = torch's default; use fewer on a busy machine)")
     den.add_argument("--keep-dtype", action="store_true",
                      help="write the input's integer type (rounded) instead of float32")
-    den.add_argument("--reuse-network", choices=tuple(_REUSE), default="auto", nargs="?", const="yes",
+    den.add_argument("--reuse-network", choices=tuple(REUSE), default="auto", nargs="?", const="yes",
                      help="stacks: a plane may continue from the previous plane's network with a fraction of the "
                           "steps, several times faster on z-stacks and time-lapses. auto (default): decided per plane "
                           "(a plane unlike the previous one starts afresh); yes (or the bare flag): every plane "
@@ -421,7 +177,7 @@ def _add_denoise_parser(sub) -> None:
                      help="worker processes for --scheduler local (default: one per GPU, else one per 4 CPU cores)")
     den.add_argument("--overwrite", action="store_true", help="replace the output if it exists (refused otherwise)")
     den.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
-    den.set_defaults(func=_denoise)
+    den.set_defaults(func=run_denoise)
 
 
 def _add_demo_parser(sub) -> None:
@@ -469,12 +225,6 @@ def _add_pretrain_parser(sub) -> None:
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
     """Warnings (e.g. a plane denoised in tiles after running out of memory) as one line, not two."""
     return f"napari-mpi: warning: {message}\n"
-
-
-def error_text(exc: BaseException) -> str:
-    """A user's error in the command line's words: out-of-memory advice names --device (DeviceMemoryError.advice)."""
-    advice = getattr(exc, "advice", None)
-    return f"{exc.what}; {advice('use --device cpu')}" if callable(advice) else str(exc)
 
 
 def main(argv: list[str] | None = None) -> int:
