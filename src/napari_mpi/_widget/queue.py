@@ -31,6 +31,7 @@ __all__ = ["Outcome", "Queue", "is_output", "parameters_for", "queued_layers"]
 
 log = logging.getLogger(__name__)
 
+
 def is_output(layer: Image) -> bool:
     """Whether napari-mpi made ``layer`` (a denoised or preview layer: its metadata names its input layer)."""
     metadata = layer.metadata or {}
