@@ -92,6 +92,28 @@ def test_cli_on_a_tcp_scheduler_equals_the_local_run(cluster, tmp_path):
     assert np.array_equal(tifffile.imread(tmp_path / "spread.tif"), expected)
 
 
+def test_cli_batch_on_a_tcp_scheduler_equals_the_local_run(cluster, tmp_path):
+    """A folder of files on the cluster: each file's planes go to the workers, one file after another, and every
+    output is the local engine's."""
+    local, _ = cluster
+    folder = tmp_path / "in"
+    folder.mkdir()
+    expected = {}
+    for number, shape in enumerate(((2, 32, 32), (32, 40))):
+        data = np.random.default_rng(number).integers(0, 4000, shape, dtype=np.uint16)
+        tifffile.imwrite(folder / f"f{number}.tif", data, photometric="minisblack",
+                         metadata={"axes": "ZYX" if data.ndim == 3 else "YX"})
+        expected[f"f{number}.tif"] = napari_mpi.denoise(data, iterations=3, weights="random", seed=SEED, device="cpu")
+    spread = subprocess.run(
+        [sys.executable, "-m", "napari_mpi.cli", "denoise", str(folder), "-o", str(tmp_path / "out"),
+         "--iterations", "3", "--weights", "random", "--seed", str(SEED), "--device", "cpu", "-q",
+         "--scheduler", local.scheduler_address],
+        capture_output=True, text=True, timeout=180)
+    assert spread.returncode == 0, spread.stderr
+    for name, result in expected.items():
+        assert np.array_equal(tifffile.imread(tmp_path / "out" / name), result)
+
+
 def test_scheduler_errors_are_one_line(tmp_path, capsys):
     import dask
 
