@@ -75,6 +75,14 @@ def test_worker_errors_reach_the_caller(cluster):
         denoise_distributed(np.ascontiguousarray(data), plan, client, device="cpu")
 
 
+def _cli_on(local, source, target) -> subprocess.CompletedProcess:
+    """``napari-mpi denoise SOURCE -o TARGET`` in a real process that joins the cluster ``local`` by address."""
+    return subprocess.run(
+        [sys.executable, "-m", "napari_mpi.cli", "denoise", str(source), "-o", str(target), "--iterations", "3",
+         "--weights", "random", "--seed", str(SEED), "--device", "cpu", "-q", "--scheduler", local.scheduler_address],
+        capture_output=True, text=True, timeout=180)
+
+
 def test_cli_on_a_tcp_scheduler_equals_the_local_run(cluster, tmp_path):
     """The CLI (a real process) joins the cluster by address — its workers live in this test process —
     and writes the planes the local engine makes with the same seed and threads."""
@@ -83,11 +91,7 @@ def test_cli_on_a_tcp_scheduler_equals_the_local_run(cluster, tmp_path):
     source = tmp_path / "stack.tif"
     tifffile.imwrite(source, data, photometric="minisblack", metadata={"axes": "ZYX"})
     expected = napari_mpi.denoise(data, iterations=3, weights="random", seed=SEED, device="cpu")
-    spread = subprocess.run(
-        [sys.executable, "-m", "napari_mpi.cli", "denoise", str(source), "-o", str(tmp_path / "spread.tif"),
-         "--iterations", "3", "--weights", "random", "--seed", str(SEED), "--device", "cpu", "-q",
-         "--scheduler", local.scheduler_address],
-        capture_output=True, text=True, timeout=120)
+    spread = _cli_on(local, source, tmp_path / "spread.tif")
     assert spread.returncode == 0, spread.stderr
     assert np.array_equal(tifffile.imread(tmp_path / "spread.tif"), expected)
 
@@ -104,11 +108,7 @@ def test_cli_batch_on_a_tcp_scheduler_equals_the_local_run(cluster, tmp_path):
         tifffile.imwrite(folder / f"f{number}.tif", data, photometric="minisblack",
                          metadata={"axes": "ZYX" if data.ndim == 3 else "YX"})
         expected[f"f{number}.tif"] = napari_mpi.denoise(data, iterations=3, weights="random", seed=SEED, device="cpu")
-    spread = subprocess.run(
-        [sys.executable, "-m", "napari_mpi.cli", "denoise", str(folder), "-o", str(tmp_path / "out"),
-         "--iterations", "3", "--weights", "random", "--seed", str(SEED), "--device", "cpu", "-q",
-         "--scheduler", local.scheduler_address],
-        capture_output=True, text=True, timeout=180)
+    spread = _cli_on(local, folder, tmp_path / "out")
     assert spread.returncode == 0, spread.stderr
     for name, result in expected.items():
         assert np.array_equal(tifffile.imread(tmp_path / "out" / name), result)
