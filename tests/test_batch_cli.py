@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from PIL import Image
 
 from napari_mpi import cli
 from napari_mpi._cli_batch import output_name
@@ -104,6 +105,10 @@ def test_globs_suffix_json_summary_and_existing_outputs_kept(tmp_path, capsys):
     assert rows["well.tif"]["status"] == "done" and rows["well.tif"]["axes"] == "YX"
     assert cli.main(["denoise", str(tmp_path / "run1" / "**" / "*.tif"), str(third), "-o", str(out), "--suffix",
                      "_dn", *FAST]) == 0
+    Image.fromarray(np.arange(48 * 48, dtype=np.uint16).reshape(48, 48)).save(tmp_path / "plate.png")
+    assert cli.main(["denoise", str(tmp_path / "plate.png"), str(third), "-o", str(out / "more"), "--resume",
+                     *FAST]) == 0  # --resume applies to the TIFF; the PNG is written whole
+    assert (out / "more" / "plate.png").exists()
     assert (out / "well_dn.tif").exists() and (out / "kept_dn.tif").exists()
     np.testing.assert_array_equal(tifffile.imread(out / "well_dn.tif"), tifffile.imread(out / "kept.tif"))  # first
     assert output_name(Path("a/b.ome.tif"), "_dn") == Path("a/b_dn.ome.tif")
@@ -115,7 +120,8 @@ def test_output_folder_inside_the_input_folder_is_not_read_back(tmp_path):
     folder = tmp_path / "data"
     _tiff(folder / "a.tif")
     assert cli.main(["denoise", str(folder), "-o", str(folder / "denoised"), *FAST]) == 0
-    assert cli.main(["denoise", str(folder), "-o", str(folder / "denoised"), *FAST]) == 0  # a.tif kept, nothing more
+    _tiff(folder / ".a.tif.partial.tif")  # what a killed run leaves: hidden, never an input
+    assert cli.main(["denoise", str(folder), "-o", str(folder / "denoised"), "--resume", *FAST]) == 0  # a.tif kept
     assert sorted(p.name for p in (folder / "denoised").iterdir()) == ["a.tif", "napari-mpi-summary.csv"]
     assert _summary(folder / "denoised" / "napari-mpi-summary.csv")["a.tif"]["status"].startswith("skipped")
 

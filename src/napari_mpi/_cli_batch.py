@@ -36,18 +36,19 @@ def _is_folder_of_images(path: Path) -> bool:
 
 def _images_in(folder: Path, outside: Path) -> list[tuple[Path, Path]]:
     """The image files under ``folder`` (recursively; a Zarr folder whole), with their paths relative to it, leaving
-    out anything inside ``outside`` (the output folder)."""
+    out hidden names (a killed run's unfinished output among them) and anything inside ``outside`` (the output
+    folder)."""
     found = []
     for root, dirs, files in os.walk(folder):
         here = Path(root)
         if _inside(here, outside):
             dirs[:] = []
             continue
-        for name in sorted(dirs):
-            if name.lower().endswith(".zarr"):
-                found.append(here / name)
-        dirs[:] = sorted(d for d in dirs if not d.lower().endswith(".zarr") and not d.startswith("."))
-        found += [here / name for name in sorted(files) if name.lower().endswith(IMAGE_SUFFIXES)]
+        visible = [name for name in sorted(dirs) if not name.startswith(".")]  # hidden: e.g. a killed run's output
+        found += [here / name for name in visible if name.lower().endswith(".zarr")]
+        dirs[:] = [name for name in visible if not name.lower().endswith(".zarr")]
+        found += [here / name for name in sorted(files)
+                  if name.lower().endswith(IMAGE_SUFFIXES) and not name.startswith(".")]
     return [(path, path.relative_to(folder)) for path in sorted(found) if not _inside(path, outside)]
 
 
@@ -166,7 +167,8 @@ def _one_file(args: argparse.Namespace, source: Path, target: Path, bar) -> dict
     target.parent.mkdir(parents=True, exist_ok=True)
     start = time.monotonic()
     try:
-        info = denoise_file(_for_file(args, source, target, quiet=True))  # the batch's bar and lines instead
+        resume = args.resume and not target.name.lower().endswith(".png")  # a PNG is written whole: nothing to resume
+        info = denoise_file(_for_file(args, source, target, quiet=True, resume=resume))  # the batch's bar instead
     except KeyboardInterrupt:
         raise
     except (ValueError, OSError, MemoryError) as exc:
