@@ -19,8 +19,10 @@ repository root::
     python benchmarks/speed.py --device cuda --sizes "" --stack 32x512x512 --stack-reuse off,on --out stack.json
     python benchmarks/speed.py --sizes "" --stack 1x1024x1024 --stack-crop none,auto   # whole plane vs windows
 
-``--out FILE.json`` is what ``plots.py --speed`` draws. The output names the torch version, its thread
-count, the CPU model (and GPU, if used): compare timings only from the same machine and the same load.
+``--precisions fp32`` times the fp32 path on any CPU (what CPUs without native bf16 run). ``--out FILE.json`` is what
+``plots.py --speed`` draws. The output names the torch version, its thread count, the CPU model, the vector
+instructions torch computes with and whether the CPU computes bf16 natively (and the GPU, if used): compare timings
+only from the same machine and the same load.
 """
 
 from __future__ import annotations
@@ -192,8 +194,10 @@ def time_stack(shape: tuple[int, ...], iterations: int | None, precision: str, d
 
 def markdown(results: list[dict], machine: dict, versions: dict) -> str:
     gpu = f", GPU: {machine['gpu']}" if machine.get("gpu") else ""
+    bf16 = {True: "native bf16", False: "no native bf16"}.get(machine.get("cpu_bf16"), "bf16 unknown")
     lines = [f"torch {versions.get('torch')} ({machine.get('torch_threads')} threads), CPU: {machine.get('cpu')} "
-             f"({machine.get('cpu_count')} logical CPUs){gpu}, napari-mpi {versions.get('napari_mpi')}.", ""]
+             f"({machine.get('cpu_count')} logical CPUs, {machine.get('cpu_capability', '?')}, {bf16}){gpu}, "
+             f"napari-mpi {versions.get('napari_mpi')}.", ""]
     per_iteration = [r for r in results if "size" in r]
     stacks = [r for r in results if "stack" in r]
     if per_iteration:
