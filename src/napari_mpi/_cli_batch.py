@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ._cli_denoise import denoise_file, error_text, progress_bar
+from ._cli_denoise import denoise_file, error_text, progress_bar, unexpected_text
 
 __all__ = ["IMAGE_SUFFIXES", "expand_inputs", "output_name", "run_denoise", "denoise_batch"]
 
@@ -65,22 +65,25 @@ def expand_inputs(items: list[str], output: Path) -> list[tuple[Path, Path]]:
     for item in items:
         if _MAGIC & set(item):
             matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
-            for match in matches:
-                if _is_folder_of_images(match):
-                    found += _images_in(match, output)
-                elif match.name.lower().endswith(IMAGE_SUFFIXES) and not _inside(match, output):
-                    found.append((match, Path(match.name)))
             if not matches:
                 raise ValueError(f"{item} matches no file; check the pattern (quote it so that the shell leaves it)")
-        elif _is_folder_of_images(Path(item)):
-            images = _images_in(Path(item), output)
-            if not images:
-                raise ValueError(f"folder {item} is not a Zarr store and holds no .tif, .tiff, .png or .zarr image; "
-                                 "name an image, a Zarr store or a folder of images")
-            found += images
+            found += [pair for match in matches if (match.is_dir() or match.name.lower().endswith(IMAGE_SUFFIXES))
+                      and not _inside(match, output) for pair in _expand(match, output, matched=True)]
         else:
-            found.append((Path(item), Path(Path(item).name)))
+            found += _expand(Path(item), output)
     return found
+
+
+def _expand(path: Path, output: Path, matched: bool = False) -> list[tuple[Path, Path]]:
+    """A folder's image files, or the path itself (a file, a Zarr store, or a name that is not there). A named folder
+    without images is an error; one a glob matched gives nothing."""
+    if not _is_folder_of_images(path):
+        return [(path, Path(path.name))]
+    images = _images_in(path, output)
+    if not images and not matched:
+        raise ValueError(f"folder {path} is not a Zarr store and holds no .tif, .tiff, .png or .zarr image; "
+                         "name an image, a Zarr store or a folder of images")
+    return images
 
 
 def output_name(relative: Path, suffix: str) -> Path:
@@ -175,9 +178,8 @@ def _one_file(args: argparse.Namespace, source: Path, target: Path, bar) -> dict
         bar.write(f"napari-mpi: error: {source}: {error_text(exc)}", file=sys.stderr)
         return row | {"status": f"failed: {error_text(exc)}"}
     except Exception as exc:  # noqa: BLE001 (a library failure on one file: reported, the batch goes on)
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-        bar.write(f"napari-mpi: error: {source}: unexpected {type(exc).__name__}: {detail}", file=sys.stderr)
-        return row | {"status": f"failed: unexpected {type(exc).__name__}: {detail}"}
+        bar.write(f"napari-mpi: error: {source}: {unexpected_text(exc)}", file=sys.stderr)
+        return row | {"status": f"failed: {unexpected_text(exc)}"}
     seconds = round(time.monotonic() - start, 2)
     status = f"resumed ({info['planes_resumed']} plane(s) from the earlier run)" if info["planes_resumed"] else "done"
     if not args.quiet:

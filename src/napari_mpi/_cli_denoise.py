@@ -15,7 +15,7 @@ import numpy as np
 
 from .chains import summarise_reports
 
-__all__ = ["REUSE", "check_threads", "denoise_file", "error_text", "fingerprint", "progress_bar"]
+__all__ = ["REUSE", "check_threads", "denoise_file", "error_text", "fingerprint", "progress_bar", "unexpected_text"]
 
 #: --reuse-network's choices, as reuse_network values
 REUSE = {"auto": "auto", "yes": True, "no": False}
@@ -278,3 +278,9 @@ def error_text(exc: BaseException) -> str:
     """A user's error in the command line's words: out-of-memory advice names --device (DeviceMemoryError.advice)."""
     advice = getattr(exc, "advice", None)
     return f"{exc.what}; {advice('use --device cpu')}" if callable(advice) else str(exc)
+
+
+def unexpected_text(exc: BaseException) -> str:
+    """A failure the user did not cause (a driver or library error) in one line: its type and first line."""
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
+    return f"unexpected {type(exc).__name__}: {detail}"

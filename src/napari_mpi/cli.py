@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from ._cli_batch import run_denoise
-from ._cli_denoise import REUSE, check_threads, error_text, progress_bar
+from ._cli_denoise import REUSE, check_threads, error_text, progress_bar, unexpected_text
 from .settings import DEFAULT_PRESET, PRESET_NAMES
 
 
@@ -245,8 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 (a driver or library failure: one line, and how to see more)
         if os.environ.get("NAPARI_MPI_DEBUG"):
             raise
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else "no detail"
-        print(f"napari-mpi: error: unexpected {type(exc).__name__}: {detail} "
+        print(f"napari-mpi: error: {unexpected_text(exc)} "
               "(set NAPARI_MPI_DEBUG=1 to see the traceback)", file=sys.stderr)
         return 1
 
