@@ -170,7 +170,8 @@ def test_fill_removes_gaussian_noise(camera_crop):
 def test_every_setting_is_validated_and_named_in_its_error():
     for name, bad in [("final_predictions", -1), ("reuse_step_fraction", 0.0), ("reuse_predictions", 1.5),
                       ("crop_size", 32), ("crop_step_scale", 0), ("cuda_graphs", "yes"), ("auto_betas", ()),
-                      ("auto_holdout", 0.7), ("refine_max_mask_ratio", 1.0), ("cuda_graph_warmup", 0)]:
+                      ("auto_holdout", 0.7), ("refine_max_mask_ratio", 1.0), ("refine_fill_weight", 1.0),
+                      ("cuda_graph_warmup", 0)]:
         with pytest.raises(ValueError, match=name.replace("_", "[_ ]")):
             FillConfig(**{name: bad})
     with pytest.raises(ValueError, match="unknown setting 'final_prediction'"):

@@ -104,6 +104,24 @@ def test_denoise_refines_by_default_and_can_skip_it(camera_crop):
         napari_mpi.prepare(noisy.shape, noisy.dtype, refine="bm3d")
 
 
+def test_the_refined_plane_keeps_a_share_of_the_fill_estimate(camera_crop):
+    """The default result is (1 - w) x the filter's output + w x the fill's estimate, w = refine_fill_weight."""
+    rng = np.random.default_rng(4)
+    noisy = (camera_crop[:64, :64] + rng.normal(0, 0.1, (64, 64))).astype(np.float32)
+    options = dict(iterations=8, weights="random")
+    fill = napari_mpi.denoise(noisy, refine="none", **options)
+    wiener = napari_mpi.denoise(noisy, tuning={"refine_fill_weight": 0.0}, **options)
+    weight = FillConfig().refine_fill_weight
+    assert 0 < weight < 0.5
+    blended = napari_mpi.denoise(noisy, **options)
+    assert np.allclose(blended, (1 - weight) * wiener + weight * fill, atol=1e-5)
+    assert not np.allclose(blended, wiener, atol=1e-4)
+    pilot = torch.from_numpy(fill)[None]
+    alone, _ = refine_estimate(torch.from_numpy(noisy)[None], pilot)
+    half, _ = refine_estimate(torch.from_numpy(noisy)[None], pilot, fill_weight=0.5)
+    assert torch.allclose(half, 0.5 * (alone + pilot), atol=1e-6)
+
+
 def test_auto_refines_only_at_mask_ratios_for_independent_noise():
     plan = lambda **kw: napari_mpi.prepare((64, 64), np.float32, weights="random", **kw)  # noqa: E731
     assert plan().refine == "wiener"

@@ -139,6 +139,10 @@ class FillConfig:
     refine_max_mask_ratio : float, 0 < r < 1
         ``refine="auto"`` runs the Wiener refinement up to this mask ratio (it assumes noise independent from
         pixel to pixel).
+    refine_fill_weight : float, 0 <= w < 1
+        The refined plane is ``(1 - w) x`` the Wiener filter's output ``+ w x`` the fill's estimate: the two err
+        in different places, so a little of the fill's estimate improves on either alone (0 = the filter's
+        output alone; see docs/decisions.md).
     """
 
     mask_ratio: float = DEFAULT_MASK_RATIO
@@ -173,6 +177,7 @@ class FillConfig:
     auto_min_iterations: int = 50
     auto_memorisation_rise: float = 0.08
     refine_max_mask_ratio: float = 0.65
+    refine_fill_weight: float = 0.2
 
     def __post_init__(self) -> None:
         _check_range("mask ratio", self.mask_ratio, 0.0, 1.0, low_open=True, high_open=True)
@@ -210,6 +215,7 @@ class FillConfig:
         _check_whole("auto_min_iterations", self.auto_min_iterations, 1)
         _check_range("auto_memorisation_rise", self.auto_memorisation_rise, 0.0, math.inf, low_open=True)
         _check_range("refine_max_mask_ratio", self.refine_max_mask_ratio, 0.0, 1.0, low_open=True, high_open=True)
+        _check_range("refine_fill_weight", self.refine_fill_weight, 0.0, 1.0, high_open=True)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:

@@ -106,7 +106,8 @@ def _next_tile(shape: tuple[int, int], tile: tuple[int, int] | None, plan: Denoi
 def _refined(noisy: torch.Tensor, estimate: torch.Tensor, plan: DenoisePlan) -> torch.Tensor:
     """The fill's estimate after the collaborative Wiener filter; the estimate itself if memory runs out for it."""
     try:
-        refined, _ = refine_estimate(noisy.to(estimate.device), estimate, colour=plan.layout.rgb)
+        refined, _ = refine_estimate(noisy.to(estimate.device), estimate, colour=plan.layout.rgb,
+                                     fill_weight=plan.config.refine_fill_weight)
         return refined
     except Exception as exc:
         if not is_out_of_memory(exc):

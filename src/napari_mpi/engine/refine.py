@@ -225,15 +225,18 @@ def collaborative_wiener(
     return out.reshape(channels, height, width).to(pilot.dtype)
 
 
-def refine_estimate(noisy: torch.Tensor, estimate: torch.Tensor, *, colour: bool = False,
+def refine_estimate(noisy: torch.Tensor, estimate: torch.Tensor, *, colour: bool = False, fill_weight: float = 0.0,
                     **options) -> tuple[torch.Tensor, NoiseModel]:
     """The fill's ``estimate`` of ``noisy`` (both (C, H, W), normalised units) refined by :func:`collaborative_wiener`.
 
     Colour (C = 3) is filtered in an orthonormal opponent space with blocks matched on its luminance;
-    other channel counts filter each channel with its own matches. ``options`` go to ``collaborative_wiener``.
+    other channel counts filter each channel with its own matches. The result is ``(1 - fill_weight)`` x the
+    filter's output + ``fill_weight`` x ``estimate`` (``FillConfig.refine_fill_weight``; 0 = the filter's output).
+    ``options`` go to ``collaborative_wiener``.
     """
     if estimate.device.type == "mps":  # the noise model is fitted in float64, which MPS lacks
-        refined, model = refine_estimate(noisy.cpu(), estimate.cpu(), colour=colour, **options)
+        refined, model = refine_estimate(noisy.cpu(), estimate.cpu(), colour=colour, fill_weight=fill_weight,
+                                         **options)
         return refined.to(estimate.device), model
     noisy = noisy.detach().float()
     estimate = estimate.detach().float()
@@ -243,10 +246,13 @@ def refine_estimate(noisy: torch.Tensor, estimate: torch.Tensor, *, colour: bool
         opponent = _OPPONENT.to(device=noisy.device, dtype=noisy.dtype)
         to_opp = lambda t: torch.einsum("kc,chw->khw", opponent, t)  # noqa: E731
         refined = collaborative_wiener(to_opp(noisy), to_opp(estimate), variance, **options)
-        return torch.einsum("kc,khw->chw", opponent, refined), model
-    planes = [collaborative_wiener(noisy[c:c + 1], estimate[c:c + 1], model.variance(estimate[c]), **options)
-              for c in range(noisy.shape[0])]
-    return torch.cat(planes), model
+        refined = torch.einsum("kc,khw->chw", opponent, refined)
+    else:
+        refined = torch.cat([collaborative_wiener(noisy[c:c + 1], estimate[c:c + 1], model.variance(estimate[c]),
+                                                  **options) for c in range(noisy.shape[0])])
+    if fill_weight:
+        refined = torch.lerp(refined, estimate, fill_weight)
+    return refined, model
 
 
 def resolve_refine(refine: str, mask_ratio: float, max_mask_ratio: float) -> str:
