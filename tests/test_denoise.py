@@ -254,3 +254,24 @@ def test_reusing_the_network_is_refused_where_it_cannot_work():
         napari_mpi.prepare((2, 40, 40), np.float32, preset="auto", reuse_network=True)
     with pytest.raises(ValueError, match="reuse_network must be 'auto', True or False"):
         napari_mpi.prepare((2, 40, 40), np.float32, reuse_network="yes")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns_and_auto_picks_fp32(monkeypatch):
+    """Emulated bf16 is about 10x slower than fp32 (docs/benchmarks.md): "auto" avoids it and forcing it warns."""
+    import warnings
+
+    from napari_mpi.api import DenoiseWarning
+    from napari_mpi.engine import devices
+
+    cpu = torch.device("cpu")
+    assert devices.resolve_precision("auto", cpu) == ("bf16" if devices.cpu_computes_bf16() else "fp32")
+    image = np.random.default_rng(0).random((24, 24), dtype=np.float32)
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)  # an AVX2-only CPU
+    assert devices.resolve_precision("auto", cpu) == "fp32"
+    with pytest.warns(DenoiseWarning, match="no native bf16.*precision='auto' or 'fp32'"):
+        napari_mpi.denoise(image, precision="bf16", device="cpu", iterations=2, weights="random")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*native bf16")
+        napari_mpi.denoise(image, precision="auto", device="cpu", iterations=2, weights="random")
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)
+    assert devices.precision_advice("bf16", cpu) is None

@@ -9,6 +9,7 @@ every iteration — the cancellation point — and writes each finished plane in
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Container, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -19,7 +20,7 @@ import torch
 from .chains import PlaneReport, needed_planes, plane_chains
 from .engine.auto import AutoReport
 from .engine.chain import CarriedNetwork, PlaneStart
-from .engine.devices import free_device_memory, resolve_device
+from .engine.devices import free_device_memory, precision_advice, resolve_device
 from .engine.fill import FillStep, check_reuse
 from .engine.network import DEFAULT_DEPTH, DEFAULT_SKIP_WIDTH, DEFAULT_WIDTH, architecture_of, check_plane_size
 from .engine.plane import fill_plane, tile_to_fit_memory, to_plane
@@ -230,6 +231,9 @@ def denoise_steps(
         out = np.zeros(layout.shape, dtype=np.float32)
     fit = fitting(out, DenoiseWarning)
     state = plan.checkpoint.state_dict if plan.checkpoint is not None else None
+    advice = precision_advice(plan.config.precision, plan.device)
+    if advice is not None:
+        warnings.warn(advice, DenoiseWarning, stacklevel=2)
     tile = tile_to_fit_memory(*layout.plane_shape[:2], plan)  # once per run: one warning, not one per plane
     start = time.monotonic()
     try:

@@ -14,6 +14,8 @@ __all__ = [
     "available_devices",
     "resolve_device",
     "resolve_precision",
+    "cpu_computes_bf16",
+    "precision_advice",
     "autocast",
     "same_device",
     "free_device_memory",
@@ -84,8 +86,21 @@ def resolve_precision(precision: Precision, device: torch.device) -> Literal["fp
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
     if device.type == "cpu":
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+        return "bf16" if cpu_computes_bf16() else "fp32"
     return "fp32"
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX); others emulate it, far slower than fp32."""
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def precision_advice(precision: Precision, device: torch.device) -> str | None:
+    """A warning's text when ``precision`` will be much slower than the alternative on ``device``, else None."""
+    if precision == "bf16" and device.type == "cpu" and not cpu_computes_bf16():
+        return ("this CPU has no native bf16 (no AVX-512 BF16), so precision='bf16' is emulated and about 10x "
+                "slower than fp32 (docs/benchmarks.md); use precision='auto' or 'fp32'")
+    return None
 
 
 def autocast(device: torch.device, precision: str) -> torch.autocast:
