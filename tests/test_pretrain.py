@@ -111,6 +111,35 @@ def test_auto_steps_fit_the_schedule_to_the_time_and_resume_keeps_the_plan(pictu
         assert records[-1].lr == pytest.approx(CONFIG.min_lr)  # the cosine ended with the plan
 
 
+def test_auto_precision_is_the_devices_and_is_recorded_and_kept_on_resume(picture_folder, tmp_path, monkeypatch):
+    import warnings
+
+    from napari_mpi.engine import devices
+
+    with pytest.raises(ValueError, match="precision must be"):
+        PretrainConfig(precision="fp16")
+    assert PretrainConfig().precision == "auto"
+    auto = PretrainConfig(**{**CONFIG.__dict__, "precision": "auto"})
+    path = tmp_path / "auto.pt"
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)  # an AVX2-only CPU: auto means fp32
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*native bf16")
+        list(pretrain(picture_folder, path, auto, max_minutes=0.0))
+    payload = read_payload(path)
+    assert payload["training"]["config"]["precision"] == payload["metadata"]["precision"] == "fp32"
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: True)  # resumed on another CPU: the run's arithmetic
+    assert [s.step for s in pretrain(picture_folder, path, auto, resume=path)] == [2, 3, 4]
+    assert read_payload(path)["metadata"]["precision"] == "fp32"
+    with pytest.raises(ValueError, match="different recipe"):  # naming another precision is another recipe
+        next(pretrain(picture_folder, path, PretrainConfig(**{**CONFIG.__dict__, "precision": "bf16"}), resume=path))
+
+    monkeypatch.setattr(devices, "cpu_computes_bf16", lambda: False)
+    forced = PretrainConfig(**{**CONFIG.__dict__, "precision": "bf16", "steps": 1})
+    with pytest.warns(UserWarning, match="no native bf16.*'auto' or 'fp32'"):
+        list(pretrain(picture_folder, tmp_path / "forced.pt", forced))
+    assert read_payload(tmp_path / "forced.pt")["metadata"]["precision"] == "bf16"
+
+
 def test_short_side_shrinks_big_pictures(picture_folder):
     from napari_mpi.pretrain import ImageCorpus
 

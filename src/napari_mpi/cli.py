@@ -209,7 +209,8 @@ def _add_pretrain_parser(sub) -> None:
     pre.add_argument("--loss", choices=("mse", "psnr"), default="mse",
                      help="MSE on hidden pixels (default; measured better, docs/pretraining.md) or its log, as the "
                           "reference code")
-    pre.add_argument("--precision", choices=("fp32", "bf16"), default="bf16")
+    pre.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                     help="auto (default): bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16), fp32 elsewhere")
     pre.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after this long")
     pre.add_argument("--checkpoint-minutes", type=float, default=5.0)
     pre.add_argument("--resume", type=Path, default=None, help="continue a run from its checkpoint")

@@ -13,6 +13,7 @@ import math
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from .engine.devices import precision_advice, resolve_precision
 from .engine.masking import MaskMode, draw_mask, make_generator, masked_mse
 from .engine.network import SkipNet, architecture_of
 from .weights import Checkpoint, load_checkpoint, read_payload, save_checkpoint
@@ -46,7 +48,9 @@ class PretrainConfig:
     weight_decay: float = 1e-2
     loss: LossKind = "mse"
     seed: int = 0
-    precision: Literal["fp32", "bf16"] = "fp32"
+    #: "auto": bf16 autocast where the device computes bf16 natively (CUDA, CPUs with AVX-512 BF16), fp32 elsewhere;
+    #: resolved when the run starts, so a checkpoint records the arithmetic it trained with.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_minutes: float = 5.0
     short_side: int | None = None  # shrink larger images to this shorter side on loading
 
@@ -62,6 +66,8 @@ class PretrainConfig:
             raise ValueError(f"short side ({self.short_side}) must be at least the crop ({self.crop})")
         if self.loss not in ("mse", "psnr"):
             raise ValueError(f"loss must be 'mse' or 'psnr', got {self.loss!r}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
 
 
 @dataclass
@@ -211,6 +217,7 @@ def pretrain(
         model.load_state_dict(start_weights.state_dict)
     if payload is not None:
         config, start, elapsed_before = _restore(resume, payload, config, model, optimizer, scheduler, max_minutes)
+    config = _resolved_precision(config, dev)
     if dev.type == "cpu" or dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -233,6 +240,14 @@ def _start_weights(init: str | Path | None, channels: int) -> tuple[Checkpoint |
         earlier = start_weights.metadata
         earlier_steps = int(earlier.get("steps", 0)) + int(earlier.get("earlier_steps", 0))
     return start_weights, earlier_steps
+
+
+def _resolved_precision(config: PretrainConfig, dev: torch.device) -> PretrainConfig:
+    """``config`` with "auto" precision made concrete for ``dev``; a warning when bf16 would be emulated."""
+    advice = precision_advice(config.precision, dev)
+    if advice is not None:
+        warnings.warn(advice, stacklevel=3)
+    return replace(config, precision=resolve_precision(config.precision, dev))
 
 
 def _build(
@@ -270,6 +285,8 @@ def _restore(
     saved = PretrainConfig(**{**training["config"], "mask_ratios": tuple(training["config"]["mask_ratios"])})
     if config.steps == 0:
         config = replace(config, steps=saved.steps)  # "auto" keeps the schedule the run planned
+    if config.precision == "auto":
+        config = replace(config, precision=saved.precision)  # and the arithmetic it started with
     if replace(saved, checkpoint_minutes=config.checkpoint_minutes) != config:
         raise ValueError(f"{resume} was trained with a different recipe: {saved}; resume with the same options")
     model.load_state_dict(payload["state_dict"])
