@@ -6,6 +6,9 @@
 #      the time), a checkpoint into $OUT every minute so that a killed call still returns weights, and a
 #      weights-only copy of each in history.tar (for benchmarks/pretrain_gain.py --history). With RGB_MIN > 0 a
 #      colour model (per-channel masks) trains alongside for RGB_MIN minutes, warm-started from the same file.
+#      With SMALL_MIN > 0 a fresh gray network of SMALL_WIDTH channels (default 24, about 3x faster a fill step on
+#      a CPU in fp32) trains alongside from a random start for SMALL_MIN minutes: gray-pixel-w$SMALL_WIDTH.pt, to be
+#      judged against the shipped weights on every benchmark set (docs/decisions.md, the fp32 path).
 #   2. seconds per fill iteration at 1x512x512 and 1x2048x2048, fp32 and bf16, with and without the CUDA graph
 #      (benchmarks/speed.py --cuda-graphs on,off): speed.json;
 #   3. planes / s on a 32x512x512 stack at the default settings, planes alone and reusing one network: stack.json;
@@ -21,6 +24,8 @@ OUT=${OUT:-/tmp/gpu-out}
 DEVICE=${DEVICE:-cuda}
 PRETRAIN_MIN=${PRETRAIN_MIN:-5.5}
 RGB_MIN=${RGB_MIN:-0}
+SMALL_MIN=${SMALL_MIN:-0}
+SMALL_WIDTH=${SMALL_WIDTH:-24}
 RATIOS=${RATIOS:-0.15-0.6}
 INIT=${INIT:-src/napari_mpi/weights/gray-pixel.pt}
 IMAGES=${IMAGES:-.gpu-data/pretrain}
@@ -48,15 +53,20 @@ pretrain() {  # pretrain MINUTES CHANNELS OUTPUT [more options]
   local minutes=$1 channels=$2 output=$3; shift 3
   $PY -m napari_mpi.cli pretrain --images "$IMAGES" --short-side 256 --crop $CROP --batch $BATCH --steps auto \
       --precision bf16 --max-minutes "$minutes" --checkpoint-minutes 1.0 --device "$DEVICE" --channels "$channels" \
-      --mask-ratio "$RATIOS" "${init[@]}" --out "$output" "$@"
+      --mask-ratio "$RATIOS" --out "$output" "$@"
 }
 
-stamp "1. pre-training, gray $PRETRAIN_MIN min, colour $RGB_MIN min"
-pretrain "$PRETRAIN_MIN" 1 "$OUT/gray-pixel.pt" --seed 3 --history "$OUT/history" >"$OUT/gray.log" 2>&1 &
+stamp "1. pre-training, gray $PRETRAIN_MIN min, colour $RGB_MIN min, $SMALL_WIDTH-channel gray $SMALL_MIN min"
+small=
+if [ "$SMALL_MIN" != 0 ]; then
+  pretrain "$SMALL_MIN" 1 "$OUT/gray-pixel-w$SMALL_WIDTH.pt" --seed 5 --width "$SMALL_WIDTH" >"$OUT/small.log" 2>&1 &
+  small=$!
+fi
+pretrain "$PRETRAIN_MIN" 1 "$OUT/gray-pixel.pt" "${init[@]}" --seed 3 --history "$OUT/history" >"$OUT/gray.log" 2>&1 &
 gray=$!
 rgb=
 if [ "$RGB_MIN" != 0 ]; then
-  pretrain "$RGB_MIN" 3 "$OUT/rgb-channel.pt" --seed 4 --mask-mode channel >"$OUT/rgb.log" 2>&1 &
+  pretrain "$RGB_MIN" 3 "$OUT/rgb-channel.pt" "${init[@]}" --seed 4 --mask-mode channel >"$OUT/rgb.log" 2>&1 &
   rgb=$!
 fi
 wait $gray; echo "gray exit $?" | tee -a "$LOG"
@@ -64,6 +74,10 @@ wait $gray; echo "gray exit $?" | tee -a "$LOG"
 if [ -n "$rgb" ]; then
   wait $rgb; echo "rgb exit $?" | tee -a "$LOG"
   { echo "--- rgb.log (tail)"; tail -c 1500 "$OUT/rgb.log"; echo; } >>"$LOG"; rm -f "$OUT/rgb.log"
+fi
+if [ -n "$small" ]; then
+  wait $small; echo "small exit $?" | tee -a "$LOG"
+  { echo "--- small.log (tail)"; tail -c 1500 "$OUT/small.log"; echo; } >>"$LOG"; rm -f "$OUT/small.log"
 fi
 [ -d "$OUT/history" ] && (cd "$OUT" && tar cf history.tar history && rm -r history)
 ls -l "$OUT" >>"$LOG"

@@ -140,6 +140,27 @@ def test_auto_precision_is_the_devices_and_is_recorded_and_kept_on_resume(pictur
     assert read_payload(tmp_path / "forced.pt")["metadata"]["precision"] == "bf16"
 
 
+def test_width_makes_a_fresh_network_that_init_and_resume_keep(picture_folder, tmp_path):
+    from napari_mpi.engine.network import architecture_of
+
+    with pytest.raises(ValueError, match="width must be"):
+        PretrainConfig(width=2)
+    narrow = PretrainConfig(**{**CONFIG.__dict__, "width": 8})
+    path = tmp_path / "narrow.pt"
+    list(pretrain(picture_folder, path, narrow, max_minutes=0.0))
+    payload = read_payload(path)
+    assert architecture_of(payload["state_dict"]) == {"width": 8, "skip_width": 8, "depth": 5}
+    assert payload["metadata"]["network"]["width"] == 8
+    resumed = [s.step for s in pretrain(picture_folder, path, CONFIG, resume=path)]  # no width named: the run's
+    assert resumed == [2, 3, 4]
+    assert architecture_of(read_payload(path)["state_dict"])["width"] == 8
+    with pytest.raises(ValueError, match="8/8-channel network, not 16/16"):
+        next(pretrain(picture_folder, tmp_path / "wider.pt", PretrainConfig(**{**CONFIG.__dict__, "width": 16}),
+                      init=path))
+    list(pretrain(picture_folder, tmp_path / "on.pt", PretrainConfig(**{**CONFIG.__dict__, "steps": 1}), init=path))
+    assert architecture_of(read_payload(tmp_path / "on.pt")["state_dict"])["width"] == 8
+
+
 def test_short_side_shrinks_big_pictures(picture_folder):
     from napari_mpi.pretrain import ImageCorpus
 

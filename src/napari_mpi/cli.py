@@ -67,6 +67,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         precision=args.precision,
         checkpoint_minutes=args.checkpoint_minutes,
         short_side=args.short_side,
+        width=args.width,
     )
     check_threads(args.threads)
     if args.threads:
@@ -211,6 +212,9 @@ def _add_pretrain_parser(sub) -> None:
                           "reference code")
     pre.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
                      help="auto (default): bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16), fp32 elsewhere")
+    pre.add_argument("--width", type=int, default=None,
+                     help="channels of every convolution of a fresh network (default 48; --init and --resume keep "
+                          "their weights' width); 24 is about 3x faster a step on an AVX2 CPU (docs/decisions.md)")
     pre.add_argument("--max-minutes", type=float, default=None, help="stop cleanly with a checkpoint after this long")
     pre.add_argument("--checkpoint-minutes", type=float, default=5.0)
     pre.add_argument("--resume", type=Path, default=None, help="continue a run from its checkpoint")

@@ -53,6 +53,9 @@ class PretrainConfig:
     precision: Literal["auto", "fp32", "bf16"] = "auto"
     checkpoint_minutes: float = 5.0
     short_side: int | None = None  # shrink larger images to this shorter side on loading
+    #: channels of every convolution and skip branch of a fresh network (None: the default, 48); a run from
+    #: ``init`` or ``resume`` takes its weights' width, and naming another one is refused
+    width: int | None = None
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -68,6 +71,8 @@ class PretrainConfig:
             raise ValueError(f"loss must be 'mse' or 'psnr', got {self.loss!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
+        if self.width is not None and not 4 <= self.width <= 256:
+            raise ValueError(f"width must be 4 to 256 channels (or left out for the default network), got {self.width}")
 
 
 @dataclass
@@ -260,7 +265,12 @@ def _build(
     elif start_weights is not None:
         architecture = architecture_of(start_weights.state_dict)
     else:
-        architecture = {}
+        architecture = {} if config.width is None else {"width": config.width, "skip_width": config.width}
+    if architecture and config.width is not None and (architecture["width"], architecture["skip_width"]) != (
+        config.width, config.width
+    ):
+        raise ValueError(f"the starting weights hold a {architecture['width']}/{architecture['skip_width']}-channel "
+                         f"network, not {config.width}/{config.width}; leave the width out to train at theirs")
     model = SkipNet(2 * config.channels, config.channels, **architecture).to(dev)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=(0.9, 0.9), weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
@@ -287,6 +297,8 @@ def _restore(
         config = replace(config, steps=saved.steps)  # "auto" keeps the schedule the run planned
     if config.precision == "auto":
         config = replace(config, precision=saved.precision)  # and the arithmetic it started with
+    if config.width is None or saved.width is None:  # and its network (_build checked a width named with it)
+        config = replace(config, width=saved.width)
     if replace(saved, checkpoint_minutes=config.checkpoint_minutes) != config:
         raise ValueError(f"{resume} was trained with a different recipe: {saved}; resume with the same options")
     model.load_state_dict(payload["state_dict"])
