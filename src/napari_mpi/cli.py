@@ -6,12 +6,13 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import get_args
 
 import numpy as np
 
 from ._cli_batch import run_denoise
 from ._cli_denoise import REUSE, check_threads, error_text, progress_bar, unexpected_text
-from .settings import DEFAULT_PRESET, PRESET_NAMES
+from .settings import DEFAULT_PRESET, PRESET_NAMES, Precision
 
 
 def _ratio_range(text: str) -> tuple[float, float]:
@@ -210,7 +211,7 @@ def _add_pretrain_parser(sub) -> None:
     pre.add_argument("--loss", choices=("mse", "psnr"), default="mse",
                      help="MSE on hidden pixels (default; measured better, docs/pretraining.md) or its log, as the "
                           "reference code")
-    pre.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+    pre.add_argument("--precision", choices=get_args(Precision), default="auto",
                      help="auto (default): bf16 on CUDA and on CPUs with native bf16 (AVX-512 BF16), fp32 elsewhere")
     pre.add_argument("--width", type=int, default=None,
                      help="channels of every convolution of a fresh network (default 48; --init and --resume keep "

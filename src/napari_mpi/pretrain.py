@@ -17,7 +17,7 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ import torch
 from .engine.devices import precision_advice, resolve_precision
 from .engine.masking import MaskMode, draw_mask, make_generator, masked_mse
 from .engine.network import SkipNet, architecture_of
+from .settings import Precision
 from .weights import Checkpoint, load_checkpoint, read_payload, save_checkpoint
 
 __all__ = ["PretrainConfig", "PretrainStep", "ImageCorpus", "pretrain", "masked_loss"]
@@ -50,7 +51,7 @@ class PretrainConfig:
     seed: int = 0
     #: "auto": bf16 autocast where the device computes bf16 natively (CUDA, CPUs with AVX-512 BF16), fp32 elsewhere;
     #: resolved when the run starts, so a checkpoint records the arithmetic it trained with.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
     checkpoint_minutes: float = 5.0
     short_side: int | None = None  # shrink larger images to this shorter side on loading
     #: channels of every convolution and skip branch of a fresh network (None: the default, 48); a run from
@@ -69,7 +70,7 @@ class PretrainConfig:
             raise ValueError(f"short side ({self.short_side}) must be at least the crop ({self.crop})")
         if self.loss not in ("mse", "psnr"):
             raise ValueError(f"loss must be 'mse' or 'psnr', got {self.loss!r}")
-        if self.precision not in ("auto", "fp32", "bf16"):
+        if self.precision not in get_args(Precision):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
         if self.width is not None and not 4 <= self.width <= 256:
             raise ValueError(f"width must be 4 to 256 channels (or left out for the default network), got {self.width}")
